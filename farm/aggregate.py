@@ -1,0 +1,180 @@
+"""Results → matrix: rows model × quantization, columns LoRA × engine, failures grouped by signature.
+
+``matrix.json`` is the only input of the page and of ``farm matrix``: whatever they
+show must be in it.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from farm.results import SCHEMA_VERSION, CellResult, CellStatus, Document, RunManifest, utcnow
+from farm.store import Store, manifest_key, read_results, safe_part
+
+PAGE_KEY = "index.html"
+
+
+class MatrixCell(Document):
+    cell_id: str
+    row: str
+    column: str
+    model: str
+    quantization: str
+    lora: str
+    engine: str
+    status: CellStatus
+    symbol: str
+    attempt: int = 1
+    vllm: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    frame: str | None = None
+    signature: str | None = None
+    failed_probes: list[str] = Field(default_factory=list)
+    probes: dict[str, bool] = Field(default_factory=dict)
+    timings: dict[str, float] = Field(default_factory=dict)
+    peak_rss_mb: float | None = None
+    result_key: str | None = None
+
+
+class SignatureGroup(Document):
+    signature: str
+    error_type: str
+    frame: str | None
+    message: str
+    cells: list[str]
+    traceback_tail: str = ""
+
+
+class Matrix(Document):
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    job_name: str
+    generated_at: str
+    rows: list[str]
+    columns: list[str]
+    cells: list[MatrixCell]
+    signatures: list[SignatureGroup] = Field(default_factory=list)
+    counts: dict[str, int] = Field(default_factory=dict)
+    expected_cells: int = 0
+
+    def at(self, row: str, column: str) -> MatrixCell | None:
+        return next((c for c in self.cells if c.row == row and c.column == column), None)
+
+
+def build_matrix(manifest: RunManifest, results: list[CellResult]) -> Matrix:
+    from farm.store import result_key
+
+    by_id = {r.cell_id: r for r in results}
+    rows: list[str] = []
+    columns: list[str] = []
+    cells: list[MatrixCell] = []
+    groups: dict[str, SignatureGroup] = {}
+    for cell in manifest.cells:  # manifest order keeps the job's order of axes
+        rows += [cell.row] if cell.row not in rows else []
+        columns += [cell.column] if cell.column not in columns else []
+        result = by_id.get(cell.id)
+        status = result.status if result else CellStatus.PENDING
+        error = result.error if result else None
+        cells.append(
+            MatrixCell(
+                cell_id=cell.id,
+                row=cell.row,
+                column=cell.column,
+                model=cell.model,
+                quantization=cell.quantization,
+                lora=cell.lora,
+                engine=cell.engine.name,
+                status=status,
+                symbol=status.symbol,
+                attempt=result.attempt if result else 1,
+                vllm=result.env.vllm if result else None,
+                error_type=error.type if error else None,
+                error_message=error.message[:500] if error else None,
+                frame=error.frame if error else None,
+                signature=error.signature if error else None,
+                failed_probes=[p.name for p in result.probes if not p.passed] if result else [],
+                probes={p.name: p.passed for p in result.probes} if result else {},
+                timings=result.timings if result else {},
+                peak_rss_mb=result.peak_rss_mb if result else None,
+                result_key=result_key(manifest.run_id, cell.id, result.attempt) if result else None,
+            )
+        )
+        if error and error.signature:
+            group = groups.setdefault(
+                error.signature,
+                SignatureGroup(
+                    signature=error.signature,
+                    error_type=error.type,
+                    frame=error.frame,
+                    message=error.normalized_message or error.message,
+                    cells=[],
+                    traceback_tail=error.traceback_tail,
+                ),
+            )
+            group.cells.append(cell.id)
+    counts: dict[str, int] = {}
+    for matrix_cell in cells:
+        counts[matrix_cell.status.value] = counts.get(matrix_cell.status.value, 0) + 1
+    return Matrix(
+        run_id=manifest.run_id,
+        job_name=manifest.job_name,
+        generated_at=utcnow().isoformat(timespec="seconds"),
+        rows=rows,
+        columns=columns,
+        cells=cells,
+        signatures=sorted(groups.values(), key=lambda g: (-len(g.cells), g.signature)),
+        counts=counts,
+        expected_cells=len(manifest.cells),
+    )
+
+
+def aggregate(store: Store, run_id: str) -> tuple[str, str]:
+    """Read a run's results from the store; write its matrix, ``matrix/latest.json`` and the page."""
+    from farm.render import render_page
+
+    manifest = RunManifest.model_validate_json(store.get(manifest_key(run_id)))
+    matrix = build_matrix(manifest, read_results(store, run_id))
+    data = matrix.model_dump_json(indent=1).encode()
+    matrix_key = f"matrix/{safe_part(run_id)}.json"
+    store.put(matrix_key, data, overwrite=True)
+    store.put("matrix/latest.json", data, overwrite=True)
+    store.put(PAGE_KEY, render_page(matrix).encode(), overwrite=True)
+    return matrix_key, PAGE_KEY
+
+
+def load_matrix(store: Store, run_id: str | None = None) -> Matrix:
+    key = f"matrix/{safe_part(run_id)}.json" if run_id else "matrix/latest.json"
+    return Matrix.model_validate_json(store.get(key))
+
+
+def format_table(matrix: Matrix) -> str:
+    """The matrix as a plain-text table for the terminal, then the signature groups."""
+    header = ["model · quantization", *matrix.columns]
+    body: list[list[str]] = []
+    for row in matrix.rows:
+        line = [row]
+        for column in matrix.columns:
+            cell = matrix.at(row, column)
+            if cell is None:
+                line.append("")
+            elif cell.signature:
+                line.append(f"{cell.symbol} {cell.status.value} [{cell.signature}]")
+            elif cell.failed_probes:
+                line.append(f"{cell.symbol} {cell.status.value} ({','.join(cell.failed_probes)})")
+            else:
+                line.append(f"{cell.symbol} {cell.status.value}")
+        body.append(line)
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    lines = [_table_line(header, widths), _table_line(["-" * w for w in widths], widths)]
+    lines += [_table_line(r, widths) for r in body]
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(matrix.counts.items()))
+    lines.append(f"\n{len(matrix.cells)} cells: {counts}")
+    for group in matrix.signatures:
+        where = f" at {group.frame}" if group.frame else ""
+        lines.append(f"[{group.signature}] {group.error_type}{where}: {group.message[:160]} — {len(group.cells)} cell(s)")
+    return "\n".join(lines)
+
+
+def _table_line(cells: list[str], widths: list[int]) -> str:
+    return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()

@@ -1,0 +1,110 @@
+"""Building the engine under test for one cell.
+
+``with build_engine(cell, engine_args) as engine:`` builds a ``vllm.LLM`` for the
+cell's model variant (with LoRA enabled when the cell has an adapter) and always
+frees it on exit, so one process can build several engines in a row.
+"""
+
+from __future__ import annotations
+
+import gc
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from farm import vllm_compat
+from farm.cells import Cell
+from farm.errors import EngineEnvError
+
+# Small enough for a tiny model on a 2-core CPU, large enough for the probes' prompts.
+DEFAULT_ENGINE_ARGS: dict[str, Any] = {"max_model_len": 256, "max_num_seqs": 4, "seed": 0}
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    token_ids: tuple[int, ...]
+
+
+class EngineHandle(Protocol):
+    build_seconds: float
+
+    def generate(self, prompts: list[str], max_tokens: int, *, lora: bool = False) -> list[Completion]:
+        """Greedy completions, with the cell's adapter applied when ``lora`` is true."""
+        ...
+
+
+def resolve_source(source: str) -> str:
+    """A cell's model or adapter source as a path vLLM can load: zoo items are built on demand."""
+    if source.startswith("zoo:"):
+        from farm import zoo
+
+        return str(zoo.ensure(source.removeprefix("zoo:")))
+    if source.startswith(("/", "./", "../", "~")):
+        path = Path(source).expanduser()
+        if not path.exists():
+            # A checkpoint missing on this node says nothing about compatibility.
+            raise EngineEnvError(f"checkpoint {source} does not exist on {socket.gethostname()}; "
+                                 "put it on every node (or shared storage) or use a hub id")
+        return str(path)
+    return source
+
+
+class VllmEngine:
+    def __init__(self, llm: Any, lora_path: str | None, build_seconds: float) -> None:
+        self.llm = llm
+        self.lora_path = lora_path
+        self.build_seconds = build_seconds
+
+    def generate(self, prompts: list[str], max_tokens: int, *, lora: bool = False) -> list[Completion]:
+        request = None
+        if lora:
+            if self.lora_path is None:
+                raise ValueError("this cell has no LoRA adapter")
+            request = vllm_compat.lora_request("adapter", 1, self.lora_path)
+        outputs = self.llm.generate(
+            prompts, vllm_compat.sampling_params(max_tokens), lora_request=request, use_tqdm=False
+        )
+        return [Completion(o.outputs[0].text, tuple(o.outputs[0].token_ids)) for o in outputs]
+
+
+def engine_kwargs(cell: Cell, engine_args: dict[str, Any], model_path: str) -> dict[str, Any]:
+    kwargs = {**DEFAULT_ENGINE_ARGS, **engine_args, **cell.engine_args, "model": model_path}
+    if cell.vllm_quantization:
+        kwargs["quantization"] = cell.vllm_quantization
+    if cell.lora_source:
+        # One adapter per cell: a LoRA slot more would only cost memory.
+        kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=cell.max_lora_rank or 8)
+    return kwargs
+
+
+@contextmanager
+def build_engine(cell: Cell, engine_args: dict[str, Any]) -> Iterator[EngineHandle]:
+    """Build the cell's engine; the exception of a failed build propagates unchanged."""
+    model_path = resolve_source(cell.model_source)
+    lora_path = resolve_source(cell.lora_source) if cell.lora_source else None
+    from vllm import LLM
+
+    started = time.perf_counter()
+    llm = LLM(**engine_kwargs(cell, engine_args, model_path))
+    engine = VllmEngine(llm, lora_path, time.perf_counter() - started)
+    try:
+        yield engine
+    finally:
+        del engine, llm
+        gc.collect()
+        _empty_cuda_cache()
+
+
+def _empty_cuda_cache() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # freeing memory must never mask the cell's own outcome
+        pass

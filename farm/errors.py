@@ -1,0 +1,45 @@
+"""One error tree for the farm.
+
+    FarmError            anything the farm itself reports to a user
+    ├── JobSpecError     a job spec that does not validate (names the field and what is valid)
+    ├── StoreError       the result store cannot be read or written
+    ├── ZooError         a tiny-model zoo item is unknown or cannot be built
+    └── EngineEnvError   an engine environment cannot be prepared
+
+Every message says what is wrong *and* what to do about it. The CLI prints a
+FarmError as one line and exits 1; the traceback only with ``--debug``.
+Failures of the engine under test are never FarmErrors: they are results.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class FarmError(Exception):
+    """Base of every error the farm reports to its user."""
+
+
+class JobSpecError(FarmError):
+    """A job spec is invalid."""
+
+
+class StoreError(FarmError):
+    """The result store cannot be read or written."""
+
+
+class ZooError(FarmError):
+    """A zoo item is unknown or cannot be built."""
+
+
+class EngineEnvError(FarmError):
+    """An engine environment cannot be prepared."""
+
+
+def did_you_mean(name: str, available: Iterable[str]) -> str:
+    """A suffix for "unknown name" errors: the closest match and the full list."""
+    options = sorted(available)
+    close = difflib.get_close_matches(name, options, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"{hint} Available: {', '.join(options)}."

@@ -1,0 +1,204 @@
+"""Running one cell in the current process: build the engine, run the probes, describe the outcome.
+
+This is what a cell's Ray actor calls; it works without Ray too (benchmarks, debugging).
+Any exception from the engine under test becomes the cell's result, never the caller's.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from farm.cells import Cell
+from farm.errors import FarmError
+from farm.results import CellResult, CellStatus, EnvFacts, ErrorInfo, ProbeResult, utcnow
+from farm.signature import error_info
+from farm.spec import Generation, JobSpec
+
+LOG_TAIL_BYTES = 16_000
+
+
+class CellSettings(BaseModel):
+    """How a cell is tested: the job-level knobs, apart from the cell's identity."""
+
+    probes: list[str]
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    generation: Generation = Field(default_factory=Generation)
+
+    @classmethod
+    def from_job(cls, job: JobSpec) -> CellSettings:
+        return cls(probes=job.probes, engine_args=job.engine_args, generation=job.generation)
+
+
+def engine_environment(farm_home: Path) -> dict[str, str]:
+    """Environment for a cell's process, set before vLLM is imported there."""
+    return {
+        # The engine core runs in the cell's own process: exceptions keep their vLLM file:line
+        # and a tiny model builds in ~2 s instead of 15-45 s with a separate core process.
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        # KV cache in GiB on CPU: 1 is plenty for the probes and keeps parallel cells in memory.
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        # Ray already gives each cell its CPUs; vLLM's own core pinning would fight it.
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        # Compiled-kernel caches shared by all cells on a node, not in the user's home.
+        "VLLM_CACHE_ROOT": str(farm_home / "vllm-cache"),
+        # Never reach for a model hub from a test farm node.
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+def farm_home() -> Path:
+    return Path(os.environ.get("FARM_HOME") or Path.home() / ".cache" / "farm")
+
+
+def execute_cell(cell: Cell, settings: CellSettings, run_id: str, attempt: int = 1) -> CellResult:
+    """Build the cell's engine and run its probes; every outcome is a ``CellResult``."""
+    from farm.engine import build_engine
+    from farm.probes import registry
+    from farm.probes.registry import ProbeContext
+
+    result = CellResult(
+        run_id=run_id, cell_id=cell.id, cell=cell, attempt=attempt, status=CellStatus.RUNNING, started_at=utcnow()
+    )
+    started = time.perf_counter()
+    current_probe: str | None = None
+    with _peak_rss() as peak:
+        try:
+            with build_engine(cell, settings.engine_args) as engine:
+                result.timings["engine_build"] = round(engine.build_seconds, 3)
+                context = ProbeContext(cell=cell, engine=engine, generation=settings.generation)
+                for name in settings.probes:
+                    probe = registry.get(name)
+                    if not probe.applies(cell):
+                        continue
+                    current_probe = name
+                    outcome = probe.run(context)
+                    result.probes.append(outcome)
+                    for key, value in outcome.metrics.items():
+                        if key.endswith("_s") and not key.endswith("_per_s"):  # durations, not rates
+                            result.timings[key.removesuffix("_s")] = value
+            failed = [p.name for p in result.probes if not p.passed]
+            result.status = CellStatus.FAIL if failed else CellStatus.PASS
+        except FarmError as exc:  # the farm could not prepare the cell (zoo, checkpoint): no verdict
+            result.status = CellStatus.INFRA_ERROR
+            result.error = ErrorInfo(type=type(exc).__name__, message=str(exc), probe=current_probe)
+        except Exception as exc:  # the engine under test failed: that is this cell's verdict
+            result.status = CellStatus.FAIL
+            result.error = error_info(exc, probe=current_probe)
+            if current_probe is None and "load" in settings.probes:
+                result.probes.append(ProbeResult(name="load", passed=False, detail=result.error.type))
+    result.peak_rss_mb = round(peak(), 1)
+    result.timings["total"] = round(time.perf_counter() - started, 3)
+    result.env = env_facts()
+    result.finished_at = utcnow()
+    return result
+
+
+def env_facts() -> EnvFacts:
+    """Versions and device as seen by this process (never copied from the job spec)."""
+    from farm import vllm_compat
+
+    facts = EnvFacts(
+        vllm=vllm_compat.vllm_version(),
+        python=platform.python_version(),
+        platform=f"{platform.system()}-{platform.machine()}",
+        hostname=socket.gethostname(),
+    )
+    for module in ("torch", "transformers"):
+        imported = sys.modules.get(module)
+        setattr(facts, module, getattr(imported, "__version__", None) if imported else _dist_version(module))
+    facts.device = _device()
+    return facts
+
+
+def _dist_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def _device() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except Exception:
+        pass
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+@contextmanager
+def _peak_rss(interval_s: float = 0.1) -> Iterator[Any]:
+    """Peak resident memory (MiB) of this process and its children while the block runs."""
+    import psutil
+
+    process = psutil.Process()
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            try:
+                total = process.memory_info().rss + sum(c.memory_info().rss for c in process.children(recursive=True))
+                peak[0] = max(peak[0], total)
+            except psutil.Error:
+                pass
+            stop.wait(interval_s)
+
+    sampler = threading.Thread(target=sample, name="farm-peak-rss", daemon=True)
+    sampler.start()
+    try:
+        yield lambda: max(peak[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+    finally:
+        stop.set()
+        sampler.join()
+
+
+@contextmanager
+def capture_output(log_path: Path) -> Iterator[None]:
+    """Send this process's stdout/stderr (C level included) to ``log_path`` for the block.
+
+    File descriptors, not sys.stdout: vLLM's C++ kernels and a dying process write there.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_path, "ab", buffering=0) as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def log_tail(log_path: Path, limit: int = LOG_TAIL_BYTES) -> str:
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            size = log.tell()
+            log.seek(max(0, size - limit))
+            return log.read().decode(errors="replace")
+    except OSError:
+        return ""

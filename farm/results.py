@@ -1,0 +1,128 @@
+"""Result documents: one per cell attempt, schema-versioned, tolerant of unknown keys."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from farm.cells import Cell
+
+SCHEMA_VERSION = 1
+
+
+class CellStatus(str, Enum):
+    """Where a cell stands. Terminal states never change within one attempt.
+
+    ``fail`` is a compatibility verdict (the engine raised, or a probe found wrong
+    behaviour). ``crash`` and ``timeout`` mean the cell's process died or hung:
+    the cell ran, but no probe could judge it. ``infra_error`` means the farm could
+    not run the cell at all and says nothing about compatibility.
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    PASS = "pass"
+    FAIL = "fail"
+    CRASH = "crash"
+    TIMEOUT = "timeout"
+    INFRA_ERROR = "infra_error"
+
+    def is_terminal(self) -> bool:
+        return self not in (CellStatus.PENDING, CellStatus.RUNNING)
+
+    @property
+    def symbol(self) -> str:
+        return _SYMBOLS[self]
+
+
+_SYMBOLS = {
+    CellStatus.PENDING: "·",
+    CellStatus.RUNNING: "…",
+    CellStatus.PASS: "✓",
+    CellStatus.FAIL: "✗",
+    CellStatus.CRASH: "☠",
+    CellStatus.TIMEOUT: "⧗",
+    CellStatus.INFRA_ERROR: "⚠",
+}
+
+
+class Document(BaseModel):
+    """Readers ignore keys they do not know, so newer writers never break older readers."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class ErrorInfo(Document):
+    """What went wrong, in a form that groups cells by root cause."""
+
+    type: str
+    message: str
+    frame: str | None = None  # innermost frame inside vLLM, e.g. vllm/lora/layers/fused_moe.py:452
+    signature: str | None = None  # short hash of type + normalised message + frame
+    normalized_message: str | None = None
+    traceback_tail: str = ""
+    probe: str | None = None  # the probe that was running, or None for engine build
+
+
+class ProbeResult(Document):
+    name: str
+    passed: bool
+    detail: str = ""
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    outputs: list[str] = Field(default_factory=list)
+
+
+class EnvFacts(Document):
+    """Measured inside the cell's process, never taken from the job spec."""
+
+    vllm: str | None = None
+    torch: str | None = None
+    transformers: str | None = None
+    python: str | None = None
+    platform: str | None = None
+    device: str | None = None
+    hostname: str | None = None
+
+
+class CellResult(Document):
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    cell_id: str
+    cell: Cell
+    attempt: int = 1
+    status: CellStatus
+    probes: list[ProbeResult] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+    env: EnvFacts = Field(default_factory=EnvFacts)
+    timings: dict[str, float] = Field(default_factory=dict)  # seconds: engine_build, generate, total
+    peak_rss_mb: float | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    log_tail: str = ""
+
+    def probe(self, name: str) -> ProbeResult | None:
+        return next((p for p in self.probes if p.name == name), None)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class RunManifest(Document):
+    """Written when a run starts and completed when it ends."""
+
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    job_name: str
+    job: dict[str, Any]
+    cells: list[Cell]
+    launched_by: str
+    farm_version: str
+    git_sha: str | None = None
+    ray_address: str | None = None
+    started_at: datetime
+    finished_at: datetime | None = None
+    counts: dict[str, int] = Field(default_factory=dict)

@@ -1,0 +1,237 @@
+"""Job specs: YAML validated by pydantic.
+
+A job names the axes of the matrix (models with their quantized variants, LoRA
+adapters per model, engine versions) and how each cell is tested (probes,
+engine arguments, resources, timeout). ``load_job`` turns a YAML file into a
+``JobSpec`` or raises ``JobSpecError`` with one line that names the field and
+what would be valid.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from farm.errors import JobSpecError, did_you_mean
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
+NO_LORA = "none"
+
+
+class StrictModel(BaseModel):
+    """Rejects unknown keys with a "did you mean" hint instead of pydantic's generic text."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            known = set(cls.model_fields)
+            for key in data:
+                if key not in known:
+                    raise ValueError(f"unknown field {key!r}.{did_you_mean(str(key), known)}")
+        return data
+
+
+class Variant(StrictModel):
+    """One quantization of a model: where its weights are and how vLLM loads them."""
+
+    quantization: str = Field("none", pattern=NAME_PATTERN, description="axis label, e.g. none, gptq-int4, ct-w4a16")
+    zoo: str | None = Field(None, description="a farm zoo item, built on demand on the node")
+    checkpoint: str | None = Field(None, description="a local path or a hub id (GPU job files only)")
+    vllm_quantization: str | None = Field(None, description="vLLM's `quantization=` argument; None lets vLLM detect it")
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="vllm.LLM arguments for this variant only")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Variant:
+        if (self.zoo is None) == (self.checkpoint is None):
+            raise ValueError("give exactly one of 'zoo' (a zoo item name) or 'checkpoint' (a path or hub id)")
+        if self.zoo is not None:
+            from farm import zoo
+
+            if self.zoo not in zoo.names():
+                raise ValueError(f"unknown zoo item {self.zoo!r}.{did_you_mean(self.zoo, zoo.names())}")
+        return self
+
+    @property
+    def source(self) -> str:
+        return f"zoo:{self.zoo}" if self.zoo is not None else str(self.checkpoint)
+
+
+class Adapter(StrictModel):
+    """A LoRA adapter for one model (applies to all of its variants)."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    zoo: str | None = None
+    path: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value == NO_LORA:
+            raise ValueError(f"{NO_LORA!r} is the built-in no-adapter column; give the adapter another name")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Adapter:
+        if (self.zoo is None) == (self.path is None):
+            raise ValueError("give exactly one of 'zoo' (a zoo adapter name) or 'path' (a PEFT adapter dir)")
+        if self.zoo is not None:
+            from farm import zoo
+
+            if self.zoo not in zoo.names():
+                raise ValueError(f"unknown zoo item {self.zoo!r}.{did_you_mean(self.zoo, zoo.names())}")
+        return self
+
+    @property
+    def source(self) -> str:
+        return f"zoo:{self.zoo}" if self.zoo is not None else str(self.path)
+
+
+class Model(StrictModel):
+    name: str = Field(pattern=NAME_PATTERN)
+    variants: list[Variant] = Field(min_length=1)
+    loras: list[Adapter] = Field(default_factory=list)
+    max_lora_rank: int = Field(8, ge=1, description="vLLM's max_lora_rank for this model's LoRA cells")
+
+    @model_validator(mode="after")
+    def _unique(self) -> Model:
+        _require_unique([v.quantization for v in self.variants], "variants[].quantization")
+        _require_unique([a.name for a in self.loras], "loras[].name")
+        return self
+
+
+class Engine(StrictModel):
+    """A vLLM version and how a cell gets it. Only the driver's own environment for now."""
+
+    name: str = Field("current", pattern=NAME_PATTERN, description="the column label")
+    kind: Literal["current"] = "current"
+
+
+class Resources(StrictModel):
+    # A GPU cell must also say num_cpus: a Ray GPU actor otherwise takes 1 CPU silently.
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+
+
+class Rule(StrictModel):
+    """Matches cells by glob on any of the axes; every given axis must match."""
+
+    model: str | None = None
+    quantization: str | None = None
+    lora: str | None = None
+    engine: str | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Rule:
+        if not any((self.model, self.quantization, self.lora, self.engine)):
+            raise ValueError("a rule needs at least one of model, quantization, lora, engine")
+        return self
+
+    def matches(self, axes: dict[str, str]) -> bool:
+        pattern = {"model": self.model, "quantization": self.quantization, "lora": self.lora, "engine": self.engine}
+        return all(glob is None or fnmatch.fnmatchcase(axes[axis], glob) for axis, glob in pattern.items())
+
+
+class Generation(StrictModel):
+    prompts: list[str] = Field(
+        default_factory=lambda: ["The farm tests", "def add(a, b):", "Once upon a time"], min_length=1
+    )
+    max_tokens: int = Field(16, ge=1, le=4096)
+
+
+class JobSpec(StrictModel):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    models: list[Model] = Field(min_length=1)
+    engines: list[Engine] = Field(default_factory=lambda: [Engine()], min_length=1)
+    base: bool = Field(True, description="include the no-adapter column 'none'")
+    probes: list[str] = Field(default_factory=lambda: ["load", "generate", "lora"], min_length=1)
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="passed to vllm.LLM for every cell")
+    generation: Generation = Field(default_factory=Generation)
+    resources: Resources = Field(default_factory=Resources)
+    timeout_s: float = Field(900.0, gt=0, description="per cell, engine build included")
+    include: list[Rule] = Field(default_factory=list)
+    exclude: list[Rule] = Field(default_factory=list)
+
+    @field_validator("probes")
+    @classmethod
+    def _known_probes(cls, probes: list[str]) -> list[str]:
+        from farm.probes import registry
+
+        for name in probes:
+            if name not in registry.names():
+                raise ValueError(f"unknown probe {name!r}.{did_you_mean(name, registry.names())}")
+        _require_unique(probes, "probes")
+        return probes
+
+    @model_validator(mode="after")
+    def _unique(self) -> JobSpec:
+        _require_unique([m.name for m in self.models], "models[].name")
+        _require_unique([e.name for e in self.engines], "engines[].name")
+        return self
+
+
+def _require_unique(values: list[str], what: str) -> None:
+    seen = {v for v in values if values.count(v) > 1}
+    if seen:
+        raise ValueError(f"{what} must be unique; repeated: {', '.join(sorted(seen))}")
+
+
+def load_job(path: str | Path) -> JobSpec:
+    """Read and validate a job spec.
+
+    Raises:
+        JobSpecError: one line naming the file, the field and what would be valid.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise JobSpecError(f"{path}: no such job file; the shipped jobs are in jobs/ (e.g. jobs/smoke.yaml)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise JobSpecError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_job(data, origin=str(path))
+
+
+def parse_job(data: Any, origin: str = "<job>") -> JobSpec:
+    """Validate an already-parsed job document (see ``load_job``)."""
+    if not isinstance(data, dict):
+        raise JobSpecError(f"{origin}: a job spec is a YAML mapping with at least 'name' and 'models'")
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise JobSpecError(f"{origin}: {_one_line(exc)}") from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    errors = exc.errors()
+    first = errors[0]
+    loc = _format_loc(first["loc"])
+    message = re.sub(r"^(Value error|Assertion failed), ", "", first["msg"])
+    if first["type"] == "missing":
+        message = "required field is missing"
+    elif first["type"] == "literal_error":
+        message = f"{message} (got {first['input']!r})"
+    elif first["type"] == "string_pattern_mismatch":
+        message = f"{first['input']!r} is not a valid name: use letters, digits, '.', '_', '+', '-'"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{loc}: {message}{more}" if loc else f"{message}{more}"
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out

