@@ -85,6 +85,11 @@ def engine_kwargs(cell: Cell, engine_args: dict[str, Any], model_path: str) -> d
 @contextmanager
 def build_engine(cell: Cell, engine_args: dict[str, Any]) -> Iterator[EngineHandle]:
     """Build the cell's engine; the exception of a failed build propagates unchanged."""
+    if cell.engine.kind == "fault-injection":
+        from farm.fault_injection import FaultInjectionEngine
+
+        yield FaultInjectionEngine({**engine_args, **cell.engine_args}, has_adapter=cell.lora_source is not None)
+        return
     model_path = resolve_source(cell.model_source)
     lora_path = resolve_source(cell.lora_source) if cell.lora_source else None
     from vllm import LLM

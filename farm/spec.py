@@ -108,10 +108,14 @@ class Model(StrictModel):
 
 
 class Engine(StrictModel):
-    """A vLLM version and how a cell gets it. Only the driver's own environment for now."""
+    """A vLLM version and how a cell gets it.
+
+    ``current`` is the driver's own environment. ``fault-injection`` is a test seam, not a
+    vLLM: see ``farm.fault_injection``; tests and benchmarks about the farm itself use it.
+    """
 
     name: str = Field("current", pattern=NAME_PATTERN, description="the column label")
-    kind: Literal["current"] = "current"
+    kind: Literal["current", "fault-injection"] = "current"
 
 
 class Resources(StrictModel):
