@@ -6,9 +6,9 @@ show must be in it.
 
 from __future__ import annotations
 
-from pydantic import Field
-
 import logging
+
+from pydantic import Field
 
 from farm.errors import KeyNotFound
 from farm.results import SCHEMA_VERSION, CellResult, CellStatus, Document, RunManifest, utcnow

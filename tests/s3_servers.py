@@ -50,12 +50,11 @@ class S3Server:
         raise NotImplementedError
 
     def start(self, timeout: float = 90) -> S3Server:
-        log = open(self.workdir / f"{self.name}.log", "ab")
         env = {**os.environ, "TMPDIR": str(self.workdir / "tmp")}
         (self.workdir / "tmp").mkdir(exist_ok=True)
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     cwd=self.workdir, start_new_session=True)
-        log.close()
+        with open(self.workdir / f"{self.name}.log", "ab") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         cwd=self.workdir, start_new_session=True)
         deadline = time.monotonic() + timeout
         client = self.client()
         while True:
@@ -118,6 +117,7 @@ class SeaweedServer(S3Server):
                     "actions": ["Admin", "Read", "List", "Tagging", "Write"]}
         (self.workdir / "s3.json").write_text(json.dumps({"identities": [identity]}))
         (self.workdir / "data").mkdir(exist_ok=True)
+        self._known_volumes: set[int] = set()
 
     def command(self) -> list[str]:
         weed = weed_binary()
@@ -127,6 +127,9 @@ class SeaweedServer(S3Server):
         return [
             weed, "server", f"-dir={self.workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             "-master.telemetry=false",  # never phone home
+            # A single master need not replay its raft state: a restart (the outage tests) then takes
+            # seconds, not an election timeout. Volume locations come back from the volume server.
+            "-master.resumeState=false", "-master.electionTimeout=1s",
             "-volume.max=0", "-master.volumeSizeLimitMB=64",  # small volumes: a test store is tiny
             "-s3", f"-s3.port={self.port}", f"-s3.config={self.workdir / 's3.json'}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
@@ -135,7 +138,31 @@ class SeaweedServer(S3Server):
               for name, port in self.ports.items()),
         ]
 
+    def start(self, timeout: float = 90) -> S3Server:
+        super().start(timeout)
+        # The S3 gateway answers before the volume server has re-registered its volumes with the
+        # master; until then, objects written before a restart read as 500. Wait for all of them.
+        deadline = time.monotonic() + timeout
+        while not self._known_volumes <= self._volumes():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"seaweedfs volumes {self._known_volumes - self._volumes()} did not come back")
+            time.sleep(0.3)
+        return self
+
+    def _volumes(self) -> set[int]:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['master']}/vol/status", timeout=5) as reply:
+                status = json.load(reply)
+        except OSError:
+            return set()
+        racks = status.get("Volumes", {}).get("DataCenters", {}).values()
+        return {v["Id"] for dc in racks for rack in dc.values() for node in rack.values() for v in node or []}
+
     def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self._known_volumes = self._volumes()
         super().stop()
         # gRPC also listens on unix sockets named by port in /tmp, whatever TMPDIR says.
         for name in ("master", "volume", "filer", "s3"):

@@ -102,8 +102,9 @@ def check_key(key: str) -> str:
     """Refuse keys that are not plain ``/``-separated safe segments (the same rule on every backend)."""
     segments = key.split("/")
     if not key or any(not _SEGMENT.fullmatch(s) or s in (".", "..") for s in segments):
-        raise StoreError(f"invalid store key {key!r}: keys are '/'-separated segments of letters, digits, '.', '_', '-' "
-                         "(never '.' or '..'); build them with farm.store's key functions, which sanitise names")
+        raise StoreError(f"invalid store key {key!r}: keys are '/'-separated segments of letters, digits, "
+                         "'.', '_', '-' (never '.' or '..'); build them with farm.store's key functions, "
+                         "which sanitise names")
     return key
 
 

@@ -28,7 +28,8 @@ class LocalStore(Store):
         path = (self.root / check_key(key)).resolve()
         # check_key already forbids '..'; this also catches a symlink inside the store pointing out of it.
         if self.root not in path.parents:
-            raise StoreError(f"key {key!r} escapes the store root {self.root}; keys come from farm.store's key functions")
+            raise StoreError(f"key {key!r} escapes the store root {self.root}; "
+                             "keys come from farm.store's key functions")
         return path
 
     def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
@@ -51,7 +52,8 @@ class LocalStore(Store):
             if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP) and not overwrite:
                 raise StoreError(f"cannot write {path}: the filesystem refuses hard links, which create-once "
                                  "writes need; use a directory on a local filesystem (ext4, xfs, btrfs, apfs)") from exc
-            raise StoreError(f"cannot write {path}: {exc.strerror}; check the directory's permissions and free space") from exc
+            raise StoreError(f"cannot write {path}: {exc.strerror}; "
+                             "check the directory's permissions and free space") from exc
         finally:
             if tmp and os.path.exists(tmp):
                 os.unlink(tmp)
