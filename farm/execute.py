@@ -66,7 +66,7 @@ def execute_cell(cell: Cell, settings: CellSettings, run_id: str, attempt: int =
     """Build the cell's engine and run its probes; every outcome is a ``CellResult``."""
     from farm.engine import build_engine
     from farm.probes import registry
-    from farm.probes.registry import ProbeContext
+    from farm.probes.registry import Deferred, ProbeContext
 
     result = CellResult(
         run_id=run_id, cell_id=cell.id, cell=cell, attempt=attempt, status=CellStatus.RUNNING, started_at=utcnow()
@@ -75,34 +75,48 @@ def execute_cell(cell: Cell, settings: CellSettings, run_id: str, attempt: int =
     current_probe: str | None = None
     with _peak_rss() as peak:
         try:
+            deferred: list[tuple[str, Deferred]] = []
             with build_engine(cell, settings.engine_args) as engine:
                 result.timings["engine_build"] = round(engine.build_seconds, 3)
-                context = ProbeContext(cell=cell, engine=engine, generation=settings.generation)
+                context = ProbeContext(
+                    cell=cell, engine=engine, generation=settings.generation, engine_args=settings.engine_args
+                )
                 for name in settings.probes:
                     probe = registry.get(name)
                     if not probe.applies(cell):
                         continue
                     current_probe = name
                     outcome = probe.run(context)
-                    result.probes.append(outcome)
-                    for key, value in outcome.metrics.items():
-                        if key.endswith("_s") and not key.endswith("_per_s"):  # durations, not rates
-                            result.timings[key.removesuffix("_s")] = value
-            failed = [p.name for p in result.probes if not p.passed]
-            result.status = CellStatus.FAIL if failed else CellStatus.PASS
+                    if isinstance(outcome, ProbeResult):
+                        _record_probe(result, outcome)
+                    else:
+                        deferred.append((name, outcome))
+                current_probe = None
+            # The engine is freed: references and second engines never share memory with it.
+            for name, finish in deferred:
+                current_probe = name
+                _record_probe(result, finish())
+            result.status = CellStatus.FAIL if any(p.failed for p in result.probes) else CellStatus.PASS
         except FarmError as exc:  # the farm could not prepare the cell (zoo, checkpoint): no verdict
             result.status = CellStatus.INFRA_ERROR
             result.error = ErrorInfo(type=type(exc).__name__, message=str(exc), probe=current_probe)
         except Exception as exc:  # the engine under test failed: that is this cell's verdict
             result.status = CellStatus.FAIL
             result.error = error_info(exc, probe=current_probe)
-            if current_probe is None and "load" in settings.probes:
+            if not result.probes and "load" in settings.probes:
                 result.probes.append(ProbeResult(name="load", passed=False, detail=result.error.type))
     result.peak_rss_mb = round(peak(), 1)
     result.timings["total"] = round(time.perf_counter() - started, 3)
     result.env = env_facts()
     result.finished_at = utcnow()
     return result
+
+
+def _record_probe(result: CellResult, outcome: ProbeResult) -> None:
+    result.probes.append(outcome)
+    for key, value in outcome.metrics.items():
+        if key.endswith("_s") and not key.endswith("_per_s"):  # durations, not rates
+            result.timings[key.removesuffix("_s")] = value
 
 
 def env_facts() -> EnvFacts:

@@ -70,9 +70,17 @@ class ErrorInfo(Document):
 class ProbeResult(Document):
     name: str
     passed: bool
+    # A probe that could not judge (e.g. no reference for this checkpoint) neither passes nor fails the cell.
+    skipped: bool = False
     detail: str = ""
     metrics: dict[str, Any] = Field(default_factory=dict)
     outputs: list[str] = Field(default_factory=list)
+    # What the judgement rests on, e.g. the two sides at the first divergence.
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return not self.passed and not self.skipped
 
 
 class EnvFacts(Document):
