@@ -26,7 +26,8 @@ from farm.results import CellResult, CellStatus, EnvFacts, ErrorInfo, ProbeResul
 from farm.signature import error_info
 from farm.spec import Generation, JobSpec
 
-LOG_TAIL_BYTES = 16_000
+LOG_TAIL_BYTES = 16_000  # kept in the result and the store
+LOG_SCAN_BYTES = 1_000_000  # searched for a subprocess's root-cause traceback
 
 
 class CellSettings(BaseModel):
@@ -62,8 +63,14 @@ def farm_home() -> Path:
     return Path(os.environ.get("FARM_HOME") or Path.home() / ".cache" / "farm")
 
 
-def execute_cell(cell: Cell, settings: CellSettings, run_id: str, attempt: int = 1) -> CellResult:
-    """Build the cell's engine and run its probes; every outcome is a ``CellResult``."""
+def execute_cell(
+    cell: Cell, settings: CellSettings, run_id: str, attempt: int = 1, log_path: Path | None = None
+) -> CellResult:
+    """Build the cell's engine and run its probes; every outcome is a ``CellResult``.
+
+    ``log_path`` is where this process's output goes: when the engine failed in a
+    subprocess, the root cause is read from there.
+    """
     from farm.engine import build_engine
     from farm.probes import registry
     from farm.probes.registry import Deferred, ProbeContext
@@ -102,7 +109,9 @@ def execute_cell(cell: Cell, settings: CellSettings, run_id: str, attempt: int =
             result.error = ErrorInfo(type=type(exc).__name__, message=str(exc), probe=current_probe)
         except Exception as exc:  # the engine under test failed: that is this cell's verdict
             result.status = CellStatus.FAIL
-            result.error = error_info(exc, probe=current_probe)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            result.error = error_info(exc, probe=current_probe, log=log_tail(log_path, LOG_SCAN_BYTES) if log_path else "")
             if not result.probes and "load" in settings.probes:
                 result.probes.append(ProbeResult(name="load", passed=False, detail=result.error.type))
     result.peak_rss_mb = round(peak(), 1)

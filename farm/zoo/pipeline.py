@@ -39,8 +39,17 @@ def recipe(item: Item, seed: int) -> dict[str, Any]:
         "tokenizer": tokenizer.RECIPE,
         "arch": item.arch.recipe(),
     }
-    if item.variant is not None:
-        r["variant"] = {"suffix": item.variant.suffix, "params": dict(item.variant.params)}
+    variant = item.variant
+    if variant is not None:
+        r["variant"] = {"suffix": variant.suffix, "params": dict(variant.params)}
+        # A variant built from another one (a dequantized reference from its
+        # quantized checkpoint) changes whenever that one does.
+        chain = []
+        while variant.source is not None:
+            variant = registry.variant(variant.source)
+            chain.append({"suffix": variant.suffix, "params": dict(variant.params)})
+        if chain:
+            r["sources"] = chain
     return r
 
 
@@ -86,6 +95,7 @@ def _run_builder(root: Path, item: Item, seed: int, out: Path, progress: Progres
         arch=item.arch,
         out_dir=out,
         base_dir=root / item.base if item.variant else None,
+        source_dir=root / item.source if item.source else None,
         seed=seed,
         params=dict(item.variant.params) if item.variant else dataclasses.asdict(item.arch.train),
         progress=progress,

@@ -1,9 +1,14 @@
-"""GPTQ INT4 checkpoints packed by hand from the trained bf16 weights.
+"""Quantized checkpoints packed by hand from the trained bf16 weights: GPTQ INT4 here.
 
-No calibration: round-to-nearest per group of 32 input channels, symmetric,
-which is what GPTQ degenerates to without Hessian updates. The on-disk layout
-is AutoGPTQ's (``checkpoint_format: gptq``, i.e. v1, where a stored zero point
-is the real one minus one), the format vLLM's GPTQ loaders read:
+No calibration: round-to-nearest, symmetric, which is what GPTQ degenerates to
+without Hessian updates. Every scale is rounded *up* to the few significant
+bits that make each dequantized weight ``q * scale`` exactly representable in
+bf16 and in fp16 (:func:`exact_scale`), so the ``-dequant`` reference of a
+quantized item (see ``reference.py``) holds exactly the weights every kernel
+sees, whatever dtype it dequantizes in.
+
+The GPTQ layout is AutoGPTQ's (``checkpoint_format: gptq``, i.e. v1, where a
+stored zero point is the real one minus one), the format vLLM's GPTQ loaders read:
 
     qweight [in/8, out]  int32   eight 4-bit values along the input dim, low nibble first
     qzeros  [in/G, out/8] int32  eight 4-bit zero points along the output dim
@@ -11,22 +16,20 @@ is the real one minus one), the format vLLM's GPTQ loaders read:
     g_idx   [in]         int32   group of each input channel (desc_act false: i // G)
 
 Weights are read and written in the on-disk naming that transformers'
-``save_pretrained`` produces (per-expert ``experts.N.gate_proj`` for Qwen2-MoE,
-``block_sparse_moe.experts.N.w1`` for Mixtral), so every expert is packed as
-the ordinary 2-D linear it is on disk.
+``save_pretrained`` produces (per-expert ``experts.N.gate_proj`` for Qwen2-MoE
+and DeepSeek-V3, ``block_sparse_moe.experts.N.w1`` for Mixtral), so every
+expert is packed as the ordinary 2-D linear it is on disk.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
-from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from farm.errors import ZooError
-from farm.zoo import corpus
-from farm.zoo.registry import ArchSpec, BuildContext, register_variant
+from farm.zoo.checkpoint import WEIGHTS_FILE, copy_model_files, write_config
+from farm.zoo.reference import register_quantization
+from farm.zoo.registry import ArchSpec, BuildContext
 
 if TYPE_CHECKING:
     import torch
@@ -35,10 +38,14 @@ GROUP_SIZE = 32
 BITS = 4
 PACK = 32 // BITS
 ZERO = 2 ** (BITS - 1)  # symmetric: the real zero point is mid-range
-WEIGHTS_FILE = "model.safetensors"
-# Never quantized, whatever the architecture: real GPTQ checkpoints keep them
-# in float (lm_head=False) and vLLM expects them so.
+# Significand bits of bf16, the narrower of the two half formats.
+_BF16_BITS = 8
+# fp16's smallest normal: scales stay normal in every half format.
+_MIN_SCALE = 2.0**-14
+# Never quantized, whatever the architecture: real quantized checkpoints keep
+# them in float (lm_head=False) and vLLM expects them so.
 _ALWAYS_SKIP = ("embed_tokens", "lm_head", "norm")
+_GPTQ_PARTS = ("qweight", "qzeros", "scales", "g_idx")
 
 
 def quantization_config() -> dict[str, Any]:
@@ -54,21 +61,31 @@ def quantization_config() -> dict[str, Any]:
     }
 
 
-@register_variant("gptq4", kind="model", group_size=GROUP_SIZE, bits=BITS, scale="absmax/7")
+def dequantize_gptq(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every tensor of a GPTQ checkpoint as float32, packed linears unpacked to ``.weight``."""
+    out = {}
+    for key, value in tensors.items():
+        if key.endswith(".qweight"):
+            prefix = key[: -len("qweight")]
+            out[prefix + "weight"] = unpack_gptq({p: tensors[prefix + p] for p in _GPTQ_PARTS})
+        elif not key.endswith((".qzeros", ".scales", ".g_idx")):
+            out[key] = value.float()
+    return out
+
+
+@register_quantization("gptq4", dequantize=dequantize_gptq, group_size=GROUP_SIZE, bits=BITS, scale="exact-5bit")
 def build_gptq4(ctx: BuildContext) -> dict[str, Any]:
     """Pack the base model's linear weights into GPTQ int4; everything else to fp16."""
     from safetensors.torch import load_file, save_file
 
     assert ctx.base_dir is not None
-    for f in sorted(ctx.base_dir.iterdir()):
-        if f.is_file() and f.name != WEIGHTS_FILE and not f.name.startswith("farm-"):
-            shutil.copy2(f, ctx.out_dir / f.name)
+    copy_model_files(ctx.base_dir, ctx.out_dir)
     tensors = load_file(ctx.base_dir / WEIGHTS_FILE)
     out: dict[str, torch.Tensor] = {}
     packed = 0
     for key in sorted(tensors):
         value = tensors[key]
-        if should_quantize(ctx.arch, key, value):
+        if should_quantize(ctx.arch, key, value, out_multiple=PACK):
             prefix = key[: -len("weight")]
             for part, t in pack_gptq(value).items():
                 out[prefix + part] = t
@@ -76,32 +93,55 @@ def build_gptq4(ctx: BuildContext) -> dict[str, Any]:
         else:
             out[key] = value.half() if value.is_floating_point() else value
     save_file(out, ctx.out_dir / WEIGHTS_FILE, metadata={"format": "pt"})
-    config_path = ctx.out_dir / "config.json"
-    config = json.loads(config_path.read_text())
     # vLLM's GPTQ kernels compute in float16; saying so keeps dtype="auto" working.
-    config["dtype"] = "float16"
-    config["quantization_config"] = quantization_config()
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return {"packed_linears": packed, **fake_quant_check(ctx)}
+    write_config(ctx.out_dir, quantization_config(), dtype="float16")
+    return {"packed_linears": packed}
 
 
-def should_quantize(arch: ArchSpec, key: str, value: torch.Tensor) -> bool:
-    """Whether the on-disk tensor ``key`` is a linear weight GPTQ packs."""
+def should_quantize(
+    arch: ArchSpec, key: str, value: torch.Tensor, *, group_size: int | None = GROUP_SIZE, out_multiple: int = 1
+) -> bool:
+    """Whether the on-disk tensor ``key`` is a linear weight a quantizer packs.
+
+    Args:
+        arch: the architecture (its ``quant_skip`` names what stays in float).
+        key: the on-disk tensor name.
+        value: the tensor.
+        group_size: the input dim must be a multiple of it (None: no groups).
+        out_multiple: the output dim must be a multiple of it (GPTQ packs zero points along it).
+
+    Raises:
+        ZooError: a linear weight that should be packed has a shape the format cannot take.
+    """
     if not key.endswith(".weight") or value.ndim != 2:
         return False
     if any(s in key for s in _ALWAYS_SKIP) or any(s in key for s in arch.quant_skip):
         return False
     out_features, in_features = value.shape
-    if in_features % GROUP_SIZE or out_features % PACK:
+    if (group_size and in_features % group_size) or out_features % out_multiple:
         raise ZooError(
-            f"cannot GPTQ-pack {key} of shape {tuple(value.shape)}: the input dim must be a "
-            f"multiple of {GROUP_SIZE} and the output dim of {PACK}; fix the shapes in the "
+            f"cannot quantize {key} of shape {tuple(value.shape)}: the input dim must be a "
+            f"multiple of {group_size} and the output dim of {out_multiple}; fix the shapes in the "
             f"{arch.name!r} arch or add the tensor to its quant_skip."
         )
     return True
 
 
-def _pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+def exact_scale(absmax: torch.Tensor, qmax: int) -> torch.Tensor:
+    """``absmax / qmax`` rounded up to the significant bits that keep ``q * scale`` exact in bf16.
+
+    With ``|q| <= qmax`` needing ``qmax.bit_length()`` bits, a scale of
+    ``8 - that`` significant bits makes every product fit bf16's 8 (and fp16's
+    11). Rounding up, never down, keeps ``|w / scale| <= qmax``: nothing clips.
+    """
+    import torch
+
+    bits = _BF16_BITS - qmax.bit_length()
+    mantissa, exponent = torch.frexp((absmax.float() / qmax).clamp(min=_MIN_SCALE))
+    return torch.ldexp(torch.ceil(mantissa * 2**bits) / 2**bits, exponent)
+
+
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
     """Pack int values in [0, 15] along dim 0 (groups of eight) into int32, low nibble first."""
     import torch
 
@@ -114,6 +154,14 @@ def _pack_nibbles(q: torch.Tensor) -> torch.Tensor:
     return (word - (word >= 2**31).to(torch.int64) * 2**32).to(torch.int32)
 
 
+def unpack_nibbles(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`pack_nibbles`: int32 ``[r, c]`` to int64 ``[r * 8, c]`` in [0, 15]."""
+    import torch
+
+    x = x.to(torch.int64) & 0xFFFFFFFF
+    return torch.stack([(x >> (BITS * k)) & 0xF for k in range(PACK)], 1).flatten(0, 1)
+
+
 def pack_gptq(weight: torch.Tensor) -> dict[str, torch.Tensor]:
     """Quantize one ``[out, in]`` weight to GPTQ v1 tensors (see the module docstring)."""
     import torch
@@ -121,74 +169,21 @@ def pack_gptq(weight: torch.Tensor) -> dict[str, torch.Tensor]:
     w = weight.float()
     out_f, in_f = w.shape
     groups = w.view(out_f, in_f // GROUP_SIZE, GROUP_SIZE)
-    scale = (groups.abs().amax(-1) / (ZERO - 1)).clamp(min=1e-8)  # [out, in/G]
-    # Round against the fp16 scale that is stored, so dequantizing is exact.
-    scale = scale.half().float()
+    scale = exact_scale(groups.abs().amax(-1), ZERO - 1)  # [out, in/G], exact in fp16
     q = (torch.round(groups / scale[..., None]) + ZERO).clamp(0, 2**BITS - 1).view(out_f, in_f)
     zeros = torch.full((in_f // GROUP_SIZE, out_f), ZERO - 1, dtype=torch.int64)  # v1: zero - 1
     return {
-        "qweight": _pack_nibbles(q.t().contiguous()),
-        "qzeros": _pack_nibbles(zeros.t().contiguous()).t().contiguous(),
+        "qweight": pack_nibbles(q.t().contiguous()),
+        "qzeros": pack_nibbles(zeros.t().contiguous()).t().contiguous(),
         "scales": scale.t().contiguous().half(),
         "g_idx": (torch.arange(in_f, dtype=torch.int32) // GROUP_SIZE),
     }
 
 
-def unpack_gptq(parts: dict[str, torch.Tensor]) -> torch.Tensor:
+def unpack_gptq(parts: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Dequantize GPTQ v1 tensors back to a float32 ``[out, in]`` weight."""
-    import torch
-
-    def nibbles(x: torch.Tensor) -> torch.Tensor:  # int32 [r, c] -> [r * 8, c]
-        x = x.to(torch.int64) & 0xFFFFFFFF
-        return torch.stack([(x >> (BITS * k)) & 0xF for k in range(PACK)], 1).flatten(0, 1)
-
-    q = nibbles(parts["qweight"])  # [in, out]
-    zeros = nibbles(parts["qzeros"].t()).t() + 1  # [in/G, out], v1 stores zero - 1
+    q = unpack_nibbles(parts["qweight"])  # [in, out]
+    zeros = unpack_nibbles(parts["qzeros"].t()).t() + 1  # [in/G, out], v1 stores zero - 1
     g = parts["g_idx"].long()
     w = (q - zeros[g]).float() * parts["scales"].float()[g]
     return w.t().contiguous()
-
-
-def fake_quant_check(ctx: BuildContext) -> dict[str, Any]:
-    """Greedy output of the dequantized weights in transformers, against the base's.
-
-    It tells whether INT4 rounding alone flips the model's greedy tokens, so
-    that an engine disagreeing with the bf16 reference is the engine's doing.
-    """
-    import torch
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from farm.zoo.train import greedy_stats
-
-    assert ctx.base_dir is not None
-    tensors = load_file(ctx.out_dir / WEIGHTS_FILE)
-    dense: dict[str, torch.Tensor] = {}
-    for key, value in tensors.items():
-        if key.endswith(".qweight"):
-            prefix = key[: -len("qweight")]
-            parts = {p: tensors[prefix + p] for p in ("qweight", "qzeros", "scales", "g_idx")}
-            dense[prefix + "weight"] = unpack_gptq(parts).half()
-        elif not key.endswith((".qzeros", ".scales", ".g_idx")):
-            dense[key] = value
-    tok = AutoTokenizer.from_pretrained(ctx.base_dir)
-    # ".build-" so that a build killed mid-check leaves nothing clean_partial misses.
-    with tempfile.TemporaryDirectory(dir=ctx.out_dir.parent, prefix=".build-fakequant-") as tmp:
-        shutil.copy2(ctx.base_dir / "config.json", Path(tmp) / "config.json")
-        save_file(dense, Path(tmp) / WEIGHTS_FILE, metadata={"format": "pt"})
-        model = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
-    stats = greedy_stats(model, tok, corpus.SAMPLE_PROMPTS)
-    base_model = AutoModelForCausalLM.from_pretrained(ctx.base_dir, dtype=torch.float32)
-    base = greedy_stats(base_model, tok, corpus.SAMPLE_PROMPTS)
-    agree = [
-        _common_prefix(a["token_ids"], b["token_ids"])
-        for a, b in zip(stats["greedy"], base["greedy"], strict=True)
-    ]
-    return {"fake_quant_agree_tokens": agree, **stats}
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
