@@ -12,6 +12,7 @@ from farm.results import SCHEMA_VERSION, CellResult, CellStatus, Document, RunMa
 from farm.store import Store, manifest_key, read_results, safe_part
 
 PAGE_KEY = "index.html"
+TRACEBACK_LINES_SHOWN = 4  # of each root cause's representative traceback, in the terminal table
 
 
 class MatrixCell(Document):
@@ -170,9 +171,14 @@ def format_table(matrix: Matrix) -> str:
     lines += [_table_line(r, widths) for r in body]
     counts = ", ".join(f"{n} {status}" for status, n in sorted(matrix.counts.items()))
     lines.append(f"\n{len(matrix.cells)} cells: {counts}")
+    labels = {c.cell_id: f"{c.model}/{c.quantization}/{c.lora}/{c.engine}" for c in matrix.cells}
+    if matrix.signatures:
+        lines.append("\nRoot causes:")
     for group in matrix.signatures:
         where = f" at {group.frame}" if group.frame else ""
         lines.append(f"[{group.signature}] {group.error_type}{where}: {group.message[:160]} — {len(group.cells)} cell(s)")
+        lines += [f"    {labels.get(cell_id, cell_id)}" for cell_id in group.cells]
+        lines += [f"    | {line}" for line in group.traceback_tail.splitlines()[-TRACEBACK_LINES_SHOWN:]]
     return "\n".join(lines)
 
 

@@ -142,7 +142,29 @@ def env_facts() -> EnvFacts:
         imported = sys.modules.get(module)
         setattr(facts, module, getattr(imported, "__version__", None) if imported else _dist_version(module))
     facts.device = _device()
+    facts.cuda = _torch_cuda()
+    facts.cpu, facts.cpu_features = _cpu()
     return facts
+
+
+# The CPU features that select vLLM's CPU kernels (vllm/platforms/cpu.py and the MoE experts).
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def _cpu() -> tuple[str | None, list[str]]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or None, []
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), None)
+    flags_line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    flags = set(flags_line.split(":", 1)[-1].split())
+    return model, [feature for feature in CPU_FEATURES if feature in flags]
+
+
+def _torch_cuda() -> str | None:
+    torch = sys.modules.get("torch")
+    return getattr(getattr(torch, "version", None), "cuda", None) if torch else None
 
 
 def _dist_version(name: str) -> str | None:

@@ -95,6 +95,10 @@ class EnvFacts(Document):
     platform: str | None = None
     device: str | None = None
     hostname: str | None = None
+    cuda: str | None = None  # the CUDA torch was built for; None on a CPU build
+    cpu: str | None = None
+    # Instruction sets that decide which vLLM CPU kernels exist (e.g. int4 MoE needs AMX).
+    cpu_features: list[str] = Field(default_factory=list)
 
 
 class CellResult(Document):
