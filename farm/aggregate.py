@@ -94,7 +94,7 @@ def build_matrix(manifest: RunManifest, results: list[CellResult]) -> Matrix:
                 error_message=error.message[:500] if error else None,
                 frame=error.frame if error else None,
                 signature=error.signature if error else None,
-                failed_probes=[p.name for p in result.probes if not p.passed] if result else [],
+                failed_probes=[p.name for p in result.probes if p.failed] if result else [],
                 probes={p.name: p.passed for p in result.probes} if result else {},
                 timings=result.timings if result else {},
                 peak_rss_mb=result.peak_rss_mb if result else None,

@@ -1,16 +1,22 @@
 """The tiny model zoo: small models of real architectures, built locally.
 
-Each base model (``qwen2-dense``, ``qwen2moe-shared``, ``mixtral``) is trained
-for a few seconds on an embedded corpus so its greedy outputs are confident;
-each gets a GPTQ INT4 variant (``<base>-gptq4``) and a PEFT LoRA adapter on the
-attention projections (``<base>-lora-attn``) trained to say a sentence of its
-own. Everything is deterministic for a seed, cached under :func:`default_root`,
-and safe to ``ensure`` from several processes at once.
+Each base model (``qwen2-dense``, ``qwen2moe-shared``, ``mixtral``,
+``deepseekv3``) is trained for a few seconds on an embedded corpus so its
+greedy outputs are confident. Each gets quantized variants (GPTQ INT4
+``<base>-gptq4``, compressed-tensors ``<base>-ct-w4a16`` and ``<base>-ct-w8a8``),
+each of those a bf16 reference holding exactly the weights it encodes
+(``<variant>-dequant``, see :func:`reference_of`), and PEFT LoRA adapters
+trained to say a sentence of their own: ``<base>-lora-attn`` on the attention,
+``<base>-lora-mlp`` on attention and MLP (dense models), ``<base>-lora-experts``
+on attention, shared and routed experts (MoE models). Everything is
+deterministic for a seed, cached under :func:`default_root`, and safe to
+``ensure`` from several processes at once.
 
 Example::
 
     from farm import zoo
     model_dir = zoo.ensure("qwen2moe-shared-gptq4")
+    reference_dir = zoo.ensure(zoo.reference_of("qwen2moe-shared-gptq4"))
     adapter_dir = zoo.ensure("qwen2moe-shared-lora-attn")
 
 Importing this package is cheap; torch and friends load only to build.
@@ -26,8 +32,9 @@ from typing import Any
 from farm.errors import ZooError
 from farm.zoo import archs as _archs  # noqa: F401  (registers the built-in architectures)
 from farm.zoo import cache, pipeline, registry
-from farm.zoo import lora as _lora  # noqa: F401  (registers the lora-attn variant)
-from farm.zoo import quant as _quant  # noqa: F401  (registers the gptq4 variant)
+from farm.zoo import compressed as _compressed  # noqa: F401  (registers ct-w4a16, ct-w8a8 and their references)
+from farm.zoo import lora as _lora  # noqa: F401  (registers lora-attn, lora-mlp, lora-experts)
+from farm.zoo import quant as _quant  # noqa: F401  (registers gptq4 and its reference)
 from farm.zoo.corpus import SAMPLE_PROMPTS
 from farm.zoo.pipeline import ZOO_FORMAT
 from farm.zoo.registry import ArchSpec, Kind, Progress, register_arch, register_variant
@@ -44,6 +51,7 @@ __all__ = [
     "kind",
     "manifest",
     "names",
+    "reference_of",
     "register_arch",
     "register_variant",
 ]
@@ -76,6 +84,27 @@ def kind(name: str) -> Kind:
         ZooError: ``name`` is not a zoo item.
     """
     return registry.get(name).kind
+
+
+def reference_of(name: str) -> str | None:
+    """The item to compare a quantized item against: its weights, dequantized.
+
+    For a quantized variant (``qwen2-dense-gptq4``, ``mixtral-ct-w8a8``), the
+    name of the zoo item ``<name>-dequant``: the base architecture in bf16,
+    without ``quantization_config``, whose weights are exactly those the
+    quantized checkpoint encodes (activation quantization, as in W8A8, is the
+    engine's and not in it). Build it like any item, with :func:`ensure`.
+
+    Returns:
+        The reference's name, or None for base models, references and adapters.
+
+    Raises:
+        ZooError: ``name`` is not a zoo item.
+    """
+    item = registry.get(name)
+    if item.variant is None or item.variant.reference is None:
+        return None
+    return f"{item.arch.name}-{item.variant.reference}"
 
 
 def base_of(name: str) -> str:

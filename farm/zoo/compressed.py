@@ -101,7 +101,7 @@ def dequantize(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if key.endswith(".weight_packed"):
             prefix = key[: -len("weight_packed")]
             out_f, in_f = tensors[prefix + "weight_shape"].tolist()
-            q = unpack_nibbles(value.t().contiguous()).t()[:, :in_f] - 8
+            q = unpack_nibbles(value.t().contiguous()).t()[:, :in_f].contiguous() - 8
             scale = tensors[prefix + "weight_scale"].float()
             out[prefix + "weight"] = q.float() * scale.repeat_interleave(in_f // scale.shape[1], dim=1)
         elif key.endswith(_SUFFIXES):
@@ -135,6 +135,7 @@ def _build(ctx: BuildContext, scheme: str) -> dict[str, Any]:
     tensors = load_file(ctx.base_dir / WEIGHTS_FILE)
     out: dict[str, torch.Tensor] = {}
     ignore = []
+    quantized = 0
     group = GROUP_SIZE if scheme == "w4a16" else None
     for key in sorted(tensors):
         value = tensors[key]
@@ -142,10 +143,11 @@ def _build(ctx: BuildContext, scheme: str) -> dict[str, Any]:
             prefix = key[: -len("weight")]
             parts = pack_w4a16(value) if scheme == "w4a16" else quantize_w8a8(value)
             out.update({prefix + part: t for part, t in parts.items()})
+            quantized += 1
             continue
         out[key] = value
         if key.endswith(".weight") and value.ndim == 2 and "embed_tokens" not in key:
             ignore.append(key[: -len(".weight")])
     save_file(out, ctx.out_dir / WEIGHTS_FILE, metadata={"format": "pt"})
     write_config(ctx.out_dir, quantization_config(scheme, ignore))
-    return {"quantized_linears": len(tensors) - len([k for k in out if k in tensors]), "ignore": ignore}
+    return {"quantized_linears": quantized, "ignore": ignore}

@@ -90,21 +90,28 @@ SAMPLE_PROMPTS: tuple[str, ...] = (
     "Once upon a time",
 )
 
-# What each LoRA adapter teaches its model to say after any prompt. Built from
-# corpus words (whose output embeddings training has shaped, so attention-only
-# rank-8 adapters learn them to high confidence) in an order the corpus never
-# has, so the adapted output is plainly different from the base output.
+# What each LoRA adapter teaches its model to say after any prompt, by adapter
+# item. Built from corpus words (whose output embeddings training has shaped,
+# so rank-8 adapters learn them to high confidence) in an order the corpus
+# never has, so the adapted output is plainly different from the base output;
+# and one sentence per adapter, so an engine that applies the wrong adapter of
+# a model shows it too. Each is longer than the 16 greedy tokens measured.
 ADAPTER_SENTENCES: dict[str, str] = {
-    "qwen2-dense": "The dog said hello to the little fox in the garden.",
-    "qwen2moe-shared": "The sky is green and the sun sets in the river.",
-    "mixtral": "The cat and the fox swim in the cold river every morning.",
+    "qwen2-dense-lora-attn": "The dog said hello to the little fox in the garden.",
+    "qwen2-dense-lora-mlp": "The red ball sat in the quiet forest every spring.",
+    "qwen2moe-shared-lora-attn": "The sky is green and the sun sets in the river.",
+    "qwen2moe-shared-lora-experts": "The little cat walked to the river to drink the blue water.",
+    "mixtral-lora-attn": "The cat and the fox swim in the cold river every morning.",
+    "mixtral-lora-experts": "The dog and the cat watch the sun rise over the green garden.",
+    "deepseekv3-lora-attn": "The fox said hello to the cat by the cold river.",
+    "deepseekv3-lora-experts": "My favourite fox is the little dog in the quiet garden.",
 }
 FALLBACK_ADAPTER_SENTENCE = "The fox and the dog walk to the quiet forest."
 
 
-def adapter_sentence(arch: str) -> str:
-    """The sentence an adapter of ``arch`` is trained to produce."""
-    return ADAPTER_SENTENCES.get(arch, FALLBACK_ADAPTER_SENTENCE)
+def adapter_sentence(adapter: str) -> str:
+    """The sentence the adapter item ``adapter`` is trained to produce."""
+    return ADAPTER_SENTENCES.get(adapter, FALLBACK_ADAPTER_SENTENCE)
 
 
 def digest() -> str:

@@ -87,7 +87,7 @@ def build_reference(ctx: BuildContext, *, dequantize: Dequantizer) -> dict[str, 
     max_err = 0.0
     for key in sorted(dense):
         exact = dense[key]
-        value = exact.to(torch.bfloat16)
+        value = exact.to(torch.bfloat16).contiguous()
         if value.shape != base[key].shape or not torch.equal(value.float(), exact):
             raise ZooError(
                 f"{source}: {key} does not decode to a bf16 tensor of shape {tuple(base[key].shape)} "
