@@ -17,6 +17,7 @@ from farm.store import Store, Unreadable, matrix_key, read_manifest, result_key,
 log = logging.getLogger("farm.aggregate")
 
 PAGE_KEY = "index.html"
+TRACEBACK_LINES_SHOWN = 4  # of each root cause's representative traceback, in the terminal table
 
 
 class MatrixCell(Document):
@@ -107,7 +108,7 @@ def build_matrix(
                 error_message=error.message[:500] if error else None,
                 frame=error.frame if error else None,
                 signature=error.signature if error else None,
-                failed_probes=[p.name for p in result.probes if not p.passed] if result else [],
+                failed_probes=[p.name for p in result.probes if p.failed] if result else [],
                 probes={p.name: p.passed for p in result.probes} if result else {},
                 timings=result.timings if result else {},
                 peak_rss_mb=result.peak_rss_mb if result else None,
@@ -205,9 +206,14 @@ def format_table(matrix: Matrix) -> str:
     lines += [_table_line(r, widths) for r in body]
     counts = ", ".join(f"{n} {status}" for status, n in sorted(matrix.counts.items()))
     lines.append(f"\n{len(matrix.cells)} cells: {counts}")
+    labels = {c.cell_id: f"{c.model}/{c.quantization}/{c.lora}/{c.engine}" for c in matrix.cells}
+    if matrix.signatures:
+        lines.append("\nRoot causes:")
     for group in matrix.signatures:
         where = f" at {group.frame}" if group.frame else ""
         lines.append(f"[{group.signature}] {group.error_type}{where}: {group.message[:160]} — {len(group.cells)} cell(s)")
+        lines += [f"    {labels.get(cell_id, cell_id)}" for cell_id in group.cells]
+        lines += [f"    | {line}" for line in group.traceback_tail.splitlines()[-TRACEBACK_LINES_SHOWN:]]
     for document in matrix.unreadable:
         lines.append(f"unreadable: {document.key}: {document.reason}")
     return "\n".join(lines)
