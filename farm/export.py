@@ -22,7 +22,7 @@ log = logging.getLogger("farm.export")
 
 _STRINGS = ("run_id", "cell_id", "key", "status", "model", "quantization", "lora", "engine", "model_source",
             "lora_source", "vllm_quantization", "vllm", "torch", "transformers", "python", "platform", "device",
-            "hostname", "error_type", "error_message", "error_frame", "error_signature", "error_probe")
+            "hostname", "cuda", "cpu", "error_type", "error_message", "error_frame", "error_signature", "error_probe")
 
 
 def rows(scan: RunScan) -> list[dict[str, Any]]:
@@ -44,13 +44,14 @@ def rows(scan: RunScan) -> list[dict[str, Any]]:
                 "lora_source": result.cell.lora_source,
                 "vllm_quantization": result.cell.vllm_quantization,
                 **result.env.model_dump(include={"vllm", "torch", "transformers", "python", "platform", "device",
-                                                 "hostname"}),
+                                                 "hostname", "cuda", "cpu", "cpu_features"}),
                 "error_type": error.type if error else None,
                 "error_message": error.message if error else None,
                 "error_frame": error.frame if error else None,
                 "error_signature": error.signature if error else None,
                 "error_probe": error.probe if error else None,
-                "failed_probes": [p.name for p in result.probes if not p.passed],
+                "failed_probes": [p.name for p in result.probes if p.failed],
+                "skipped_probes": [p.name for p in result.probes if p.skipped],
                 "probes": {p.name: p.passed for p in result.probes},
                 "timings": dict(result.timings),
                 "peak_rss_mb": result.peak_rss_mb,
@@ -92,6 +93,8 @@ def parquet_schema() -> Any:
         pa.field("attempt", pa.int32()),
         pa.field("latest", pa.bool_()),
         pa.field("failed_probes", pa.list_(pa.string())),
+        pa.field("skipped_probes", pa.list_(pa.string())),
+        pa.field("cpu_features", pa.list_(pa.string())),
         pa.field("probes", pa.map_(pa.string(), pa.bool_())),
         pa.field("timings", pa.map_(pa.string(), pa.float64())),
         pa.field("peak_rss_mb", pa.float64()),

@@ -11,7 +11,7 @@ import pytest
 from farm.aggregate import aggregate, load_matrix
 from farm.cells import Cell
 from farm.errors import KeyExists, KeyNotFound, StoreError
-from farm.results import CellResult, CellStatus, ErrorInfo, RunManifest, utcnow
+from farm.results import CellResult, CellStatus, ErrorInfo, ProbeResult, RunManifest, utcnow
 from farm.spec import Engine
 from farm.store import (
     MARKER_KEY,
@@ -192,7 +192,8 @@ def test_aggregate_writes_matrix_page_and_exports(store):
     cells = [make_cell("a"), make_cell("b"), make_cell("c")]
     write_manifest(store, make_manifest("run-1", cells), create=True)
     put_result(store, make_result("run-1", cells[0], CellStatus.INFRA_ERROR))
-    put_result(store, make_result("run-1", cells[0]))  # the retry: attempt 2
+    put_result(store, make_result("run-1", cells[0], probes=[  # the retry: attempt 2
+        ProbeResult(name="load", passed=True), ProbeResult(name="reference", passed=False, skipped=True)]))
     put_result(store, make_result("run-1", cells[1], CellStatus.FAIL,
                                   error=ErrorInfo(type="AttributeError", message="boom", signature="abc123")))
     store.put(result_key("run-1", cells[2].id, 1), b'{"schema_version": 1, "run_id": "run-1", "cell')
@@ -206,6 +207,8 @@ def test_aggregate_writes_matrix_page_and_exports(store):
     assert sorted((r["model"], r["attempt"], r["latest"], r["status"]) for r in rows) == [
         ("a", 1, False, "infra_error"), ("a", 2, True, "pass"), ("b", 1, True, "fail")]
     assert next(r for r in rows if r["model"] == "b")["error_signature"] == "abc123"
+    retried = next(r for r in rows if r["latest"] and r["model"] == "a")
+    assert (retried["failed_probes"], retried["skipped_probes"]) == ([], ["reference"])
     lines = [json.loads(line) for line in store.get("exports/run-1.jsonl").decode().splitlines()]
     assert len(lines) == 3 and sum(line["latest"] for line in lines) == 2
     assert CellResult.model_validate(lines[0]).run_id == "run-1"
