@@ -1,9 +1,9 @@
 """Every result of a run as Parquet and JSONL, for people who query with DuckDB or pandas.
 
-    exports/<run_id>.parquet   one flat row per cell attempt, with a fixed schema, so the files
-                               of all runs query as one table:
-                               SELECT model, quantization, lora, status FROM 'exports/*.parquet' WHERE latest
-    exports/<run_id>.jsonl     the complete result documents, one a line, each with "latest" added
+    exports/parquet/<run_id>.parquet   one flat row per cell attempt, with a fixed schema, so the
+                                       files of all runs query as one table (or one folder):
+                                       SELECT model, status FROM 'exports/parquet/*.parquet' WHERE latest
+    exports/jsonl/<run_id>.jsonl       the complete result documents, one a line, each with "latest" added
 
 ``latest`` marks the attempt the matrix uses for its cell. Parquet needs pyarrow
 (``pip install 'farm[export]'``); without it only the JSONL is written, and a warning says so.

@@ -105,4 +105,4 @@ def test_farm_run_as_a_ray_job_writes_results_to_s3(ray_head, moto_server, tmp_p
     assert len(store.list("runs/rj/cells/")) == 3
     manifest = read_manifest(store, "rj")
     assert manifest.finished_at and manifest.counts == {"pass": 3}
-    assert store.exists("matrix/rj.json") and store.exists("exports/rj.parquet")
+    assert store.exists("matrix/rj.json") and store.exists("exports/parquet/rj.parquet")

@@ -203,13 +203,13 @@ def test_aggregate_writes_matrix_page_and_exports(store):
     assert matrix.counts == {"pass": 1, "fail": 1, "pending": 1}
     assert [u.key for u in matrix.unreadable] == [result_key("run-1", cells[2].id, 1)]
     assert f'id="cell-{cells[0].id}"' in store.get(page_key).decode()
-    rows = read_parquet_rows(store.get("exports/run-1.parquet"))
+    rows = read_parquet_rows(store.get("exports/parquet/run-1.parquet"))
     assert sorted((r["model"], r["attempt"], r["latest"], r["status"]) for r in rows) == [
         ("a", 1, False, "infra_error"), ("a", 2, True, "pass"), ("b", 1, True, "fail")]
     assert next(r for r in rows if r["model"] == "b")["error_signature"] == "abc123"
     retried = next(r for r in rows if r["latest"] and r["model"] == "a")
     assert (retried["failed_probes"], retried["skipped_probes"]) == ([], ["reference"])
-    lines = [json.loads(line) for line in store.get("exports/run-1.jsonl").decode().splitlines()]
+    lines = [json.loads(line) for line in store.get("exports/jsonl/run-1.jsonl").decode().splitlines()]
     assert len(lines) == 3 and sum(line["latest"] for line in lines) == 2
     assert CellResult.model_validate(lines[0]).run_id == "run-1"
 

@@ -16,7 +16,7 @@ from farm.cells import expand
 from farm.errors import KeyNotFound
 from farm.results import CellResult, CellStatus, ErrorInfo, utcnow
 from farm.spec import parse_job
-from farm.store import open_store, put_result, read_manifest, scan_run, write_manifest
+from farm.store import open_store, put_result, read_manifest, result_key, scan_run, write_manifest
 
 from .s3_servers import BUCKET, SeaweedServer, weed_binary
 
@@ -53,8 +53,8 @@ def test_run_status_and_matrix_against_s3_through_the_cli(farm_cli, write_job, m
     assert f"page:   s3://{BUCKET}/cli/index.html" in out
     store = open_store(f"s3://{BUCKET}/cli", s3_endpoint=moto_server.endpoint)
     assert len(keys_of(store, "s3run")) == 3
-    for key in ("matrix/s3run.json", "matrix/latest.json", "index.html", "exports/s3run.parquet",
-                "exports/s3run.jsonl", "runs/s3run/manifest.json"):
+    for key in ("matrix/s3run.json", "matrix/latest.json", "index.html", "exports/parquet/s3run.parquet",
+                "exports/jsonl/s3run.jsonl", "runs/s3run/manifest.json"):
         assert store.exists(key), key
     assert not (tmp_path / "home" / "spool" / "s3run").exists(), "the spool is gone once all is stored"
 
@@ -79,9 +79,11 @@ def test_resume_runs_what_has_no_verdict_and_nothing_else(farm_cli, write_job, t
     put_result(store, CellResult(run_id="half", cell_id=cells[0].id, cell=cells[0], status=CellStatus.PASS))
     put_result(store, CellResult(run_id="half", cell_id=cells[1].id, cell=cells[1], status=CellStatus.INFRA_ERROR,
                                  error=ErrorInfo(type="infra_error", message="node lost")))
+    store.put(result_key("half", cells[2].id, 1), b'{"schema_version": 1, "run_id": "ha')  # cut off mid-write
 
     code, out, _ = farm_cli("status", "half", "--store", str(tmp_path / "store"))
     assert "in progress" in out and "2/3 cells have a result: 1 infra_error, 1 pass" in out
+    assert f"unreadable: {store.location(result_key('half', cells[2].id, 1))}: not a valid result document" in out
 
     code, out, err = farm_cli("run", "--resume", "half", "--store", str(tmp_path / "store"),
                               env={"FARM_HOME": str(tmp_path / "home")}, timeout=300)
@@ -93,13 +95,13 @@ def test_resume_runs_what_has_no_verdict_and_nothing_else(farm_cli, write_job, t
     assert [r.attempt for r in attempts[cells[0].id]] == [1], "a cell with a verdict is not run again"
     assert [(r.attempt, r.status) for r in attempts[cells[1].id]] == [(1, CellStatus.INFRA_ERROR),
                                                                       (2, CellStatus.PASS)]
-    assert [r.attempt for r in attempts[cells[2].id]] == [1]
+    assert [r.attempt for r in attempts[cells[2].id]] == [2], "the unreadable attempt 1 stays, never overwritten"
     manifest = read_manifest(store, "half")
     assert manifest.finished_at and manifest.counts == {"pass": 3} and len(manifest.resumes) == 1
 
     code, out, err = farm_cli("status", "half", "--store", str(tmp_path / "store"))
     assert "finished; 3/3 cells have a result: 3 pass" in out and "resumed" in out
-    assert "1 cell(s) needed more than one attempt" in out
+    assert "2 cell(s) needed more than one attempt" in out
 
 
 def test_resume_and_run_id_misuse_is_one_line(farm_cli, write_job, tmp_path):

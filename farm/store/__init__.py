@@ -11,7 +11,8 @@ Layout (keys are relative to the store's root or the S3 prefix):
     runs/<run_id>/cells/<cell_id>/attempt-<n>.json    one result per cell attempt, written once
     runs/<run_id>/logs/<cell_id>/attempt-<n>.log      the cell's engine log tail
     matrix/<run_id>.json, matrix/latest.json          aggregated matrices
-    exports/<run_id>.parquet, exports/<run_id>.jsonl  every result of a run, for DuckDB / pandas
+    exports/parquet/<run_id>.parquet                  every result of a run, for DuckDB / pandas
+    exports/jsonl/<run_id>.jsonl                      the same as complete documents, one a line
     index.html                                        the page
 
 Results are written create-if-absent: a retried cell writes a new attempt, and

@@ -152,7 +152,7 @@ def matrix_key(run_id: str | None = None) -> str:
 
 
 def export_key(run_id: str, fmt: str) -> str:
-    return f"exports/{safe_part(run_id)}.{fmt}"
+    return f"exports/{fmt}/{safe_part(run_id)}.{fmt}"  # one format a folder: readers take folders
 
 
 # ---- the registry of backends, by URL scheme ----
