@@ -225,8 +225,9 @@ def _zoo_build(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     built = zoo.build(root=args.out, names=args.only)
+    width = max(map(len, built), default=0)
     for name, path in sorted(built.items()):
-        print(f"{name:<28} {path}")
+        print(f"{name:<{width}}  {path}")
     print(f"{len(built)} zoo items ready in {time.monotonic() - started:.0f}s")
     return 0
 
@@ -234,6 +235,8 @@ def _zoo_build(args: argparse.Namespace) -> int:
 def _zoo_list(args: argparse.Namespace) -> int:
     from farm import zoo
 
+    width = max(map(len, zoo.names()))
     for name in zoo.names():
-        print(f"{name:<28} {zoo.kind(name):<8} base {zoo.base_of(name)}")
+        reference = zoo.reference_of(name)
+        print(f"{name:<{width}}  {zoo.kind(name):<8} base {zoo.base_of(name)}" + (f", reference {reference}" if reference else ""))
     return 0
