@@ -129,10 +129,12 @@ def run(
             raise JobSpecError("give a job spec to run, or --resume RUN_ID")
         run_id = run_id or make_run_id(job.name)
         manifest = _new_manifest(job, run_id)
-        write_manifest(store, manifest, create=True)  # an existing run is never replaced: it says to --resume
     assert job is not None
-
+    # Before the manifest: a spool left here for another store stops the run with nothing written.
     writer = ResultWriter(store, Spool(spool_dir(run_id), store.url))
+    if not resume:
+        write_manifest(store, manifest, create=True)  # an existing run is never replaced: it says to --resume
+
     done: dict[str, CellResult] = {}
     if resume:
         writer.flush()  # results spooled by an earlier session go first, so they count as done
