@@ -97,6 +97,7 @@ def test_reference_catches_a_wrong_layer(probed_run):
     assert reference.failed
     assert reference.metrics["max_logprob_diff"] > 2 * reference.metrics["tolerance"]
     assert result.probe("generate").passed, "the planted bug is silent: generation itself looks fine"
+    assert result.error.type == "WrongOutput" and result.error.origin == "probe" and result.error.signature
 
 
 def test_lora_reference_catches_a_swapped_adapter_layout(probed_run):
