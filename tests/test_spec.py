@@ -60,7 +60,7 @@ def test_missing_required_field():
 def test_unknown_probe_lists_available():
     message = error_of({**MINIMAL, "probes": ["load", "genrate"]})
     assert "probes: unknown probe 'genrate'. Did you mean 'generate'?" in message
-    assert "Available: generate, load, lora" in message
+    assert "Available: base_after_lora, determinism, generate, load, lora, lora_reference" in message
 
 
 def test_unknown_zoo_item():
@@ -77,8 +77,8 @@ def test_variant_needs_exactly_one_source():
 
 def test_engine_kind_is_validated():
     message = error_of({**MINIMAL, "engines": [{"name": "v1", "kind": "conda"}]})
-    assert message.startswith("job.yaml: engines[0].kind: ")
-    assert "'current'" in message and "'conda'" in message
+    assert message.startswith("job.yaml: engines[0].kind: unknown engine kind 'conda'.")
+    assert "Available: current, fault-injection, image, pip, uv, venv." in message
 
 
 def test_bad_names_and_numbers():
