@@ -334,7 +334,7 @@ def test_pip_and_uv_commands(tmp_path, monkeypatch):
     (tmp_path / "uv").write_text("#!/bin/sh\n")
     (tmp_path / "uv").chmod(0o755)
     create, install = envs.get("uv").steps(uv_engine, tmp_path / "env", node)
-    assert create == [str(tmp_path / "uv"), "venv", "--python", "/py/bin/python3", str(tmp_path / "env")]
+    assert create == [str(tmp_path / "uv"), "venv", "--allow-existing", "--python", "/py/bin/python3", str(tmp_path / "env")]
     assert install[install.index("--extra-index-url") + 1] == f"https://wheels.vllm.ai/{'a' * 40}/cpu"
     assert install[install.index("--torch-backend") + 1] == "cpu"
     assert install[-len(FARM_CELL_REQUIREMENTS) - 2:] == ["vllm", "ray==2.60.0", *FARM_CELL_REQUIREMENTS]

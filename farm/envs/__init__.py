@@ -16,7 +16,6 @@ returns how the cell's actor starts there (Ray ``runtime_env``: ``py_executable`
 
 from farm.envs import cache, current, image, pip, uv, venv  # noqa: F401  (register the built-in kinds)
 from farm.envs.registry import (
-    EnvBuildError,
     EnvFailure,
     EnvKind,
     EnvVersions,
@@ -28,6 +27,7 @@ from farm.envs.registry import (
     register,
     spec_class,
 )
+from farm.errors import EnvBuildError
 
 __all__ = [
     "EnvBuildError",

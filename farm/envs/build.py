@@ -27,7 +27,8 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from farm.envs import cache, interpreter
-from farm.envs.registry import EnvBuildError, EnvKind, EnvVersions, NodeContext, PreparedEnv, Stopwatch
+from farm.envs.registry import EnvKind, EnvVersions, NodeContext, PreparedEnv, Stopwatch
+from farm.errors import EnvBuildError
 from farm.spec import EngineSpec
 
 # What the farm's code needs in a cell's env besides vLLM (which brings torch and transformers):

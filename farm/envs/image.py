@@ -23,7 +23,8 @@ from pydantic import Field
 
 from farm.envs import interpreter
 from farm.envs.build import FARM_CELL_DISTRIBUTIONS, FARM_CELL_REQUIREMENTS, farm_code
-from farm.envs.registry import EnvBuildError, EnvKind, NodeContext, PreparedEnv, Stopwatch, register
+from farm.envs.registry import EnvKind, NodeContext, PreparedEnv, Stopwatch, register
+from farm.errors import EnvBuildError
 from farm.spec import EngineSpec
 
 

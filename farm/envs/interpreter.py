@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from farm.envs import facts
-from farm.envs.registry import EnvBuildError, EnvVersions, NodeContext
+from farm.envs.registry import EnvVersions, NodeContext
+from farm.errors import EnvBuildError
 
 PROBE_TIMEOUT_S = 120  # reading metadata takes a second; a wedged NFS mount should not hang a cell forever
 FACTS_SOURCE = Path(facts.__file__).read_text()

@@ -14,7 +14,8 @@ import traceback
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
-from farm.envs.registry import EnvBuildError, EnvFailure, NodeContext, PreparedEnv, Stopwatch, kind_of
+from farm.envs.registry import EnvFailure, NodeContext, PreparedEnv, Stopwatch, kind_of
+from farm.errors import EnvBuildError
 from farm.spec import Engine, EngineSpec
 
 _ENGINE = TypeAdapter(Engine)

@@ -27,24 +27,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from farm.errors import EngineEnvError, FarmError, did_you_mean
+from farm.errors import FarmError, did_you_mean
 from farm.spec import EngineSpec
-
-
-class EnvBuildError(EngineEnvError):
-    """An engine environment could not be prepared on a node; its cells get ``env_error``.
-
-    Args:
-        message: what is wrong and what to do, one paragraph.
-        log_tail: the end of the build's log (pip's resolver error, a version check).
-        cached: the failure was recorded by an earlier build and not retried now.
-    """
-
-    def __init__(self, message: str, log_tail: str = "", *, cached: bool = False) -> None:
-        super().__init__(message)
-        self.message = message
-        self.log_tail = log_tail
-        self.cached = cached
 
 
 class _Doc(BaseModel):

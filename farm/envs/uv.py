@@ -26,7 +26,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from farm.envs.build import BuiltEnv, PackageEngine
-from farm.envs.registry import EnvBuildError, EnvVersions, NodeContext, register
+from farm.envs.registry import EnvVersions, NodeContext, register
+from farm.errors import EnvBuildError
 
 VLLM_WHEELS = "https://wheels.vllm.ai"
 NIGHTLY = "nightly"
@@ -101,7 +102,8 @@ class Uv(BuiltEnv):
         if engine.torch_backend:
             options += ["--torch-backend", engine.torch_backend]
         steps = [
-            [*uv, "venv", "--python", node.python, str(env_dir)],
+            # --allow-existing: the env dir already holds the build log.
+            [*uv, "venv", "--allow-existing", "--python", node.python, str(env_dir)],
             [*uv, "pip", "install", "--python", python, *options, *self.requirements(engine, node)],
         ]
         if engine.uninstall:

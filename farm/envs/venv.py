@@ -21,7 +21,8 @@ from pydantic import Field, field_validator
 
 from farm.envs import interpreter
 from farm.envs.build import FARM_CELL_DISTRIBUTIONS, FARM_CELL_REQUIREMENTS, actor_env_vars, code_root, farm_code
-from farm.envs.registry import EnvBuildError, EnvKind, NodeContext, PreparedEnv, Stopwatch, register
+from farm.envs.registry import EnvKind, NodeContext, PreparedEnv, Stopwatch, register
+from farm.errors import EnvBuildError
 from farm.spec import EngineSpec
 
 
