@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.farm-installed
 
-.PHONY: setup demo test check lint zoo clean
+.PHONY: setup demo test check lint zoo bench-store clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# Store put/get/list throughput per backend and aggregation of 10 000 results (starts its own servers).
+bench-store: setup
+	$(PY) bench/store_throughput.py
 
 lint: setup
 	$(VENV)/bin/ruff check farm tests

@@ -132,8 +132,22 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class Launch(Document):
+    """Who started (or resumed) a run, where from, with what."""
+
+    launched_by: str
+    at: datetime
+    farm_version: str
+    git_sha: str | None = None
+    ray_address: str | None = None
+
+
 class RunManifest(Document):
-    """Written when a run starts and completed when it ends."""
+    """Written when a run starts, rewritten when it is resumed, and completed when it ends.
+
+    ``finished_at`` is set only once every result is in the store (results flush before
+    the manifest), so a finished manifest means a complete run.
+    """
 
     schema_version: int = SCHEMA_VERSION
     run_id: str
@@ -147,5 +161,6 @@ class RunManifest(Document):
     started_at: datetime
     finished_at: datetime | None = None
     counts: dict[str, int] = Field(default_factory=dict)
+    resumes: list[Launch] = Field(default_factory=list)
     # Per engine: how its env was prepared on each node (built or found, seconds, versions), or why it failed.
     envs: dict[str, Any] = Field(default_factory=dict)
