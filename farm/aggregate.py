@@ -6,12 +6,35 @@ show must be in it.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
-from farm.results import SCHEMA_VERSION, CellResult, CellStatus, Document, RunManifest, utcnow
-from farm.store import Store, manifest_key, read_results, safe_part
+from farm.history import Changes, History, attach_history
+from farm.results import SCHEMA_VERSION, CellResult, CellStatus, Document, EnvFacts, RunManifest, utcnow
+from farm.store import Store, log_key, manifest_key, read_results, safe_part
 
 PAGE_KEY = "index.html"
+# Statuses whose cell died without a traceback: the log's last lines are the only "why".
+_LOG_EXCERPT_STATUSES = (CellStatus.CRASH, CellStatus.TIMEOUT, CellStatus.INFRA_ERROR, CellStatus.ENV_ERROR)
+LOG_EXCERPT_LINES, LOG_EXCERPT_CHARS = 25, 2000
+
+
+class ProbeSummary(Document):
+    """One probe of a cell as the page shows it: outcome, one line of detail, metrics (outputs stay in the result)."""
+
+    name: str
+    passed: bool
+    detail: str = ""
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class StatusInfo(Document):
+    """A legend entry, so the page's legend follows the statuses the farm knows."""
+
+    status: str
+    symbol: str
+    meaning: str
 
 
 class MatrixCell(Document):
@@ -35,6 +58,11 @@ class MatrixCell(Document):
     timings: dict[str, float] = Field(default_factory=dict)
     peak_rss_mb: float | None = None
     result_key: str | None = None
+    probe_results: list[ProbeSummary] = Field(default_factory=list)
+    error_probe: str | None = None  # the probe that was running when the cell failed; None: engine build
+    env_id: str | None = None  # key into Matrix.envs: env facts are stored once per distinct environment
+    log_key: str | None = None
+    log_excerpt: str | None = None  # last lines of the log, for cells that died without a traceback
 
 
 class SignatureGroup(Document):
@@ -57,6 +85,13 @@ class Matrix(Document):
     signatures: list[SignatureGroup] = Field(default_factory=list)
     counts: dict[str, int] = Field(default_factory=dict)
     expected_cells: int = 0
+    matrix_key: str = ""
+    started_at: str | None = None
+    finished_at: str | None = None
+    legend: list[StatusInfo] = Field(default_factory=list)
+    envs: dict[str, EnvFacts] = Field(default_factory=dict)
+    history: History | None = None  # this combination's last runs of the same job (farm.history)
+    changes: Changes | None = None  # regressions and fixes since the previous run of the same job
 
     def at(self, row: str, column: str) -> MatrixCell | None:
         return next((c for c in self.cells if c.row == row and c.column == column), None)
@@ -70,6 +105,8 @@ def build_matrix(manifest: RunManifest, results: list[CellResult]) -> Matrix:
     columns: list[str] = []
     cells: list[MatrixCell] = []
     groups: dict[str, SignatureGroup] = {}
+    envs: dict[str, EnvFacts] = {}
+    env_ids: dict[str, str] = {}
     for cell in manifest.cells:  # manifest order keeps the job's order of axes
         rows += [cell.row] if cell.row not in rows else []
         columns += [cell.column] if cell.column not in columns else []
@@ -98,6 +135,7 @@ def build_matrix(manifest: RunManifest, results: list[CellResult]) -> Matrix:
                 timings=result.timings if result else {},
                 peak_rss_mb=result.peak_rss_mb if result else None,
                 result_key=result_key(manifest.run_id, cell.id, result.attempt) if result else None,
+                **(_details(result, envs, env_ids) if result else {}),
             )
         )
         if error and error.signature:
@@ -126,25 +164,60 @@ def build_matrix(manifest: RunManifest, results: list[CellResult]) -> Matrix:
         signatures=sorted(groups.values(), key=lambda g: (-len(g.cells), g.signature)),
         counts=counts,
         expected_cells=len(manifest.cells),
+        matrix_key=matrix_key(manifest.run_id),
+        started_at=manifest.started_at.isoformat(timespec="seconds"),
+        finished_at=manifest.finished_at.isoformat(timespec="seconds") if manifest.finished_at else None,
+        legend=[StatusInfo(status=s.value, symbol=s.symbol, meaning=s.meaning) for s in CellStatus],
+        envs=envs,
     )
 
 
+def _details(result: CellResult, envs: dict[str, EnvFacts], env_ids: dict[str, str]) -> dict[str, Any]:
+    """What the page's cell detail needs beyond the grid: probes with metrics, env facts, log."""
+    env_id = None
+    if result.env.model_dump(exclude_none=True):  # a cell that died before measuring has no facts
+        env_json = result.env.model_dump_json()
+        if env_json not in env_ids:
+            env_ids[env_json] = f"e{len(env_ids)}"
+            envs[env_ids[env_json]] = result.env
+        env_id = env_ids[env_json]
+    excerpt = None
+    if result.status in _LOG_EXCERPT_STATUSES and result.log_tail and not (result.error and result.error.traceback_tail):
+        excerpt = "\n".join(result.log_tail.rstrip().splitlines()[-LOG_EXCERPT_LINES:])[-LOG_EXCERPT_CHARS:]
+    return {
+        "probe_results": [ProbeSummary(name=p.name, passed=p.passed, detail=p.detail, metrics=p.metrics)
+                          for p in result.probes],
+        "error_probe": result.error.probe if result.error else None,
+        "env_id": env_id,
+        "log_key": log_key(result.run_id, result.cell_id, result.attempt) if result.log_tail else None,
+        "log_excerpt": excerpt,
+    }
+
+
+def matrix_key(run_id: str) -> str:
+    return f"matrix/{safe_part(run_id)}.json"
+
+
 def aggregate(store: Store, run_id: str) -> tuple[str, str]:
-    """Read a run's results from the store; write its matrix, ``matrix/latest.json`` and the page."""
+    """Read a run's results from the store; write its matrix, ``matrix/latest.json`` and the page.
+
+    The matrix carries the job's history (earlier runs read from the store) and the
+    changes since the previous run; see ``farm.history``.
+    """
     from farm.render import render_page
 
     manifest = RunManifest.model_validate_json(store.get(manifest_key(run_id)))
     matrix = build_matrix(manifest, read_results(store, run_id))
+    attach_history(store, matrix)
     data = matrix.model_dump_json(indent=1).encode()
-    matrix_key = f"matrix/{safe_part(run_id)}.json"
-    store.put(matrix_key, data, overwrite=True)
+    store.put(matrix.matrix_key, data, overwrite=True)
     store.put("matrix/latest.json", data, overwrite=True)
     store.put(PAGE_KEY, render_page(matrix).encode(), overwrite=True)
-    return matrix_key, PAGE_KEY
+    return matrix.matrix_key, PAGE_KEY
 
 
 def load_matrix(store: Store, run_id: str | None = None) -> Matrix:
-    key = f"matrix/{safe_part(run_id)}.json" if run_id else "matrix/latest.json"
+    key = matrix_key(run_id) if run_id else "matrix/latest.json"
     return Matrix.model_validate_json(store.get(key))
 
 
