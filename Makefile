@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.farm-installed
 
-.PHONY: setup demo test check lint zoo clean
+.PHONY: setup browser demo test check lint zoo clean
 
 setup: $(STAMP)
 
@@ -25,8 +25,18 @@ demo: setup
 	$(VENV)/bin/farm zoo build
 	$(VENV)/bin/farm run jobs/smoke.yaml
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q
+
+# The page's tests drive Debian's chromium, headless. A clean CI machine (root) installs it here;
+# elsewhere, say what to install rather than skip the tests.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "make: the page tests need chromium: sudo apt-get install -y chromium" >&2; exit 1; \
+	  fi; }
 
 lint: setup
 	$(VENV)/bin/ruff check farm tests

@@ -182,7 +182,8 @@ def _details(result: CellResult, envs: dict[str, EnvFacts], env_ids: dict[str, s
             envs[env_ids[env_json]] = result.env
         env_id = env_ids[env_json]
     excerpt = None
-    if result.status in _LOG_EXCERPT_STATUSES and result.log_tail and not (result.error and result.error.traceback_tail):
+    has_traceback = bool(result.error and result.error.traceback_tail)
+    if result.status in _LOG_EXCERPT_STATUSES and result.log_tail and not has_traceback:
         excerpt = "\n".join(result.log_tail.rstrip().splitlines()[-LOG_EXCERPT_LINES:])[-LOG_EXCERPT_CHARS:]
     return {
         "probe_results": [ProbeSummary(name=p.name, passed=p.passed, detail=p.detail, metrics=p.metrics)

@@ -18,7 +18,7 @@ input: the page works opened from a bucket or a file, with nothing to fetch.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from pydantic import Field, ValidationError
@@ -125,7 +125,7 @@ def summary_key(job_name: str, started_at: str, run_id: str) -> str:
     from farm.store import safe_part
 
     when = datetime.fromisoformat(started_at)
-    when = when.astimezone(timezone.utc) if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    when = when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
     stamp = when.strftime("%Y%m%dT%H%M%SZ")
     return f"history/{safe_part(job_name)}/{stamp}_{safe_part(run_id)}.json"
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from farm.aggregate import aggregate
 from farm.cells import Cell
@@ -61,9 +61,16 @@ class Shape:
     nights: int = 3
 
 
+START = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
+
+
 def write_runs(store: Store, shape: Shape = Shape(), *, job_name: str = "nightly", hostile: bool = False,
-               start: datetime = datetime(2026, 11, 20, 2, 0, tzinfo=timezone.utc)) -> list[str]:
-    """Write ``shape.nights`` runs of one job into ``store`` and aggregate each; returns their run ids."""
+               start: datetime = START, aggregate_runs: bool = True) -> list[str]:
+    """Write ``shape.nights`` runs of one job into ``store`` (one a day from ``start``); returns their run ids.
+
+    Each run is aggregated as the driver would at its end, unless ``aggregate_runs`` is false
+    (results that arrived, with no page yet: what ``farm dashboard`` picks up).
+    """
     cells = _cells(shape, hostile)
     run_ids = []
     for night in range(shape.nights):
@@ -75,11 +82,12 @@ def write_runs(store: Store, shape: Shape = Shape(), *, job_name: str = "nightly
             finished_at=started + timedelta(hours=2, minutes=night),
         )
         store.put(manifest_key(run_id), manifest.model_dump_json().encode(), overwrite=True)
-        for cell in cells:
-            result = _result(cell, run_id, night, shape.nights, started, hostile)
+        for i, cell in enumerate(cells):
+            result = _result(cell, i, run_id, night, shape.nights, started, hostile)
             if result is not None:
                 put_result(store, result)
-        aggregate(store, run_id)
+        if aggregate_runs:
+            aggregate(store, run_id)
         run_ids.append(run_id)
     return run_ids
 
@@ -91,14 +99,14 @@ def _cells(shape: Shape, hostile: bool) -> list[Cell]:
                 ("" if i < len(LORAS) * len(VERSIONS) else f"-{i}")) for i in range(shape.columns)]
     cells = []
     for r, (model, quant) in enumerate(rows):
-        for c, (lora, version) in enumerate(columns):
-            if hostile and r == 1:
-                model = _text(model, True, 0)
+        if hostile and r == 1:
+            model = _text(model, True, 0)
+        for lora, version in columns:
             cells.append(Cell(
                 model=model,
                 quantization=_text(quant, hostile and r == 2, r),
                 model_source=f"/checkpoints/{model}-{quant}",
-                lora=_text(lora, hostile and lora != "none" and c % 3 == 0, c),
+                lora=_text(lora, hostile and lora != "none", 3),
                 lora_source=None if lora == "none" else f"/adapters/{model}-{lora}",
                 max_lora_rank=None if lora == "none" else 16,
                 engine=Engine(name=version, kind="current"),
@@ -106,15 +114,20 @@ def _cells(shape: Shape, hostile: bool) -> list[Cell]:
     return cells
 
 
-def _result(cell: Cell, run_id: str, night: int, nights: int, started: datetime, hostile: bool) -> CellResult | None:
+def _result(cell: Cell, index: int, run_id: str, night: int, nights: int, started: datetime,
+            hostile: bool) -> CellResult | None:
     roll = _roll(cell.id, night)
-    status, cause = _verdict(cell, night, nights, roll, _roll(cell.id, -1))
+    if hostile:  # every status and every root cause in a few cells, so each carrier of text is exercised
+        status = [s for s in CellStatus if s is not CellStatus.RUNNING][(index + night) % (len(CellStatus) - 1)]
+        cause: str | None = list(ROOT_CAUSES)[index % len(ROOT_CAUSES)] if index % 2 else None
+    else:
+        status, cause = _verdict(cell, night, nights, roll, _roll(cell.id, -1))
     if status is CellStatus.PENDING:
         return None  # not run: no result document
     moe = any(m in cell.model for m in MOE)
     version = cell.engine.name
-    vllm = f"0.11.2.dev{40 + night}+g{hashlib.sha1(f'{night}'.encode()).hexdigest()[:8]}" if version == "nightly" \
-        else version.lstrip("v").split("-")[0]
+    nightly = f"0.11.2.dev{40 + night}+g{hashlib.sha1(f'{night}'.encode()).hexdigest()[:8]}"
+    vllm = nightly if version == "nightly" else version.lstrip("v").split("-")[0]
     env = EnvFacts(vllm=vllm, torch="2.9.0+cu128" if _vi(version) >= 7 else "2.8.0+cu128", transformers="4.57.1",
                    python="3.12.3", platform="Linux-x86_64", device="NVIDIA H100 80GB HBM3",
                    hostname=f"gpu-node-{int(roll * 1000) % 4}")
@@ -126,7 +139,8 @@ def _result(cell: Cell, run_id: str, night: int, nights: int, started: datetime,
     tokens = 48
     gen_s = round(0.2 + roll, 3)
     probes.append(ProbeResult(name="generate", passed=True, detail=f"3 prompts, {tokens} tokens, repeatable",
-                              metrics={"generate_s": gen_s, "tokens": tokens, "tokens_per_s": round(tokens / gen_s, 1)}))
+                              metrics={"generate_s": gen_s, "tokens": tokens,
+                                       "tokens_per_s": round(tokens / gen_s, 1)}))
     if cell.lora_source:
         probes.append(ProbeResult(name="lora", passed=True, detail="adapter output differs from base on 3/3 prompts",
                                   metrics={"lora_generate_s": round(gen_s * 1.3, 3), "prompts_differing": 3}))
@@ -135,7 +149,7 @@ def _result(cell: Cell, run_id: str, night: int, nights: int, started: datetime,
     if status is CellStatus.FAIL and cause in ROOT_CAUSES:
         kind, message, frame, function = ROOT_CAUSES[cause]
         if hostile:
-            message = _text(message, True, int(roll * 100))
+            message = _text(message, True, index)
             frame = _text(frame, True, 3)
         probe = "lora" if cause == "nightly-sampler" else None
         error = ErrorInfo(type=kind, message=message, frame=frame, normalized_message=message,
@@ -151,7 +165,7 @@ def _result(cell: Cell, run_id: str, night: int, nights: int, started: datetime,
         probes = []
         error = ErrorInfo(type="crash", message="The actor died unexpectedly before finishing this task.")
         log_tail += ("Fatal Python error: Segmentation fault\n\nThread 0x00007f3a (most recent call first):\n"
-                     '  File "vllm/model_executor/layers/fused_moe/fused_moe.py", line 1204 in invoke_fused_moe_kernel\n'
+                     '  File "vllm/model_executor/layers/fused_moe/fused_moe.py", line 1204 in invoke_kernel\n'
                      '  File "vllm/model_executor/layers/fused_moe/layer.py", line 1630 in forward_impl\n')
     elif status is CellStatus.TIMEOUT:
         probes = []
