@@ -396,7 +396,8 @@
       parts.push(el("p", { class: "error" }, el("b", { text: c.error_type || "error" }),
         c.frame ? [" at ", el("code", { text: c.frame })] : "",
         c.error_probe ? [" in probe ", el("code", { text: c.error_probe })] : c.error_type && c.signature ? " during engine build" : "",
-        el("br"), el("span", { class: "msg", text: c.error_message || "" })));
+        el("br"), el("span", { class: "msg", text: c.error_message || "" }),
+        c.error_wrapper ? el("span", { class: "wrapper" }, el("br"), "from the engine's log; the caller saw: ", el("code", { text: c.error_wrapper })) : ""));
       if (c.signature) {
         const since = (hist.signature_since || {})[c.signature];
         parts.push(el("p", {}, "signature ", el("a", { href: "#", class: "sig", onclick: (ev) => { ev.preventDefault(); showSignature(c.signature); } }, el("code", { text: c.signature })),
@@ -411,9 +412,14 @@
       const body = el("tbody");
       for (const p of probes) {
         const metrics = Object.entries(p.metrics || {}).map(([k, v]) => el("span", { class: "metric" }, el("span", { text: k }), " ", el("b", { text: fmtNum(v) })));
+        const [cls, mark, word] = p.skipped ? ["skip", "–", "skipped: could not judge"] : p.passed ? ["ok", "✓", "passed"] : ["bad", "✗", "failed"];
         body.append(el("tr", {}, el("td", {}, el("code", { text: p.name })),
-          el("td", { class: p.passed ? "ok" : "bad", text: p.passed ? "✓" : "✗", title: p.passed ? "passed" : "failed" }),
+          el("td", { class: cls, text: mark, title: word }),
           el("td", { text: p.detail || "" }), el("td", {}, metrics)));
+        if (p.evidence && Object.keys(p.evidence).length) {
+          body.append(el("tr", { class: "evidence" }, el("td", { colspan: 4 },
+            el("details", {}, el("summary", { text: `evidence of ${p.name}` }), el("pre", { text: JSON.stringify(p.evidence, null, 1) })))));
+        }
       }
       table.append(body);
       parts.push(el("h3", { text: "Probes" }), table);
@@ -430,7 +436,10 @@
     parts.push(el("h3", { text: "Environment" }));
     if (env) {
       const dl = el("dl", { class: "facts env" });
-      for (const [k, v] of Object.entries(env)) if (v !== null && v !== undefined) dl.append(el("dt", { text: k }), el("dd", { text: String(v) }));
+      for (const [k, v] of Object.entries(env)) {
+        if (v === null || v === undefined || (Array.isArray(v) && !v.length)) continue;
+        dl.append(el("dt", { text: k }), el("dd", { text: Array.isArray(v) ? v.join(" ") : String(v) }));
+      }
       parts.push(dl);
     } else {
       parts.push(el("p", { class: "muted", text: "not measured: the cell's process ended before it could report its environment" }));

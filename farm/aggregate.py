@@ -6,6 +6,7 @@ show must be in it.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import Field
@@ -15,9 +16,11 @@ from farm.results import SCHEMA_VERSION, CellResult, CellStatus, Document, EnvFa
 from farm.store import Store, log_key, manifest_key, read_results, safe_part
 
 PAGE_KEY = "index.html"
+TRACEBACK_LINES_SHOWN = 4  # of each root cause's representative traceback, in the terminal table
 # Statuses whose cell died without a traceback: the log's last lines are the only "why".
 _LOG_EXCERPT_STATUSES = (CellStatus.CRASH, CellStatus.TIMEOUT, CellStatus.INFRA_ERROR, CellStatus.ENV_ERROR)
 LOG_EXCERPT_LINES, LOG_EXCERPT_CHARS = 25, 2000
+EVIDENCE_CHARS = 4000  # a failed probe's evidence (e.g. both sides at the first divergence), if it is this small
 
 
 class ProbeSummary(Document):
@@ -25,8 +28,10 @@ class ProbeSummary(Document):
 
     name: str
     passed: bool
+    skipped: bool = False  # could not judge: neither passes nor fails the cell
     detail: str = ""
     metrics: dict[str, Any] = Field(default_factory=dict)
+    evidence: dict[str, Any] = Field(default_factory=dict)  # failed probes only; the full evidence is in the result
 
 
 class StatusInfo(Document):
@@ -60,6 +65,7 @@ class MatrixCell(Document):
     result_key: str | None = None
     probe_results: list[ProbeSummary] = Field(default_factory=list)
     error_probe: str | None = None  # the probe that was running when the cell failed; None: engine build
+    error_wrapper: str | None = None  # what the caller saw, when the root cause came from a subprocess's log
     env_id: str | None = None  # key into Matrix.envs: env facts are stored once per distinct environment
     log_key: str | None = None
     log_excerpt: str | None = None  # last lines of the log, for cells that died without a traceback
@@ -130,7 +136,7 @@ def build_matrix(manifest: RunManifest, results: list[CellResult]) -> Matrix:
                 error_message=error.message[:500] if error else None,
                 frame=error.frame if error else None,
                 signature=error.signature if error else None,
-                failed_probes=[p.name for p in result.probes if not p.passed] if result else [],
+                failed_probes=[p.name for p in result.probes if p.failed] if result else [],
                 probes={p.name: p.passed for p in result.probes} if result else {},
                 timings=result.timings if result else {},
                 peak_rss_mb=result.peak_rss_mb if result else None,
@@ -186,9 +192,13 @@ def _details(result: CellResult, envs: dict[str, EnvFacts], env_ids: dict[str, s
     if result.status in _LOG_EXCERPT_STATUSES and result.log_tail and not has_traceback:
         excerpt = "\n".join(result.log_tail.rstrip().splitlines()[-LOG_EXCERPT_LINES:])[-LOG_EXCERPT_CHARS:]
     return {
-        "probe_results": [ProbeSummary(name=p.name, passed=p.passed, detail=p.detail, metrics=p.metrics)
-                          for p in result.probes],
+        "probe_results": [
+            ProbeSummary(name=p.name, passed=p.passed, skipped=p.skipped, detail=p.detail, metrics=p.metrics,
+                         evidence=p.evidence if p.failed and len(json.dumps(p.evidence)) <= EVIDENCE_CHARS else {})
+            for p in result.probes
+        ],
         "error_probe": result.error.probe if result.error else None,
+        "error_wrapper": result.error.wrapper if result.error else None,
         "env_id": env_id,
         "log_key": log_key(result.run_id, result.cell_id, result.attempt) if result.log_tail else None,
         "log_excerpt": excerpt,
@@ -244,9 +254,14 @@ def format_table(matrix: Matrix) -> str:
     lines += [_table_line(r, widths) for r in body]
     counts = ", ".join(f"{n} {status}" for status, n in sorted(matrix.counts.items()))
     lines.append(f"\n{len(matrix.cells)} cells: {counts}")
+    labels = {c.cell_id: f"{c.model}/{c.quantization}/{c.lora}/{c.engine}" for c in matrix.cells}
+    if matrix.signatures:
+        lines.append("\nRoot causes:")
     for group in matrix.signatures:
         where = f" at {group.frame}" if group.frame else ""
         lines.append(f"[{group.signature}] {group.error_type}{where}: {group.message[:160]} — {len(group.cells)} cell(s)")
+        lines += [f"    {labels.get(cell_id, cell_id)}" for cell_id in group.cells]
+        lines += [f"    | {line}" for line in group.traceback_tail.splitlines()[-TRACEBACK_LINES_SHOWN:]]
     return "\n".join(lines)
 
 

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict
 
 from farm.spec import NO_LORA, Engine, JobSpec
 
+NOT_IDENTITY = {"reference", "lora_reference", "reference_tolerance"}
+
 
 class Cell(BaseModel):
     """One combination of the matrix: model variant × LoRA adapter × engine.
@@ -29,10 +31,15 @@ class Cell(BaseModel):
     lora_source: str | None = None
     max_lora_rank: int | None = None  # set only for adapter cells, so it cannot split base cells' ids
     engine: Engine = Engine()
+    # What the reference probes compare against. Not part of the combination, so not of the id.
+    reference: str | None = None
+    lora_reference: str | None = None
+    reference_tolerance: float | None = None
 
     @property
     def id(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        identity = self.model_dump(mode="json", exclude=NOT_IDENTITY)
+        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property
@@ -55,10 +62,10 @@ def expand(job: JobSpec) -> list[Cell]:
     """All cells of a job after include/exclude rules, in a stable order."""
     cells: list[Cell] = []
     for model in job.models:
-        adapters: list[tuple[str, str | None]] = [(NO_LORA, None)] if job.base else []
-        adapters += [(a.name, a.source) for a in model.loras]
+        adapters: list[tuple[str, str | None, str | None]] = [(NO_LORA, None, None)] if job.base else []
+        adapters += [(a.name, a.source, _source_of(a.reference)) for a in model.loras]
         for variant in model.variants:
-            for lora, lora_source in adapters:
+            for lora, lora_source, lora_reference in adapters:
                 for engine in job.engines:
                     cell = Cell(
                         model=model.name,
@@ -70,6 +77,9 @@ def expand(job: JobSpec) -> list[Cell]:
                         lora_source=lora_source,
                         max_lora_rank=model.max_lora_rank if lora_source else None,
                         engine=engine,
+                        reference=_source_of(variant.reference),
+                        lora_reference=lora_reference,
+                        reference_tolerance=variant.reference_tolerance,
                     )
                     axes = cell.axes()
                     if job.include and not any(rule.matches(axes) for rule in job.include):
@@ -78,3 +88,12 @@ def expand(job: JobSpec) -> list[Cell]:
                         continue
                     cells.append(cell)
     return cells
+
+
+def _source_of(name: str | None) -> str | None:
+    """A reference named in a job: a zoo item becomes ``zoo:<item>``, anything else is a checkpoint."""
+    if name is None:
+        return None
+    from farm import zoo
+
+    return f"zoo:{name}" if name in zoo.names() else name

@@ -154,7 +154,7 @@ class CellActor:
         path = Path(log_path)
         with capture_output(path):
             result = execute_cell(
-                Cell.model_validate_json(cell_json), CellSettings.model_validate_json(settings_json), run_id, attempt
+                Cell.model_validate_json(cell_json), CellSettings.model_validate_json(settings_json), run_id, attempt, path
             )
         result.log_tail = log_tail(path)
         return result.model_dump_json()

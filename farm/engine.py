@@ -28,12 +28,17 @@ DEFAULT_ENGINE_ARGS: dict[str, Any] = {"max_model_len": 256, "max_num_seqs": 4, 
 class Completion:
     text: str
     token_ids: tuple[int, ...]
+    prompt_token_ids: tuple[int, ...] = ()
+    # Per generated position: the top-k candidates (token id → logprob), when asked for.
+    logprobs: tuple[dict[int, float], ...] | None = None
 
 
 class EngineHandle(Protocol):
     build_seconds: float
 
-    def generate(self, prompts: list[str], max_tokens: int, *, lora: bool = False) -> list[Completion]:
+    def generate(
+        self, prompts: list[str], max_tokens: int, *, lora: bool = False, logprobs: int | None = None
+    ) -> list[Completion]:
         """Greedy completions, with the cell's adapter applied when ``lora`` is true."""
         ...
 
@@ -60,16 +65,26 @@ class VllmEngine:
         self.lora_path = lora_path
         self.build_seconds = build_seconds
 
-    def generate(self, prompts: list[str], max_tokens: int, *, lora: bool = False) -> list[Completion]:
+    def generate(
+        self, prompts: list[str], max_tokens: int, *, lora: bool = False, logprobs: int | None = None
+    ) -> list[Completion]:
         request = None
         if lora:
             if self.lora_path is None:
                 raise ValueError("this cell has no LoRA adapter")
             request = vllm_compat.lora_request("adapter", 1, self.lora_path)
         outputs = self.llm.generate(
-            prompts, vllm_compat.sampling_params(max_tokens), lora_request=request, use_tqdm=False
+            prompts, vllm_compat.sampling_params(max_tokens, logprobs), lora_request=request, use_tqdm=False
         )
-        return [Completion(o.outputs[0].text, tuple(o.outputs[0].token_ids)) for o in outputs]
+        return [
+            Completion(
+                text=o.outputs[0].text,
+                token_ids=tuple(o.outputs[0].token_ids),
+                prompt_token_ids=tuple(o.prompt_token_ids or ()),
+                logprobs=vllm_compat.top_logprobs(o.outputs[0].logprobs) if logprobs else None,
+            )
+            for o in outputs
+        ]
 
 
 def engine_kwargs(cell: Cell, engine_args: dict[str, Any], model_path: str) -> dict[str, Any]:
@@ -83,8 +98,13 @@ def engine_kwargs(cell: Cell, engine_args: dict[str, Any], model_path: str) -> d
 
 
 @contextmanager
-def build_engine(cell: Cell, engine_args: dict[str, Any]) -> Iterator[EngineHandle]:
-    """Build the cell's engine; the exception of a failed build propagates unchanged."""
+def build_engine(cell: Cell, engine_args: dict[str, Any], *, enable_lora: bool | None = None) -> Iterator[EngineHandle]:
+    """Build the cell's engine; the exception of a failed build propagates unchanged.
+
+    ``enable_lora=False`` builds the same variant with LoRA off (the ``lora_unused`` probe's baseline).
+    """
+    if enable_lora is False:
+        cell = cell.model_copy(update={"lora_source": None, "max_lora_rank": None})
     if cell.engine.kind == "fault-injection":
         from farm.fault_injection import FaultInjectionEngine
 

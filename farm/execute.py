@@ -26,7 +26,8 @@ from farm.results import CellResult, CellStatus, EnvFacts, ErrorInfo, ProbeResul
 from farm.signature import error_info
 from farm.spec import Generation, JobSpec
 
-LOG_TAIL_BYTES = 16_000
+LOG_TAIL_BYTES = 16_000  # kept in the result and the store
+LOG_SCAN_BYTES = 1_000_000  # searched for a subprocess's root-cause traceback
 
 
 class CellSettings(BaseModel):
@@ -62,11 +63,17 @@ def farm_home() -> Path:
     return Path(os.environ.get("FARM_HOME") or Path.home() / ".cache" / "farm")
 
 
-def execute_cell(cell: Cell, settings: CellSettings, run_id: str, attempt: int = 1) -> CellResult:
-    """Build the cell's engine and run its probes; every outcome is a ``CellResult``."""
+def execute_cell(
+    cell: Cell, settings: CellSettings, run_id: str, attempt: int = 1, log_path: Path | None = None
+) -> CellResult:
+    """Build the cell's engine and run its probes; every outcome is a ``CellResult``.
+
+    ``log_path`` is where this process's output goes: when the engine failed in a
+    subprocess, the root cause is read from there.
+    """
     from farm.engine import build_engine
     from farm.probes import registry
-    from farm.probes.registry import ProbeContext
+    from farm.probes.registry import Deferred, ProbeContext
 
     result = CellResult(
         run_id=run_id, cell_id=cell.id, cell=cell, attempt=attempt, status=CellStatus.RUNNING, started_at=utcnow()
@@ -75,34 +82,50 @@ def execute_cell(cell: Cell, settings: CellSettings, run_id: str, attempt: int =
     current_probe: str | None = None
     with _peak_rss() as peak:
         try:
+            deferred: list[tuple[str, Deferred]] = []
             with build_engine(cell, settings.engine_args) as engine:
                 result.timings["engine_build"] = round(engine.build_seconds, 3)
-                context = ProbeContext(cell=cell, engine=engine, generation=settings.generation)
+                context = ProbeContext(
+                    cell=cell, engine=engine, generation=settings.generation, engine_args=settings.engine_args
+                )
                 for name in settings.probes:
                     probe = registry.get(name)
                     if not probe.applies(cell):
                         continue
                     current_probe = name
                     outcome = probe.run(context)
-                    result.probes.append(outcome)
-                    for key, value in outcome.metrics.items():
-                        if key.endswith("_s") and not key.endswith("_per_s"):  # durations, not rates
-                            result.timings[key.removesuffix("_s")] = value
-            failed = [p.name for p in result.probes if not p.passed]
-            result.status = CellStatus.FAIL if failed else CellStatus.PASS
+                    if isinstance(outcome, ProbeResult):
+                        _record_probe(result, outcome)
+                    else:
+                        deferred.append((name, outcome))
+                current_probe = None
+            # The engine is freed: references and second engines never share memory with it.
+            for name, finish in deferred:
+                current_probe = name
+                _record_probe(result, finish())
+            result.status = CellStatus.FAIL if any(p.failed for p in result.probes) else CellStatus.PASS
         except FarmError as exc:  # the farm could not prepare the cell (zoo, checkpoint): no verdict
             result.status = CellStatus.INFRA_ERROR
             result.error = ErrorInfo(type=type(exc).__name__, message=str(exc), probe=current_probe)
         except Exception as exc:  # the engine under test failed: that is this cell's verdict
             result.status = CellStatus.FAIL
-            result.error = error_info(exc, probe=current_probe)
-            if current_probe is None and "load" in settings.probes:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            result.error = error_info(exc, probe=current_probe, log=log_tail(log_path, LOG_SCAN_BYTES) if log_path else "")
+            if not result.probes and "load" in settings.probes:
                 result.probes.append(ProbeResult(name="load", passed=False, detail=result.error.type))
     result.peak_rss_mb = round(peak(), 1)
     result.timings["total"] = round(time.perf_counter() - started, 3)
     result.env = env_facts()
     result.finished_at = utcnow()
     return result
+
+
+def _record_probe(result: CellResult, outcome: ProbeResult) -> None:
+    result.probes.append(outcome)
+    for key, value in outcome.metrics.items():
+        if key.endswith("_s") and not key.endswith("_per_s"):  # durations, not rates
+            result.timings[key.removesuffix("_s")] = value
 
 
 def env_facts() -> EnvFacts:
@@ -119,7 +142,29 @@ def env_facts() -> EnvFacts:
         imported = sys.modules.get(module)
         setattr(facts, module, getattr(imported, "__version__", None) if imported else _dist_version(module))
     facts.device = _device()
+    facts.cuda = _torch_cuda()
+    facts.cpu, facts.cpu_features = _cpu()
     return facts
+
+
+# The CPU features that select vLLM's CPU kernels (vllm/platforms/cpu.py and the MoE experts).
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def _cpu() -> tuple[str | None, list[str]]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or None, []
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), None)
+    flags_line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    flags = set(flags_line.split(":", 1)[-1].split())
+    return model, [feature for feature in CPU_FEATURES if feature in flags]
+
+
+def _torch_cuda() -> str | None:
+    torch = sys.modules.get("torch")
+    return getattr(getattr(torch, "version", None), "cuda", None) if torch else None
 
 
 def _dist_version(name: str) -> str | None:

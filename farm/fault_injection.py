@@ -56,7 +56,9 @@ class FaultInjectionEngine:
             while True:  # until the kernel's (or Ray's) OOM killer ends the process
                 hoard.append(bytearray(256 * 2**20))
 
-    def generate(self, prompts: list[str], max_tokens: int, *, lora: bool = False) -> list[Completion]:
+    def generate(
+        self, prompts: list[str], max_tokens: int, *, lora: bool = False, logprobs: int | None = None
+    ) -> list[Completion]:
         if lora and not self.has_adapter:
             raise ValueError("this cell has no LoRA adapter")
         salt = "adapter" if lora else "base"
@@ -64,5 +66,6 @@ class FaultInjectionEngine:
         for prompt in prompts:
             digest = hashlib.sha256(f"{salt}:{prompt}".encode()).digest()
             token_ids = tuple(digest[i % len(digest)] for i in range(max_tokens))
-            completions.append(Completion(" ".join(f"t{t}" for t in token_ids), token_ids))
+            top = tuple({t: 0.0} for t in token_ids) if logprobs else None
+            completions.append(Completion(" ".join(f"t{t}" for t in token_ids), token_ids, logprobs=top))
         return completions

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
@@ -95,14 +95,24 @@ class ErrorInfo(Document):
     normalized_message: str | None = None
     traceback_tail: str = ""
     probe: str | None = None  # the probe that was running, or None for engine build
+    origin: str = "exception"  # "exception": raised in the cell's process; "log": a subprocess's traceback
+    wrapper: str | None = None  # what the caller saw when the root cause came from the log
 
 
 class ProbeResult(Document):
     name: str
     passed: bool
+    # A probe that could not judge (e.g. no reference for this checkpoint) neither passes nor fails the cell.
+    skipped: bool = False
     detail: str = ""
     metrics: dict[str, Any] = Field(default_factory=dict)
     outputs: list[str] = Field(default_factory=list)
+    # What the judgement rests on, e.g. the two sides at the first divergence.
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return not self.passed and not self.skipped
 
 
 class EnvFacts(Document):
@@ -115,6 +125,10 @@ class EnvFacts(Document):
     platform: str | None = None
     device: str | None = None
     hostname: str | None = None
+    cuda: str | None = None  # the CUDA torch was built for; None on a CPU build
+    cpu: str | None = None
+    # Instruction sets that decide which vLLM CPU kernels exist (e.g. int4 MoE needs AMX).
+    cpu_features: list[str] = Field(default_factory=list)
 
 
 class CellResult(Document):
@@ -138,7 +152,7 @@ class CellResult(Document):
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class RunManifest(Document):

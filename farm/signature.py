@@ -80,9 +80,19 @@ def signature_of(error_type: str, normalized_message: str, frame: str | None, fu
     return hashlib.sha256(key.encode()).hexdigest()[:10]
 
 
-def error_info(exc: BaseException, probe: str | None = None) -> ErrorInfo:
-    """Describe an exception raised by the engine under test, with its signature."""
+def error_info(exc: BaseException, probe: str | None = None, log: str = "") -> ErrorInfo:
+    """Describe an exception raised by the engine under test, with its signature.
+
+    When the exception only wraps a failure in another process (vLLM's EngineCore or a
+    worker), the root cause that process printed to ``log`` is the signature, and the
+    wrapper's text is kept beside it.
+    """
     innermost = _innermost_cause(exc)
+    if log and is_wrapper(innermost):
+        root = root_cause_from_log(log, probe)
+        if root is not None:
+            root.wrapper = f"{type(innermost).__name__}: {str(innermost)[:500]}"
+            return root
     located = engine_frame(innermost.__traceback__) or engine_frame(exc.__traceback__)
     frame, function = located if located else (None, None)
     error_type = type(innermost).__name__
@@ -106,3 +116,75 @@ def _innermost_cause(exc: BaseException) -> BaseException:
         exc = exc.__cause__
         seen.add(id(exc))
     return exc
+
+
+# Exceptions that only say "the root cause is elsewhere": the engine core or a worker ran in
+# another process, printed the real traceback to the log, and the caller got this wrapper.
+WRAPPER_MESSAGES = re.compile(
+    r"See root cause above|See stack trace for root cause|Engine core initialization failed"
+    r"|WorkerProc initialization failed|EngineCore encountered an issue|Engine process failed to start",
+    re.IGNORECASE,
+)
+WRAPPER_TYPES = {"EngineDeadError", "EngineGenerateError"}
+# vLLM prefixes every line a subprocess logs: "(EngineCore_DP0 pid=12) ERROR 11-26 06:19:54 [core.py:1510] ".
+_LOG_PREFIX = re.compile(r"^\((?P<proc>[^()]*pid=\d+)\) (?:[A-Z]+ \d\d-\d\d \d\d:\d\d:\d\d \[[^\]]+\] ?)?")
+_FRAME_LINE = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>.+)$')
+_EXCEPTION_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)(?::\s?(?P<message>.*))?$")
+
+
+def is_wrapper(exc: BaseException) -> bool:
+    return type(exc).__name__ in WRAPPER_TYPES or bool(WRAPPER_MESSAGES.search(str(exc)))
+
+
+def parse_tracebacks(log: str) -> list[tuple[str, str, list[tuple[str, int, str]]]]:
+    """Every Python traceback in a log as (exception type, message, frames), in order of completion.
+
+    Lines are first split by the process that logged them, so tracebacks that several
+    processes print at once do not interleave.
+    """
+    streams: dict[str, list[tuple[int, str]]] = {}
+    for number, raw in enumerate(log.splitlines()):
+        match = _LOG_PREFIX.match(raw)
+        proc = match.group("proc") if match else ""
+        streams.setdefault(proc, []).append((number, raw[match.end():] if match else raw))
+    found: list[tuple[int, tuple[str, str, list[tuple[str, int, str]]]]] = []
+    for lines in streams.values():
+        frames: list[tuple[str, int, str]] | None = None
+        for order, line in lines:
+            if line.startswith("Traceback (most recent call last):"):
+                frames = []
+                continue
+            if frames is None:
+                continue
+            frame = _FRAME_LINE.match(line)
+            if frame:
+                frames.append((frame.group("file"), int(frame.group("line")), frame.group("func")))
+            elif line and not line[0].isspace():
+                exception = _EXCEPTION_LINE.match(line.strip())
+                if exception and frames:
+                    name = exception.group("type").rsplit(".", 1)[-1]
+                    found.append((order, (name, exception.group("message") or "", frames)))
+                frames = None
+    return [tb for _, tb in sorted(found, key=lambda item: item[0])]
+
+
+def root_cause_from_log(log: str, probe: str | None = None) -> ErrorInfo | None:
+    """The first traceback in a log that is not itself a wrapper: the root cause a subprocess printed."""
+    for error_type, message, frames in parse_tracebacks(log):
+        if error_type in WRAPPER_TYPES or WRAPPER_MESSAGES.search(message):
+            continue
+        located = [(f"{rel}:{line}", func) for file, line, func in frames if (rel := _engine_relative(file))]
+        frame, function = located[-1] if located else (None, None)
+        normalized = normalise_message(message)
+        tail = [f'  File "{file}", line {line}, in {func}' for file, line, func in frames[-12:]]
+        return ErrorInfo(
+            type=error_type,
+            message=message[:2000],
+            frame=frame,
+            normalized_message=normalized,
+            signature=signature_of(error_type, normalized, frame, function),
+            traceback_tail="\n".join([*tail, f"{error_type}: {message}"]),
+            probe=probe,
+            origin="log",
+        )
+    return None

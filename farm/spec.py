@@ -47,6 +47,12 @@ class Variant(StrictModel):
     checkpoint: str | None = Field(None, description="a local path or a hub id (GPU job files only)")
     vllm_quantization: str | None = Field(None, description="vLLM's `quantization=` argument; None lets vLLM detect it")
     engine_args: dict[str, Any] = Field(default_factory=dict, description="vllm.LLM arguments for this variant only")
+    reference: str | None = Field(
+        None, description="what `reference` compares against: a zoo item or a checkpoint; default the zoo's own reference"
+    )
+    reference_tolerance: float | None = Field(
+        None, gt=0, description="max chosen-token logprob difference (nats); default per the reference's kind"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> Variant:
@@ -70,6 +76,7 @@ class Adapter(StrictModel):
     name: str = Field(pattern=NAME_PATTERN)
     zoo: str | None = None
     path: str | None = None
+    reference: str | None = Field(None, description="adapter `lora_reference` applies with PEFT; default this one")
 
     @field_validator("name")
     @classmethod
@@ -143,11 +150,18 @@ class Rule(StrictModel):
         return all(glob is None or fnmatch.fnmatchcase(axes[axis], glob) for axis, glob in pattern.items())
 
 
+def _zoo_prompts() -> list[str]:
+    from farm.zoo.corpus import SAMPLE_PROMPTS
+
+    return list(SAMPLE_PROMPTS)
+
+
 class Generation(StrictModel):
-    prompts: list[str] = Field(
-        default_factory=lambda: ["The farm tests", "def add(a, b):", "Once upon a time"], min_length=1
-    )
+    # The zoo's models are confident on their own domain, so these prompts give peaked outputs.
+    prompts: list[str] = Field(default_factory=_zoo_prompts, min_length=1)
     max_tokens: int = Field(16, ge=1, le=4096)
+    top_logprobs: int = Field(5, ge=1, le=20, description="top-k compared at the first divergence")
+    repeats: int = Field(3, ge=2, description="`determinism`: generations compared in one engine")
 
 
 class JobSpec(StrictModel):

@@ -38,3 +38,12 @@ def sampling_params(max_tokens: int, logprobs: int | None = None) -> Any:
     from vllm import SamplingParams
 
     return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, logprobs=logprobs)
+
+
+def top_logprobs(sample_logprobs: Any) -> tuple[dict[int, float], ...]:
+    """Per position {token id: logprob}. vLLM returns a list of dicts of `Logprob`, or since
+    0.11 optionally a `FlatLogprobs` container (vllm-project/vllm#26059); both iterate the same way."""
+    if sample_logprobs is None:
+        return ()
+    return tuple({int(token): float(getattr(lp, "logprob", lp)) for token, lp in (position or {}).items()}
+                 for position in sample_logprobs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -71,7 +72,9 @@ def test_ids_are_stable_across_processes():
     here = " ".join(c.id for c in expand(load_job(REPO / "jobs" / "smoke.yaml")))
     env_seeds = [{"PYTHONHASHSEED": "1"}, {"PYTHONHASHSEED": "12345"}]
     for env in env_seeds:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env={**__import__("os").environ, **env}, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env={**os.environ, **env}, check=True
+        )
         assert out.stdout.strip() == here
 
 

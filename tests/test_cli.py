@@ -8,7 +8,7 @@ from .conftest import REPO
 def test_validate_prints_the_expansion(farm_cli):
     code, out, err = farm_cli("validate", str(REPO / "jobs" / "smoke.yaml"))
     assert code == 0, err
-    assert out.startswith("job smoke: 12 cells, probes load, generate, lora")
+    assert out.startswith("job smoke: 12 cells, probes load, generate, lora, determinism, reference, lora_reference")
     lines = out.strip().splitlines()
     assert lines[1].split() == ["cell", "id", "model", "quantization", "lora", "engine"]
     assert len(lines) == 2 + 12

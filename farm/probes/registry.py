@@ -5,8 +5,9 @@
     @register("my-probe", applies=lambda cell: cell.lora != "none")
     def my_probe(ctx: ProbeContext) -> ProbeResult: ...
 
-A probe gets the built engine and returns a ``ProbeResult``; raising is allowed and
-becomes the cell's failure with the probe's name attached.
+A probe gets the built engine and returns a ``ProbeResult`` (or a ``Deferred`` that
+returns one after the engine is freed); raising is allowed and becomes the cell's
+failure with the probe's name attached.
 """
 
 from __future__ import annotations
@@ -30,11 +31,15 @@ class ProbeContext:
     cell: Cell
     engine: EngineHandle
     generation: Generation
+    engine_args: dict[str, Any] = field(default_factory=dict)
     # Outputs one probe computed that another may reuse (e.g. the base greedy output).
     shared: dict[str, Any] = field(default_factory=dict)
 
 
-ProbeFn = Callable[[ProbeContext], ProbeResult]
+# A probe may return a callable instead of a result: it runs after the engine is freed
+# (a transformers reference, a second engine), so two models never share memory.
+Deferred = Callable[[], ProbeResult]
+ProbeFn = Callable[[ProbeContext], ProbeResult | Deferred]
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,8 @@ def get(name: str) -> Probe:
     return _PROBES[name]
 
 
-BUILTIN_PROBES = ("load", "generate", "lora")
+BUILTIN_PROBES = ("load", "generate", "lora", "determinism", "reference", "lora_reference", "lora_unused",
+                  "base_after_lora", "perf")
 
 
 def _load_builtins() -> None:

@@ -1,0 +1,201 @@
+"""The tiny model zoo: small models of real architectures, built locally.
+
+Each base model (``qwen2-dense``, ``qwen2moe-shared``, ``mixtral``,
+``deepseekv3``) is trained for a few seconds on an embedded corpus so its
+greedy outputs are confident. Each gets quantized variants (GPTQ INT4
+``<base>-gptq4``, compressed-tensors ``<base>-ct-w4a16`` and ``<base>-ct-w8a8``),
+each of those a bf16 reference holding exactly the weights it encodes
+(``<variant>-dequant``, see :func:`reference_of`), and PEFT LoRA adapters
+trained to say a sentence of their own: ``<base>-lora-attn`` on the attention,
+``<base>-lora-mlp`` on attention and MLP (dense models), ``<base>-lora-experts``
+on attention, shared and routed experts (MoE models). Everything is
+deterministic for a seed, cached under :func:`default_root`, and safe to
+``ensure`` from several processes at once.
+
+Example::
+
+    from farm import zoo
+    model_dir = zoo.ensure("qwen2moe-shared-gptq4")
+    reference_dir = zoo.ensure(zoo.reference_of("qwen2moe-shared-gptq4"))
+    adapter_dir = zoo.ensure("qwen2moe-shared-lora-attn")
+
+Importing this package is cheap; torch and friends load only to build.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from farm.errors import ZooError
+from farm.zoo import archs as _archs  # noqa: F401  (registers the built-in architectures)
+from farm.zoo import cache, pipeline, registry
+from farm.zoo import compressed as _compressed  # noqa: F401  (registers ct-w4a16, ct-w8a8 and their references)
+from farm.zoo import lora as _lora  # noqa: F401  (registers lora-attn, lora-mlp, lora-experts)
+from farm.zoo import quant as _quant  # noqa: F401  (registers gptq4 and its reference)
+from farm.zoo.corpus import SAMPLE_PROMPTS
+from farm.zoo.pipeline import ZOO_FORMAT
+from farm.zoo.registry import ArchSpec, Kind, Progress, register_arch, register_variant
+
+__all__ = [
+    "SAMPLE_PROMPTS",
+    "ZOO_FORMAT",
+    "ArchSpec",
+    "ZooError",
+    "base_of",
+    "build",
+    "default_root",
+    "ensure",
+    "kind",
+    "manifest",
+    "names",
+    "reference_of",
+    "register_arch",
+    "register_variant",
+]
+
+DEFAULT_SEED = 0
+
+
+def default_root() -> Path:
+    """Where the zoo lives unless told otherwise.
+
+    Returns:
+        ``$FARM_ZOO_DIR`` if set, else ``$FARM_HOME/zoo``, else ``~/.cache/farm/zoo``.
+    """
+    if os.environ.get("FARM_ZOO_DIR"):
+        return Path(os.environ["FARM_ZOO_DIR"]).expanduser()
+    if os.environ.get("FARM_HOME"):
+        return Path(os.environ["FARM_HOME"]).expanduser() / "zoo"
+    return Path.home() / ".cache" / "farm" / "zoo"
+
+
+def names() -> list[str]:
+    """Every item the zoo can build: base models, their variants and adapters, sorted."""
+    return sorted(registry.items())
+
+
+def kind(name: str) -> Kind:
+    """``"model"`` for a base model or a quantized variant, ``"adapter"`` for a LoRA adapter.
+
+    Raises:
+        ZooError: ``name`` is not a zoo item.
+    """
+    return registry.get(name).kind
+
+
+def reference_of(name: str) -> str | None:
+    """The item to compare a quantized item against: its weights, dequantized.
+
+    For a quantized variant (``qwen2-dense-gptq4``, ``mixtral-ct-w8a8``), the
+    name of the zoo item ``<name>-dequant``: the base architecture in bf16,
+    without ``quantization_config``, whose weights are exactly those the
+    quantized checkpoint encodes (activation quantization, as in W8A8, is the
+    engine's and not in it). Build it like any item, with :func:`ensure`.
+
+    Returns:
+        The reference's name, or None for base models, references and adapters.
+
+    Raises:
+        ZooError: ``name`` is not a zoo item.
+    """
+    item = registry.get(name)
+    if item.variant is None or item.variant.reference is None:
+        return None
+    return f"{item.arch.name}-{item.variant.reference}"
+
+
+def base_of(name: str) -> str:
+    """The base model an item derives from; a base model's is itself.
+
+    Raises:
+        ZooError: ``name`` is not a zoo item.
+    """
+    return registry.get(name).base
+
+
+def ensure(
+    name: str, root: str | os.PathLike[str] | None = None, *, seed: int = DEFAULT_SEED, progress: Progress | None = None
+) -> Path:
+    """Build ``name`` and what it depends on unless already built from the same recipe.
+
+    Cheap when the item is current (reads a manifest or two). Otherwise takes
+    the root's file lock, so concurrent callers build once and never see a
+    half-written directory.
+
+    Args:
+        name: an item from :func:`names`.
+        root: the zoo directory; :func:`default_root` if None.
+        seed: training seed; one root holds one seed's items (another seed rebuilds them).
+        progress: called with one-line status messages; silent if None.
+
+    Returns:
+        The item's directory: a Hugging Face model dir, or a PEFT adapter dir.
+
+    Raises:
+        ZooError: the name is unknown, or the build failed (nothing half-built is left).
+    """
+    item = registry.get(name)
+    root_path = Path(root).expanduser() if root is not None else default_root()
+    if pipeline.is_current(root_path, item, seed):
+        return root_path / name
+    report = progress or _silent
+    with cache.locked(root_path, on_wait=report):
+        cache.clean_partial(root_path)
+        return pipeline.ensure_locked(root_path, item, seed, report)
+
+
+def build(
+    root: str | os.PathLike[str] | None = None,
+    names: Iterable[str] | None = None,
+    seed: int = DEFAULT_SEED,
+    progress: Progress | None = print,
+) -> dict[str, Path]:
+    """Ensure several items (all by default) under one lock.
+
+    Args:
+        root: the zoo directory; :func:`default_root` if None.
+        names: items to build; every item if None.
+        seed: training seed.
+        progress: called with one-line status messages; silent if None.
+
+    Returns:
+        Each requested item's directory, by name.
+
+    Raises:
+        ZooError: a name is unknown or a build failed.
+    """
+    wanted = [registry.get(n) for n in (names if names is not None else sorted(registry.items()))]
+    root_path = Path(root).expanduser() if root is not None else default_root()
+    report = progress or _silent
+    out: dict[str, Path] = {}
+    with cache.locked(root_path, on_wait=report):
+        cache.clean_partial(root_path)
+        for item in wanted:
+            if pipeline.is_current(root_path, item, seed):
+                report(f"zoo: {item.name} is up to date")
+            out[item.name] = pipeline.ensure_locked(root_path, item, seed, report)
+    return out
+
+
+def manifest(name: str, root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The manifest of a built item: recipe, file hashes, library versions and metrics.
+
+    The metrics include the transformers greedy outputs (``metrics.greedy``) of
+    the item on :data:`SAMPLE_PROMPTS` and their top-1 probabilities.
+
+    Raises:
+        ZooError: the item is unknown or not built under ``root``; call :func:`ensure` first.
+    """
+    registry.get(name)
+    root_path = Path(root).expanduser() if root is not None else default_root()
+    data = cache.read_manifest(root_path / name)
+    if data is None:
+        raise ZooError(f"zoo item {name!r} is not built in {root_path}; call zoo.ensure({name!r}) first.")
+    return data
+
+
+def _silent(_: str) -> None:
+    return None

@@ -1,0 +1,153 @@
+"""compressed-tensors checkpoints (the llm-compressor format), packed by hand.
+
+Two schemes, as llm-compressor writes them and vLLM loads them:
+
+``ct-w4a16`` (``format: pack-quantized``): INT4 weights, symmetric, one scale
+per group of 32 input channels, activations left in bf16::
+
+    weight_packed [out, in/8] int32  eight 4-bit values (q + 8) along the input dim, low nibble first
+    weight_scale  [out, in/32] bf16
+    weight_shape  [2]          int64  (out, in)
+
+``ct-w8a8`` (``format: int-quantized``): INT8 weights with one scale per
+output channel; activations quantized to INT8 per token at run time (dynamic,
+so nothing about them is stored)::
+
+    weight       [out, in] int8
+    weight_scale [out, 1]  bf16
+
+Routers, gates and lm_head stay in bf16 and are named, module by module, in the
+config's ``ignore`` list; embeddings and norms are not ``Linear`` layers, so the
+scheme's ``targets: [Linear]`` never reaches them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from farm.zoo.checkpoint import WEIGHTS_FILE, copy_model_files, write_config
+from farm.zoo.quant import GROUP_SIZE, exact_scale, pack_nibbles, should_quantize, unpack_nibbles
+from farm.zoo.reference import register_quantization
+from farm.zoo.registry import BuildContext
+
+if TYPE_CHECKING:
+    import torch
+
+_SUFFIXES = (".weight_packed", ".weight_scale", ".weight_shape")
+
+
+def quantization_config(scheme: str, ignore: list[str]) -> dict[str, Any]:
+    """The ``quantization_config`` of a ``ct-w4a16`` or ``ct-w8a8`` checkpoint."""
+    if scheme == "w4a16":
+        fmt = "pack-quantized"
+        weights = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group",
+                   "group_size": GROUP_SIZE, "dynamic": False, "actorder": None, "observer": "minmax"}
+        inputs = None
+    else:
+        fmt = "int-quantized"
+        weights = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel",
+                   "dynamic": False, "observer": "minmax"}
+        inputs = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "token",
+                  "dynamic": True, "observer": None}
+    return {
+        "quant_method": "compressed-tensors",
+        "format": fmt,
+        "quantization_status": "compressed",
+        "config_groups": {
+            "group_0": {"targets": ["Linear"], "weights": weights,
+                        "input_activations": inputs, "output_activations": None},
+        },
+        "ignore": ignore,
+        "kv_cache_scheme": None,
+        "global_compression_ratio": None,
+    }
+
+
+def pack_w4a16(weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One ``[out, in]`` weight as ``pack-quantized`` INT4 tensors (see the module docstring)."""
+    import torch
+
+    w = weight.float()
+    out_f, in_f = w.shape
+    groups = w.view(out_f, in_f // GROUP_SIZE, GROUP_SIZE)
+    scale = exact_scale(groups.abs().amax(-1), 7)  # [out, in/G]
+    q = torch.round(groups / scale[..., None]).clamp(-8, 7).view(out_f, in_f)
+    return {
+        "weight_packed": pack_nibbles((q + 8).t().contiguous()).t().contiguous(),
+        "weight_scale": scale.to(torch.bfloat16),
+        "weight_shape": torch.tensor([out_f, in_f], dtype=torch.int64),
+    }
+
+
+def quantize_w8a8(weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One ``[out, in]`` weight as ``int-quantized`` INT8 with per-channel scales."""
+    import torch
+
+    w = weight.float()
+    scale = exact_scale(w.abs().amax(-1, keepdim=True), 127)  # [out, 1], powers of two
+    return {
+        "weight": torch.round(w / scale).clamp(-127, 127).to(torch.int8),
+        "weight_scale": scale.to(torch.bfloat16),
+    }
+
+
+def dequantize(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every tensor of a ``ct-w4a16`` or ``ct-w8a8`` checkpoint as float32, quantized linears decoded."""
+    import torch
+
+    out = {}
+    for key, value in tensors.items():
+        if key.endswith(".weight_packed"):
+            prefix = key[: -len("weight_packed")]
+            out_f, in_f = tensors[prefix + "weight_shape"].tolist()
+            q = unpack_nibbles(value.t().contiguous()).t()[:, :in_f].contiguous() - 8
+            scale = tensors[prefix + "weight_scale"].float()
+            out[prefix + "weight"] = q.float() * scale.repeat_interleave(in_f // scale.shape[1], dim=1)
+        elif key.endswith(_SUFFIXES):
+            continue
+        elif value.dtype == torch.int8:
+            out[key] = value.float() * tensors[key + "_scale"].float()
+        else:
+            out[key] = value.float()
+    return out
+
+
+@register_quantization("ct-w4a16", dequantize=dequantize, format="pack-quantized", group_size=GROUP_SIZE,
+                       bits=4, scale="exact-5bit")
+def build_w4a16(ctx: BuildContext) -> dict[str, Any]:
+    """Pack the base model's linear weights as compressed-tensors W4A16."""
+    return _build(ctx, "w4a16")
+
+
+@register_quantization("ct-w8a8", dequantize=dequantize, format="int-quantized", weights="channel",
+                       activations="dynamic-token", bits=8, scale="exact-pow2")
+def build_w8a8(ctx: BuildContext) -> dict[str, Any]:
+    """Quantize the base model's linear weights as compressed-tensors W8A8 (INT8)."""
+    return _build(ctx, "w8a8")
+
+
+def _build(ctx: BuildContext, scheme: str) -> dict[str, Any]:
+    from safetensors.torch import load_file, save_file
+
+    assert ctx.base_dir is not None
+    copy_model_files(ctx.base_dir, ctx.out_dir)
+    tensors = load_file(ctx.base_dir / WEIGHTS_FILE)
+    out: dict[str, torch.Tensor] = {}
+    ignore = []
+    quantized = 0
+    group = GROUP_SIZE if scheme == "w4a16" else None
+    for key in sorted(tensors):
+        value = tensors[key]
+        if should_quantize(ctx.arch, key, value, group_size=group):
+            prefix = key[: -len("weight")]
+            parts = pack_w4a16(value) if scheme == "w4a16" else quantize_w8a8(value)
+            out.update({prefix + part: t for part, t in parts.items()})
+            quantized += 1
+            continue
+        out[key] = value
+        if key.endswith(".weight") and value.ndim == 2 and "embed_tokens" not in key:
+            ignore.append(key[: -len(".weight")])
+    save_file(out, ctx.out_dir / WEIGHTS_FILE, metadata={"format": "pt"})
+    write_config(ctx.out_dir, quantization_config(scheme, ignore))
+    return {"quantized_linears": quantized, "ignore": ignore}
