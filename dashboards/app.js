@@ -682,7 +682,11 @@
       update();
     });
     document.addEventListener("keydown", (ev) => {
-      if (ev.key === "Escape" && state.cell) openCell(null);
+      if (ev.key === "Escape") {
+        const open = document.querySelectorAll("#axis-filters details[open]");
+        if (open.length) for (const d of open) d.open = false;
+        else if (state.cell) openCell(null);
+      }
       if (ev.key === "/" && document.activeElement.tagName !== "INPUT") {
         ev.preventDefault();
         $("#q").focus();

@@ -181,7 +181,7 @@ def build_matrix(manifest: RunManifest, results: list[CellResult]) -> Matrix:
 def _details(result: CellResult, envs: dict[str, EnvFacts], env_ids: dict[str, str]) -> dict[str, Any]:
     """What the page's cell detail needs beyond the grid: probes with metrics, env facts, log."""
     env_id = None
-    if result.env.model_dump(exclude_none=True):  # a cell that died before measuring has no facts
+    if any(result.env.model_dump().values()):  # a cell that died before measuring has no facts
         env_json = result.env.model_dump_json()
         if env_json not in env_ids:
             env_ids[env_json] = f"e{len(env_ids)}"

@@ -121,7 +121,8 @@ def test_real_run_passing_cell_shows_probes_and_metrics(browser, real_run):
                              .map(tr => [...tr.children].map(td => td.textContent))""")
     assert [row[0] for row in probes] == ["load", "generate", "lora"]
     assert all(row[1] == "✓" for row in probes)
-    assert "tokens_per_s" in probes[1][3] and "prompts_differing 3" in probes[2][3]
+    prompts = len(json.loads(real_run.get(passed.result_key))["probes"][1]["outputs"])
+    assert "tokens_per_s" in probes[1][3] and f"prompts_differing {prompts}" in probes[2][3]
     assert "peak RSS" in browser.text("#detail")
 
 
@@ -294,6 +295,7 @@ def test_hostile_strings_render_as_text(browser, tmp_path):
     browser.click('#axis-filters details[data-axis="model"] summary')
     browser.type("#q", "<img src=x onerror=window.__pwned=1>")
     browser.wait_for('location.hash.includes("q=")')
+    assert browser.count("#axis-filters details[open]") == 0  # the click into the search box closed the popover
     assert browser.eval("window.__pwned === undefined")
     assert browser.dialogs == []
     assert browser.count("img, svg, iframe, object, embed") == 0
