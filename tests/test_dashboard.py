@@ -120,3 +120,11 @@ def test_a_taken_port_is_one_line(farm_cli, tmp_path):
         port = taken.getsockname()[1]
         code, _, err = farm_cli("dashboard", "--store", str(tmp_path), "--port", str(port), timeout=60)
     assert code == 1 and err.startswith(f"farm: error: cannot listen on 127.0.0.1:{port}") and "--port" in err
+
+
+def test_the_readme_documents_the_command_and_shows_the_page():
+    from .conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    assert "farm dashboard [--store DIR] [--port N]" in readme
+    assert "](docs/matrix.png)" in readme and (REPO / "docs" / "matrix.png").stat().st_size > 10_000
