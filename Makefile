@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.farm-installed
 
-.PHONY: setup browser demo test check lint zoo clean
+.PHONY: setup browser demo test check lint zoo bench-store bench-page clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,7 @@ zoo: setup
 	$(VENV)/bin/farm zoo build
 
 demo: setup
-	$(VENV)/bin/farm zoo build
+	$(VENV)/bin/farm zoo build --for-job jobs/smoke.yaml
 	$(VENV)/bin/farm run jobs/smoke.yaml
 
 test: setup browser
@@ -37,6 +37,14 @@ browser:
 	  else \
 	    echo "make: the page tests need chromium: sudo apt-get install -y chromium" >&2; exit 1; \
 	  fi; }
+
+# Store put/get/list throughput per backend and aggregation of 10 000 results (starts its own servers).
+bench-store: setup
+	$(PY) bench/store_throughput.py
+
+# The page for a synthetic 50 × 40 matrix: its weight, aggregation and render time in Chromium.
+bench-page: setup browser
+	$(PY) -m bench.page
 
 lint: setup
 	$(VENV)/bin/ruff check farm tests

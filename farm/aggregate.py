@@ -7,13 +7,17 @@ show must be in it.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from pydantic import Field
 
+from farm.errors import KeyNotFound
 from farm.history import Changes, History, attach_history
 from farm.results import SCHEMA_VERSION, CellResult, CellStatus, Document, EnvFacts, RunManifest, utcnow
-from farm.store import Store, log_key, manifest_key, read_results, safe_part
+from farm.store import Store, Unreadable, log_key, matrix_key, read_manifest, result_key, scan_run
+
+log = logging.getLogger("farm.aggregate")
 
 PAGE_KEY = "index.html"
 TRACEBACK_LINES_SHOWN = 4  # of each root cause's representative traceback, in the terminal table
@@ -80,6 +84,13 @@ class SignatureGroup(Document):
     traceback_tail: str = ""
 
 
+class UnreadableDocument(Document):
+    """A result object in the store that could not be read (truncated, corrupt, misplaced)."""
+
+    key: str
+    reason: str
+
+
 class Matrix(Document):
     schema_version: int = SCHEMA_VERSION
     run_id: str
@@ -91,8 +102,9 @@ class Matrix(Document):
     signatures: list[SignatureGroup] = Field(default_factory=list)
     counts: dict[str, int] = Field(default_factory=dict)
     expected_cells: int = 0
+    started_at: str | None = None  # the run's start, so an older run aggregated later never becomes "latest"
+    unreadable: list[UnreadableDocument] = Field(default_factory=list)
     matrix_key: str = ""
-    started_at: str | None = None
     finished_at: str | None = None
     legend: list[StatusInfo] = Field(default_factory=list)
     envs: dict[str, EnvFacts] = Field(default_factory=dict)
@@ -103,9 +115,9 @@ class Matrix(Document):
         return next((c for c in self.cells if c.row == row and c.column == column), None)
 
 
-def build_matrix(manifest: RunManifest, results: list[CellResult]) -> Matrix:
-    from farm.store import result_key
-
+def build_matrix(
+    manifest: RunManifest, results: list[CellResult], unreadable: list[Unreadable] | None = None
+) -> Matrix:
     by_id = {r.cell_id: r for r in results}
     rows: list[str] = []
     columns: list[str] = []
@@ -170,8 +182,9 @@ def build_matrix(manifest: RunManifest, results: list[CellResult]) -> Matrix:
         signatures=sorted(groups.values(), key=lambda g: (-len(g.cells), g.signature)),
         counts=counts,
         expected_cells=len(manifest.cells),
-        matrix_key=matrix_key(manifest.run_id),
         started_at=manifest.started_at.isoformat(timespec="seconds"),
+        unreadable=[UnreadableDocument(key=u.key, reason=u.reason) for u in unreadable or []],
+        matrix_key=matrix_key(manifest.run_id),
         finished_at=manifest.finished_at.isoformat(timespec="seconds") if manifest.finished_at else None,
         legend=[StatusInfo(status=s.value, symbol=s.symbol, meaning=s.meaning) for s in CellStatus],
         envs=envs,
@@ -205,31 +218,47 @@ def _details(result: CellResult, envs: dict[str, EnvFacts], env_ids: dict[str, s
     }
 
 
-def matrix_key(run_id: str) -> str:
-    return f"matrix/{safe_part(run_id)}.json"
-
-
 def aggregate(store: Store, run_id: str) -> tuple[str, str]:
-    """Read a run's results from the store; write its matrix, ``matrix/latest.json`` and the page.
+    """Read a run's results from the store; write its matrix, exports, and (for the newest run)
+    ``matrix/latest.json`` and the page. Returns the keys of the matrix and the page.
 
     The matrix carries the job's history (earlier runs read from the store) and the
     changes since the previous run; see ``farm.history``.
     """
+    from farm.export import export
     from farm.render import render_page
 
-    manifest = RunManifest.model_validate_json(store.get(manifest_key(run_id)))
-    matrix = build_matrix(manifest, read_results(store, run_id))
+    manifest = read_manifest(store, run_id)
+    scan = scan_run(store, run_id, all_attempts=True)  # one listing and parallel gets serve matrix and exports
+    matrix = build_matrix(manifest, list(scan.latest.values()), scan.unreadable)
     attach_history(store, matrix)
     data = matrix.model_dump_json(indent=1).encode()
-    store.put(matrix.matrix_key, data, overwrite=True)
-    store.put("matrix/latest.json", data, overwrite=True)
-    store.put(PAGE_KEY, render_page(matrix).encode(), overwrite=True)
-    return matrix.matrix_key, PAGE_KEY
+    key = matrix_key(run_id)
+    store.put(key, data, overwrite=True)
+    export(store, run_id, scan)
+    if _is_newest(store, matrix):
+        store.put(matrix_key(), data, overwrite=True)
+        store.put(PAGE_KEY, render_page(matrix).encode(), overwrite=True)
+    else:
+        log.warning("%s is not the newest run in %s: matrix/latest.json and the page stay as they are",
+                    run_id, store.url)
+    return key, PAGE_KEY
+
+
+def _is_newest(store: Store, matrix: Matrix) -> bool:
+    try:
+        current = Matrix.model_validate_json(store.get(matrix_key()))
+    except KeyNotFound:
+        return True
+    except ValueError:  # an unreadable latest.json is replaced, not kept
+        return True
+    if current.run_id == matrix.run_id or not current.started_at or not matrix.started_at:
+        return True
+    return matrix.started_at >= current.started_at
 
 
 def load_matrix(store: Store, run_id: str | None = None) -> Matrix:
-    key = matrix_key(run_id) if run_id else "matrix/latest.json"
-    return Matrix.model_validate_json(store.get(key))
+    return Matrix.model_validate_json(store.get(matrix_key(run_id)))
 
 
 def format_table(matrix: Matrix) -> str:
@@ -262,6 +291,8 @@ def format_table(matrix: Matrix) -> str:
         lines.append(f"[{group.signature}] {group.error_type}{where}: {group.message[:160]} — {len(group.cells)} cell(s)")
         lines += [f"    {labels.get(cell_id, cell_id)}" for cell_id in group.cells]
         lines += [f"    | {line}" for line in group.traceback_tail.splitlines()[-TRACEBACK_LINES_SHOWN:]]
+    for document in matrix.unreadable:
+        lines.append(f"unreadable: {document.key}: {document.reason}")
     return "\n".join(lines)
 
 

@@ -1,13 +1,16 @@
 """The `farm` command: validate | run | status | matrix | dashboard | zoo.
 
 A FarmError becomes one line on stderr and exit code 1 (the traceback with --debug).
-`farm run` exits 0 when every cell reached a verdict, pass or fail, and 3 when some
-cells could not run at all (infrastructure errors).
+`farm run` exits 0 when every cell reached a verdict, pass or fail, 3 when some
+cells could not run at all (infrastructure errors), and 4 when results are still
+spooled locally because the store was unreachable at the end (they are safe; a
+`--resume` flushes them).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -16,15 +19,19 @@ from farm.errors import FarmError
 
 EXIT_FARM_ERROR = 1
 EXIT_CELLS_NOT_RUN = 3
+EXIT_SPOOLED = 4
 
 EPILOG = """examples:
   farm validate jobs/smoke.yaml
   farm run jobs/smoke.yaml                       # local Ray on 127.0.0.1, results in ./farm-results
   farm run jobs/smoke.yaml --store /data/farm    # another result store
+  farm run jobs/smoke.yaml --store s3://bucket/farm --s3-endpoint http://127.0.0.1:8333
+  farm run --resume smoke-20261126-101500-ab12   # run what is missing, flush what is spooled
   RAY_ADDRESS=ray://head:10001 farm run jobs/smoke.yaml
   farm status smoke-20261126-101500-ab12
   farm matrix                                    # the latest run's matrix as a table
   farm dashboard --port 8700                     # the page on http://127.0.0.1:8700/, live while runs write
+  farm zoo build --for-job jobs/smoke.yaml        # only what a job needs
   farm zoo build --out ~/.cache/farm/zoo
 """
 
@@ -35,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    _log_to_stderr(logging.DEBUG if args.debug else logging.INFO)
     try:
         return int(args.handler(args) or 0)
     except FarmError as exc:
@@ -45,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("farm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `farm ... | head`: the reader has what it wanted
+        sys.stderr.close()
+        return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,26 +73,28 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=_validate)
 
     run = sub.add_parser("run", help="run every cell of a job and write the matrix")
-    run.add_argument("job", type=Path)
-    run.add_argument("--store", help="results directory or URL (default ./farm-results, or $FARM_STORE)")
+    run.add_argument("job", type=Path, nargs="?", help="job spec (optional with --resume: the run's own is used)")
+    _store_arguments(run)
     run.add_argument("--address", help="Ray cluster to join (default $RAY_ADDRESS, else a local Ray on 127.0.0.1)")
     run.add_argument("--run-id", help="name the run (default <job>-<timestamp>-<random>)")
+    run.add_argument("--resume", metavar="RUN_ID",
+                     help="continue a run: flush its spooled results, skip cells with a verdict, run the rest")
     run.add_argument("--max-parallel", type=int, help="cells at once (default: what the cluster's resources allow)")
     run.set_defaults(handler=_run)
 
     status = sub.add_parser("status", help="progress of a run, read from the store alone")
     status.add_argument("run_id")
-    status.add_argument("--store")
+    _store_arguments(status)
     status.set_defaults(handler=_status)
 
     matrix = sub.add_parser("matrix", help="print a run's matrix (default: the latest)")
     matrix.add_argument("run_id", nargs="?")
-    matrix.add_argument("--store")
+    _store_arguments(matrix)
     matrix.add_argument("--json", action="store_true", help="print matrix.json instead of the table")
     matrix.set_defaults(handler=_matrix)
 
     dashboard = sub.add_parser("dashboard", help="serve the matrix page on 127.0.0.1; re-render it as results arrive")
-    dashboard.add_argument("--store")
+    _store_arguments(dashboard)
     dashboard.add_argument("--port", type=int, default=8700, help="port on 127.0.0.1 (default 8700; 0: any free port)")
     dashboard.add_argument("--interval", type=float, default=2.0, help="seconds between looks at the store (default 2)")
     dashboard.set_defaults(handler=_dashboard)
@@ -91,10 +104,36 @@ def _parser() -> argparse.ArgumentParser:
     build = zoo_sub.add_parser("build", help="build (or verify) zoo items; cached and idempotent")
     build.add_argument("--out", type=Path, help="zoo directory (default $FARM_ZOO_DIR or ~/.cache/farm/zoo)")
     build.add_argument("--only", nargs="+", metavar="NAME", help="build only these items (and what they need)")
+    build.add_argument("--for-job", type=Path, metavar="JOB",
+                       help="build only the items a job uses (its models, adapters and references)")
     build.set_defaults(handler=_zoo_build)
     listing = zoo_sub.add_parser("list", help="list zoo items")
     listing.set_defaults(handler=_zoo_list)
     return parser
+
+
+def _store_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", help="results directory, file://PATH or s3://BUCKET/PREFIX "
+                        "(default $FARM_STORE, else ./farm-results)")
+    parser.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint for s3:// stores "
+                        "(default $AWS_ENDPOINT_URL, else AWS); credentials come from the standard AWS chain")
+
+
+def _open_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from farm.store import open_store
+
+    return open_store(args.store, s3_endpoint=args.s3_endpoint)
+
+
+def _log_to_stderr(level: int) -> None:
+    """The farm's own log lines (store outages, spooling, flushes) as `farm: …` on stderr."""
+    logger = logging.getLogger("farm")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("farm: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(level)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -115,63 +154,90 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from farm.aggregate import format_table, load_matrix
-    from farm.driver import run
+    from farm.driver import make_run_id, run, spool_report
+    from farm.errors import JobSpecError
     from farm.spec import load_job
-    from farm.store import open_store
 
-    job = load_job(args.job)
-    store = open_store(args.store)
+    if args.resume and args.run_id:
+        raise JobSpecError("give either --resume RUN_ID (continue a run) or --run-id ID (name a new one), not both")
+    if not args.job and not args.resume:
+        raise JobSpecError("give a job spec (farm run jobs/smoke.yaml) or a run to continue (farm run --resume RUN_ID)")
+    job = load_job(args.job) if args.job else None
+    store = _open_store(args)
+    run_id = args.resume or args.run_id or make_run_id(job.name)  # type: ignore[union-attr]
     started = time.monotonic()
+    print(f"{'resuming' if args.resume else 'run'} {run_id}: results in {store.url}", flush=True)
 
     def progress(done: int, total: int, result) -> None:  # type: ignore[no-untyped-def]
         seconds = result.timings.get("total")
         took = f" {seconds:.1f}s" if seconds is not None else ""
-        print(f"[{done}/{total}] {result.status.symbol} {result.status.value:<11} {result.cell.label}{took}", flush=True)
+        print(f"[{done}/{total}] {result.status.symbol} {result.status.value:<11} {result.cell.label}{took}",
+              flush=True)
 
-    outcome = run(job, store=store, address=args.address, run_id=args.run_id,
-                  max_parallel=args.max_parallel, progress=progress)
+    try:
+        outcome = run(job, store=store, address=args.address, run_id=run_id, resume=bool(args.resume),
+                      max_parallel=args.max_parallel, progress=progress)
+    except KeyboardInterrupt:
+        print(f"farm: interrupted; what finished is in the store (or spooled); continue with "
+              f"`farm run --resume {run_id}`", file=sys.stderr)
+        return 130
+    if args.resume:
+        print(f"ran {outcome.ran} cell(s); {len(outcome.results) - outcome.ran} already had a result")
+    if outcome.spooled:
+        print(f"farm: {spool_report(outcome)}", file=sys.stderr)
+        return EXIT_SPOOLED
+    assert outcome.matrix_key and outcome.page_key
     print()
     print(format_table(load_matrix(store, outcome.run_id)))
     print(f"\nrun {outcome.run_id} finished in {time.monotonic() - started:.0f}s")
     print(f"matrix: {store.location(outcome.matrix_key)}")
     print(f"page:   {store.location(outcome.page_key)}")
     if not outcome.all_ran:
-        print("some cells could not run (infra errors): see the matrix", file=sys.stderr)
+        print(f"some cells could not run (infra errors): see the matrix; `farm run --resume {outcome.run_id}` "
+              "runs them again", file=sys.stderr)
         return EXIT_CELLS_NOT_RUN
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    from farm.results import RunManifest
-    from farm.store import manifest_key, open_store, read_results
+    from farm.store import read_manifest, scan_run
 
-    store = open_store(args.store)
-    manifest = RunManifest.model_validate_json(store.get(manifest_key(args.run_id)))
-    results = read_results(store, args.run_id)
+    store = _open_store(args)
+    manifest = read_manifest(store, args.run_id)
+    scan = scan_run(store, args.run_id)
+    latest = scan.latest
     counts: dict[str, int] = {}
-    for result in results:
+    for result in latest.values():
         counts[result.status.value] = counts.get(result.status.value, 0) + 1
-    state = "finished" if manifest.finished_at else "in progress (or its driver died)"
+    state = "finished" if manifest.finished_at else "in progress (or its driver died: farm run --resume continues it)"
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no results yet"
     print(f"run {manifest.run_id} ({manifest.job_name}): {state}; "
-          f"{len(results)}/{len(manifest.cells)} cells have a result: {summary}")
+          f"{len(latest)}/{len(manifest.cells)} cells have a result: {summary}")
+    print(f"started {manifest.started_at:%Y-%m-%d %H:%M:%S} UTC by {manifest.launched_by} "
+          f"(farm {manifest.farm_version}{', git ' + manifest.git_sha[:12] if manifest.git_sha else ''})"
+          + "".join(f"; resumed {r.at:%Y-%m-%d %H:%M:%S} by {r.launched_by}" for r in manifest.resumes)
+          + (f"; finished {manifest.finished_at:%Y-%m-%d %H:%M:%S}" if manifest.finished_at else ""))
+    retried = sum(1 for r in latest.values() if r.attempt > 1)
+    if retried:
+        print(f"{retried} cell(s) needed more than one attempt")
+    for document in scan.unreadable:
+        print(f"unreadable: {store.location(document.key)}: {document.reason}")
     return 0
 
 
 def _matrix(args: argparse.Namespace) -> int:
     from farm.aggregate import format_table, load_matrix
-    from farm.store import open_store
 
-    matrix = load_matrix(open_store(args.store), args.run_id)
+    matrix = load_matrix(_open_store(args), args.run_id)
     print(matrix.model_dump_json(indent=1) if args.json else format_table(matrix))
     return 0
 
 
 def _dashboard(args: argparse.Namespace) -> int:
     from farm.dashboard import serve
-    from farm.store import open_store
 
-    serve(open_store(args.store), port=args.port, interval=args.interval)
+    _log_to_stderr(logging.WARNING)
+    serve(_open_store(args), port=args.port, interval=args.interval)
     return 0
 
 
@@ -179,16 +245,40 @@ def _zoo_build(args: argparse.Namespace) -> int:
     from farm import zoo
 
     started = time.monotonic()
-    built = zoo.build(root=args.out, names=args.only)
+    names = list(args.only or [])
+    if args.for_job:
+        names += _zoo_items_of(args.for_job)
+    built = zoo.build(root=args.out, names=names or None)
+    width = max(map(len, built), default=0)
     for name, path in sorted(built.items()):
-        print(f"{name:<28} {path}")
+        print(f"{name:<{width}}  {path}")
     print(f"{len(built)} zoo items ready in {time.monotonic() - started:.0f}s")
     return 0
+
+
+def _zoo_items_of(job_path: Path) -> list[str]:
+    """The zoo items a job's cells load: models, adapters, and the references the probes compare with."""
+    from farm import zoo
+    from farm.cells import expand
+    from farm.spec import load_job
+
+    items: set[str] = set()
+    for cell in expand(load_job(job_path)):
+        for source in (cell.model_source, cell.lora_source, cell.reference, cell.lora_reference):
+            if source and source.startswith("zoo:"):
+                items.add(source.removeprefix("zoo:"))
+    for item in list(items):
+        reference = zoo.reference_of(item)
+        if reference:
+            items.add(reference)
+    return sorted(items)
 
 
 def _zoo_list(args: argparse.Namespace) -> int:
     from farm import zoo
 
+    width = max(map(len, zoo.names()))
     for name in zoo.names():
-        print(f"{name:<28} {zoo.kind(name):<8} base {zoo.base_of(name)}")
+        reference = zoo.reference_of(name)
+        print(f"{name:<{width}}  {zoo.kind(name):<8} base {zoo.base_of(name)}" + (f", reference {reference}" if reference else ""))
     return 0

@@ -26,7 +26,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import ValidationError
 
 from farm.aggregate import PAGE_KEY, aggregate
-from farm.errors import FarmError, StoreError
+from farm.errors import FarmError, StoreError, StoreUnavailable
 from farm.results import RunManifest
 from farm.store import Store
 
@@ -96,6 +96,8 @@ def make_handler(store: Store, watcher: Watcher) -> type[BaseHTTPRequestHandler]
                 return self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8", body)
             try:
                 data = store.get(key)
+            except StoreUnavailable as exc:
+                return self._send(HTTPStatus.SERVICE_UNAVAILABLE, f"{exc}\n".encode(), "text/plain; charset=utf-8", body)
             except StoreError:
                 text = (f"no page yet: the store {store.url} has no run; start one with "
                         f"`farm run JOB --store {store.url}`\n") if key == PAGE_KEY else "not found\n"

@@ -1,14 +1,26 @@
 """The Ray driver: one actor per cell, bounded concurrency, every outcome recorded.
 
 Results travel from the actor back to the driver, and only the driver writes to
-the store. The driver has to write the results of cells whose actor died (crash,
-timeout, infra) anyway, so one writer keeps a single path for spooling and
-create-once semantics; a result is a few KB, so the return trip costs nothing.
+the store, also under ``ray job submit`` with an ``s3://`` store. Why not let each
+actor write its own result:
+
+- The driver must write the results of cells whose actor died (crash, timeout, lost
+  node) anyway; one writer keeps one path for create-once attempts and spooling.
+- Only the driver's node needs the store's credentials, endpoint and network route;
+  GPU workers need no S3 access at all.
+- The spool that keeps results through a store outage sits on the driver's disk, not
+  scattered over worker nodes that an autoscaler may remove with it.
+- A result is a few KB (16 KB of log tail at most): the return trip costs nothing.
+
+What is lost if the driver itself dies: only the cells in flight, which
+``farm run --resume RUN_ID`` runs again; everything recorded was spooled to disk first.
 """
 
 from __future__ import annotations
 
 import getpass
+import json
+import logging
 import math
 import os
 import secrets
@@ -24,23 +36,41 @@ from typing import Any
 from farm import __version__
 from farm.aggregate import aggregate
 from farm.cells import Cell, expand
+from farm.errors import JobSpecError, StoreUnavailable
 from farm.execute import CellSettings, capture_output, engine_environment, execute_cell, farm_home, log_tail
-from farm.results import CellResult, CellStatus, ErrorInfo, RunManifest, utcnow
-from farm.spec import JobSpec
-from farm.store import Store, manifest_key, open_store, put_result, safe_part
+from farm.results import CellResult, CellStatus, ErrorInfo, Launch, RunManifest, utcnow
+from farm.spec import JobSpec, parse_job
+from farm.store import (
+    ResultWriter,
+    Spool,
+    Store,
+    open_store,
+    read_manifest,
+    safe_part,
+    scan_run,
+    write_manifest,
+)
+
+log = logging.getLogger("farm.driver")
 
 # Where each cell's process writes its log on its node, so a crash still leaves a tail to read.
 CELL_LOG_DIR = "cell-logs"
+# Where the driver keeps results until the store has them (see farm.store.spool).
+SPOOL_DIR = "spool"
 
 
 @dataclass
 class RunOutcome:
     run_id: str
-    results: list[CellResult]
-    matrix_key: str
-    page_key: str
+    results: list[CellResult]  # the latest result of every cell that has one, this session's and earlier ones
+    matrix_key: str | None  # None while results are still spooled (the store was unreachable at the end)
+    page_key: str | None
     store: Store
     counts: dict[str, int] = field(default_factory=dict)
+    ran: int = 0  # cells run by this call (a resume skips cells that already have a verdict)
+    spooled: list[Path] = field(default_factory=list)  # documents still waiting for the store
+    spool_dir: Path | None = None
+    store_error: str | None = None  # why the store could not take them
 
     @property
     def all_ran(self) -> bool:
@@ -55,59 +85,142 @@ def make_run_id(job_name: str) -> str:
     return f"{safe_part(job_name)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
+def spool_dir(run_id: str) -> Path:
+    return farm_home() / SPOOL_DIR / safe_part(run_id)
+
+
 def run(
-    job: JobSpec,
+    job: JobSpec | None = None,
     *,
     store: Store | None = None,
     address: str | None = None,
     run_id: str | None = None,
+    resume: bool = False,
     max_parallel: int | None = None,
     progress: ProgressFn | None = None,
 ) -> RunOutcome:
     """Run every cell of ``job`` on Ray and aggregate the results into the store.
 
     Args:
-        job: a validated job spec (see ``load_job``).
-        store: where results go; default ``./farm-results``.
+        job: a validated job spec (see ``load_job``); with ``resume``, optional (the run's own is used).
+        store: where results go; default ``$FARM_STORE``, else ``./farm-results``.
         address: a Ray cluster to join; default ``RAY_ADDRESS``, else a local Ray on 127.0.0.1.
-        run_id: defaults to ``<job>-<timestamp>-<random>``.
+        run_id: defaults to ``<job>-<timestamp>-<random>``; required with ``resume``.
+        resume: continue run ``run_id``: flush its spooled results, skip cells that have a verdict,
+            run the rest (cells without a result, or with an infra error) as new attempts.
         max_parallel: cells at once; default what the cluster's resources allow.
         progress: called after each cell with (done, total, result).
+
+    Raises:
+        StoreError: the store cannot be written when the run starts (nothing has run then).
     """
     store = store or open_store()
-    run_id = run_id or make_run_id(job.name)
-    cells = expand(job)
-    ray = connect(address)
-    manifest = RunManifest(
-        run_id=run_id,
-        job_name=job.name,
-        job=job.model_dump(mode="json"),
-        cells=cells,
-        launched_by=f"{getpass.getuser()}@{socket.gethostname()}",
-        farm_version=__version__,
-        git_sha=_git_sha(),
-        ray_address=ray.get_runtime_context().gcs_address,
-        started_at=utcnow(),
-    )
-    store.put(manifest_key(run_id), manifest.model_dump_json(indent=1).encode())
+    try:
+        store.check()  # unreachable, no bucket, bad credentials: say so before any compute is spent
+    except StoreUnavailable as exc:
+        raise StoreUnavailable(f"{exc}; nothing has run: check the endpoint and network, then run again") from None
+    if resume:
+        if not run_id:
+            raise JobSpecError("resuming needs the run id: farm run --resume RUN_ID")
+        manifest = read_manifest(store, run_id)
+        job = _resumed_job(manifest, job)
+    else:
+        if job is None:
+            raise JobSpecError("give a job spec to run, or --resume RUN_ID")
+        run_id = run_id or make_run_id(job.name)
+        manifest = _new_manifest(job, run_id)
+        write_manifest(store, manifest, create=True)  # an existing run is never replaced: it says to --resume
+    assert job is not None
 
-    settings = CellSettings.from_job(job)
-    parallel = max_parallel or capacity(ray, job)
+    writer = ResultWriter(store, Spool(spool_dir(run_id), store.url))
+    done: dict[str, CellResult] = {}
+    if resume:
+        writer.flush()  # results spooled by an earlier session go first, so they count as done
+        done = scan_run(store, run_id).latest | {r.cell_id: r for r in writer.spool.results()}
+    todo = [c for c in manifest.cells if c.id not in done or done[c.id].status is CellStatus.INFRA_ERROR]
+    first_attempt = {cell_id: result.attempt + 1 for cell_id, result in done.items()}
+    if resume:
+        log.info("resuming %s: %d of %d cells to run; the others have a verdict", run_id, len(todo),
+                 len(manifest.cells))
+
+    ray = connect(address) if todo else None
+    if resume:
+        manifest.resumes.append(_launch(ray))
+        manifest.finished_at = None
+        write_manifest(store, manifest)
+    elif ray is not None:
+        manifest.ray_address = ray.get_runtime_context().gcs_address
+        write_manifest(store, manifest)
+
     results: list[CellResult] = []
 
     def record(result: CellResult) -> None:
-        put_result(store, result)
+        result.attempt = max(result.attempt, first_attempt.get(result.cell_id, 1))
+        writer.add_result(result)  # on local disk before anything else happens
         results.append(result)
         if progress:
-            progress(len(results), len(cells), result)
+            progress(len(results), len(todo), result)
 
-    _schedule(ray, cells, settings, job, run_id, parallel, record)
+    writer.start()
+    try:
+        if todo:
+            settings = CellSettings.from_job(job)
+            _schedule(ray, todo, settings, job, run_id, max_parallel or capacity(ray, job), record)
+        latest = done | {r.cell_id: r for r in results}
+        manifest.finished_at = utcnow()
+        manifest.counts = _counts(list(latest.values()))
+        writer.add_manifest(manifest)
+    finally:
+        pending = writer.close()  # also on Ctrl-C: what was recorded reaches the store or stays spooled
+    outcome = RunOutcome(run_id, list(latest.values()), None, None, store, manifest.counts, ran=len(results),
+                         spooled=pending, spool_dir=writer.spool.dir)
+    if pending:
+        outcome.store_error = str(writer.error) if writer.error else "the store did not take them"
+        return outcome
+    outcome.matrix_key, outcome.page_key = aggregate(store, run_id)
+    return outcome
 
-    manifest.finished_at = utcnow()
-    manifest.counts = _counts(results)
-    store.put(manifest_key(run_id), manifest.model_dump_json(indent=1).encode(), overwrite=True)
-    matrix_key, page_key = aggregate(store, run_id)
-    return RunOutcome(run_id, results, matrix_key, page_key, store, manifest.counts)
+
+def _new_manifest(job: JobSpec, run_id: str) -> RunManifest:
+    launch = _launch(None)
+    return RunManifest(
+        run_id=run_id,
+        job_name=job.name,
+        job=job.model_dump(mode="json"),
+        cells=expand(job),
+        launched_by=launch.launched_by,
+        farm_version=launch.farm_version,
+        git_sha=launch.git_sha,
+        started_at=launch.at,
+    )
+
+
+def _resumed_job(manifest: RunManifest, job: JobSpec | None) -> JobSpec:
+    """The run's own job spec; a job given with --resume must expand to the same cells."""
+    own = parse_job(manifest.job, origin=f"run {manifest.run_id}'s manifest")
+    if job is not None and [c.id for c in expand(job)] != [c.id for c in manifest.cells]:
+        raise JobSpecError(f"job {job.name!r} does not expand to the cells of run {manifest.run_id}; "
+                           f"resume without a job file (farm run --resume {manifest.run_id}) to use the run's own")
+    return own
+
+
+def _launch(ray: Any) -> Launch:
+    return Launch(
+        launched_by=f"{getpass.getuser()}@{socket.gethostname()}",
+        at=utcnow(),
+        farm_version=__version__,
+        git_sha=_git_sha(),
+        ray_address=ray.get_runtime_context().gcs_address if ray is not None else None,
+    )
+
+
+def spool_report(outcome: RunOutcome) -> str:
+    """What is spooled where, and how to get it into the store: for a run that ended with the store away."""
+    results = sum(1 for p in outcome.spooled if p.name != "manifest.json")
+    manifest = " and the run's manifest" if any(p.name == "manifest.json" for p in outcome.spooled) else ""
+    return (f"{results} result(s){manifest} of run {outcome.run_id} are spooled in {outcome.spool_dir}, "
+            f"not yet in {outcome.store.url} ({outcome.store_error}); once the store is reachable, "
+            f"`farm run --resume {outcome.run_id}` with the same --store flushes them (from this machine)")
 
 
 def connect(address: str | None = None) -> Any:
@@ -124,7 +237,10 @@ def connect(address: str | None = None) -> Any:
     env_vars = {"FARM_HOME": str(farm_home()), **engine_environment(farm_home())}
     if os.environ.get("FARM_ZOO_DIR"):
         env_vars["FARM_ZOO_DIR"] = os.environ["FARM_ZOO_DIR"]
-    runtime_env = {"env_vars": env_vars}
+    # Under `ray job submit`, Ray merges this with the job's runtime_env and refuses a variable
+    # set by both (even to the same value): the job's own settings win, and they are in our env already.
+    job_env = _job_runtime_env().get("env_vars") or {}
+    runtime_env = {"env_vars": {k: v for k, v in env_vars.items() if k not in job_env}}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
     else:
@@ -136,6 +252,15 @@ def connect(address: str | None = None) -> Any:
             log_to_driver=False,
         )
     return ray
+
+
+def _job_runtime_env() -> dict[str, Any]:
+    """The runtime_env of the Ray job this driver runs in (empty outside `ray job submit`)."""
+    try:
+        # Ray's job supervisor hands the entrypoint its job config in this variable (ray 2.x).
+        return dict(json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {})
+    except (ValueError, AttributeError):
+        return {}
 
 
 def capacity(ray: Any, job: JobSpec) -> int:

@@ -3,6 +3,10 @@
     FarmError            anything the farm itself reports to a user
     ├── JobSpecError     a job spec that does not validate (names the field and what is valid)
     ├── StoreError       the result store cannot be read or written
+    │   ├── StoreUnavailable  the store cannot be reached right now (network, server down, 5xx
+    │   │                     after botocore's retries); a run spools results and flushes later
+    │   ├── KeyExists        a create-once write found its key taken (a result is written once)
+    │   └── KeyNotFound      a key that is not in the store
     ├── ZooError         a tiny-model zoo item is unknown or cannot be built
     └── EngineEnvError   an engine environment cannot be prepared
 
@@ -27,6 +31,18 @@ class JobSpecError(FarmError):
 
 class StoreError(FarmError):
     """The result store cannot be read or written."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached now; the same call may succeed later."""
+
+
+class KeyExists(StoreError):
+    """A create-once write found its key taken."""
+
+
+class KeyNotFound(StoreError):
+    """The key is not in the store."""
 
 
 class ZooError(FarmError):

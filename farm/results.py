@@ -95,7 +95,8 @@ class ErrorInfo(Document):
     normalized_message: str | None = None
     traceback_tail: str = ""
     probe: str | None = None  # the probe that was running, or None for engine build
-    origin: str = "exception"  # "exception": raised in the cell's process; "log": a subprocess's traceback
+    # "exception": raised in the cell's process; "log": a subprocess's traceback; "probe": wrong output, no exception
+    origin: str = "exception"
     wrapper: str | None = None  # what the caller saw when the root cause came from the log
 
 
@@ -155,8 +156,22 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class Launch(Document):
+    """Who started (or resumed) a run, where from, with what."""
+
+    launched_by: str
+    at: datetime
+    farm_version: str
+    git_sha: str | None = None
+    ray_address: str | None = None
+
+
 class RunManifest(Document):
-    """Written when a run starts and completed when it ends."""
+    """Written when a run starts, rewritten when it is resumed, and completed when it ends.
+
+    ``finished_at`` is set only once every result is in the store (results flush before
+    the manifest), so a finished manifest means a complete run.
+    """
 
     schema_version: int = SCHEMA_VERSION
     run_id: str
@@ -170,3 +185,4 @@ class RunManifest(Document):
     started_at: datetime
     finished_at: datetime | None = None
     counts: dict[str, int] = Field(default_factory=dict)
+    resumes: list[Launch] = Field(default_factory=list)

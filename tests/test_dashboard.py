@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -10,7 +11,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -19,20 +22,18 @@ from farm.store import LocalStore
 from .synthetic import START, Shape, write_runs
 
 
-@pytest.fixture
-def dashboard(tmp_path):
-    """A store with one finished run, and `farm dashboard` serving it; yields (store, port)."""
-    store = LocalStore(tmp_path / "store")
-    write_runs(store, Shape(rows=3, columns=4, nights=1))
+@contextlib.contextmanager
+def farm_dashboard(*store_args: str, cwd: Path) -> Iterator[int]:
+    """The real `farm dashboard` on a free port, stopped with Ctrl-C; yields the port."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "farm", "dashboard", "--store", str(store.root), "--port", "0", "--interval", "0.3"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        [sys.executable, "-m", "farm", "dashboard", *store_args, "--port", "0", "--interval", "0.3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
     )
     try:
         line = proc.stdout.readline()
         match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
         assert match, line + proc.stderr.read() if proc.poll() is not None else line
-        yield store, int(match.group(1))
+        yield int(match.group(1))
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -40,6 +41,15 @@ def dashboard(tmp_path):
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+@pytest.fixture
+def dashboard(tmp_path):
+    """A store with one finished run, and `farm dashboard` serving it; yields (store, port)."""
+    store = LocalStore(tmp_path / "store")
+    write_runs(store, Shape(rows=3, columns=4, nights=1))
+    with farm_dashboard("--store", str(store.root), cwd=tmp_path) as port:
+        yield store, port
 
 
 def get(port: int, path: str, method: str = "GET") -> tuple[int, str, bytes]:
@@ -96,6 +106,24 @@ def test_rerenders_when_new_results_arrive_and_the_page_follows(dashboard, brows
     assert browser.eval("window.farm.cells") == 12
 
 
+def test_serves_an_s3_store_through_the_store_interface(moto_server, tmp_path):
+    from farm.store import open_store
+
+    from .s3_servers import BUCKET
+
+    url = f"s3://{BUCKET}/dashboard-{os.getpid()}"
+    store = open_store(url, s3_endpoint=moto_server.endpoint)
+    (first,) = write_runs(store, Shape(rows=2, columns=3, nights=1))
+    with farm_dashboard("--store", url, "--s3-endpoint", moto_server.endpoint, cwd=tmp_path) as port:
+        status, kind, body = get(port, "/")
+        assert status == 200 and body == store.get("index.html")
+        version = get(port, "/_farm/version")[2]
+        (second,) = write_runs(store, Shape(rows=2, columns=3, nights=1), start=START + timedelta(days=1),
+                               aggregate_runs=False)
+        wait_until(lambda: get(port, "/_farm/version")[2] != version)
+        assert json.loads(get(port, "/matrix/latest.json")[2])["run_id"] == second != first
+
+
 def test_an_empty_store_says_what_to_do(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "farm", "dashboard", "--store", str(tmp_path), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -123,8 +151,14 @@ def test_a_taken_port_is_one_line(farm_cli, tmp_path):
 
 
 def test_the_readme_documents_the_command_and_shows_the_page():
+    from farm.cli import _parser
+
     from .conftest import REPO
 
     readme = (REPO / "README.md").read_text()
-    assert "farm dashboard [--store DIR] [--port N]" in readme
+    usage = next(line for line in readme.splitlines() if line.startswith("farm dashboard ["))
+    dashboard = _parser()._subparsers._group_actions[0].choices["dashboard"]  # type: ignore[union-attr]
+    for action in dashboard._actions:
+        for flag in action.option_strings:
+            assert flag in ("-h", "--help") or flag in usage, f"farm dashboard {flag} is not in the README"
     assert "](docs/matrix.png)" in readme and (REPO / "docs" / "matrix.png").stat().st_size > 10_000

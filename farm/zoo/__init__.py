@@ -31,8 +31,9 @@ from typing import Any
 
 from farm.errors import ZooError
 from farm.zoo import archs as _archs  # noqa: F401  (registers the built-in architectures)
-from farm.zoo import cache, pipeline, registry
+from farm.zoo import cache, parallel, pipeline, registry
 from farm.zoo import compressed as _compressed  # noqa: F401  (registers ct-w4a16, ct-w8a8 and their references)
+from farm.zoo import experts as _experts
 from farm.zoo import lora as _lora  # noqa: F401  (registers lora-attn, lora-mlp, lora-experts)
 from farm.zoo import quant as _quant  # noqa: F401  (registers gptq4 and its reference)
 from farm.zoo.corpus import SAMPLE_PROMPTS
@@ -50,6 +51,7 @@ __all__ = [
     "ensure",
     "kind",
     "manifest",
+    "merge_adapter",
     "names",
     "reference_of",
     "register_arch",
@@ -152,6 +154,7 @@ def build(
     names: Iterable[str] | None = None,
     seed: int = DEFAULT_SEED,
     progress: Progress | None = print,
+    jobs: int | None = None,
 ) -> dict[str, Path]:
     """Ensure several items (all by default) under one lock.
 
@@ -160,6 +163,10 @@ def build(
         names: items to build; every item if None.
         seed: training seed.
         progress: called with one-line status messages; silent if None.
+        jobs: how many base models' families to build at once, each in a
+            worker process (builds are single-threaded, so this is how a cold
+            build uses more than one core); the CPU count if None, 1 for no
+            workers. The bytes built do not depend on it.
 
     Returns:
         Each requested item's directory, by name.
@@ -170,14 +177,47 @@ def build(
     wanted = [registry.get(n) for n in (names if names is not None else sorted(registry.items()))]
     root_path = Path(root).expanduser() if root is not None else default_root()
     report = progress or _silent
+    jobs = jobs if jobs is not None else (os.cpu_count() or 1)
     out: dict[str, Path] = {}
     with cache.locked(root_path, on_wait=report):
         cache.clean_partial(root_path)
+        stale = [item for item in wanted if not pipeline.is_current(root_path, item, seed)]
+        stale_names = {item.name for item in stale}
         for item in wanted:
-            if pipeline.is_current(root_path, item, seed):
+            if item.name not in stale_names:
                 report(f"zoo: {item.name} is up to date")
+        if jobs > 1 and len({item.base for item in stale}) > 1 and parallel.can_build(stale):
+            parallel.build_families(root_path, stale, seed, report, jobs)
+        for item in wanted:
             out[item.name] = pipeline.ensure_locked(root_path, item, seed, report)
     return out
+
+
+def merge_adapter(model: Any, adapter_dir: str | os.PathLike[str]) -> int:
+    """Add every delta of a zoo adapter into a transformers model of its base, in place.
+
+    The PEFT-free way to apply a zoo adapter, for references: PEFT 0.21 on
+    transformers 5 loads the per-expert ``<base>-lora-experts`` adapters of
+    Qwen2-MoE and DeepSeek-V3 only in part (it rewrites their ``gate_proj``,
+    ``up_proj`` and ``down_proj`` targets to the stacked experts and drops the
+    shared experts' and dense MLP's deltas); for every other zoo adapter this
+    gives what ``PeftModel`` gives.
+
+    Args:
+        model: a transformers causal LM loaded from the adapter's base (not PEFT-wrapped).
+        adapter_dir: the adapter's directory, e.g. from ``ensure("mixtral-lora-experts")``.
+
+    Returns:
+        How many deltas (one per module, and per expert and projection) were merged.
+
+    Raises:
+        ZooError: the adapter's base is not a zoo model, or it names a module the model lacks.
+    """
+    import json
+
+    path = Path(adapter_dir)
+    base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    return _experts.merge_adapter(model, registry.get(base).arch, path)
 
 
 def manifest(name: str, root: str | os.PathLike[str] | None = None) -> dict[str, Any]:

@@ -139,9 +139,10 @@ def train_adapter(
         opt = torch.optim.AdamW(params, lr=p["lr"], betas=(0.9, 0.95), weight_decay=0.0)
         peft_model.train()
         loss = torch.tensor(float("nan"))
-        for step in range(p["steps"]):
+        steps = ctx.arch.train.adapter_steps or p["steps"]
+        for step in range(steps):
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, p["steps"], p["lr"], 10)
+                group["lr"] = lr_at(step, steps, p["lr"], 10)
             inputs, labels = _batch(stream, starts, target, p, gen)
             loss = peft_model(input_ids=inputs, labels=labels).loss
             opt.zero_grad(set_to_none=True)

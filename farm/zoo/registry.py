@@ -13,7 +13,7 @@ reference ``<base>-<quant>-dequant`` is built from the quantized checkpoint.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +32,8 @@ class TrainParams:
     batch_size: int = 16
     seq_len: int = 64
     warmup_steps: int = 20
+    # Overrides the adapter variants' step count (for archs whose steps are costly).
+    adapter_steps: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,8 +99,8 @@ class ArchSpec:
         }
 
 
-# Writes one derived item into ``out_dir`` from its built base model in
-# ``base_dir``; returns metrics to keep in the item's manifest.
+# Writes one derived item into ``out_dir`` from the built items it derives
+# from (``base_dir``, ``source_dir``); returns metrics to keep in its manifest.
 VariantBuilder = Callable[["BuildContext"], dict[str, Any]]
 
 
@@ -176,6 +178,8 @@ class Item:
 
 _ARCHS: dict[str, ArchSpec] = {}
 _VARIANTS: dict[str, Variant] = {}
+# The module whose import registered each architecture and variant.
+_ORIGINS: dict[str, str] = {}
 
 
 def register_arch(name: str) -> Callable[[Callable[[], ArchSpec]], Callable[[], ArchSpec]]:
@@ -196,6 +200,7 @@ def register_arch(name: str) -> Callable[[Callable[[], ArchSpec]], Callable[[], 
         if spec.name != name:
             raise ZooError(f"@register_arch({name!r}) returned a spec named {spec.name!r}; make them equal.")
         _ARCHS[name] = spec
+        _ORIGINS[f"arch:{name}"] = fn.__module__
         return fn
 
     return deco
@@ -237,6 +242,7 @@ def register_variant(
             source=source,
             reference=reference,
         )
+        _ORIGINS[f"variant:{suffix}"] = getattr(fn, "func", fn).__module__  # a functools.partial's function
         return fn
 
     return deco
@@ -249,6 +255,18 @@ def items() -> dict[str, Item]:
         for v in _VARIANTS.values():
             if v.when(a) and (v.source is None or _VARIANTS[v.source].when(a)):
                 out[f"{a.name}-{v.suffix}"] = Item(f"{a.name}-{v.suffix}", a, v)
+    return out
+
+
+def registering_modules(items: Iterable[Item]) -> set[str]:
+    """The modules whose import registers ``items`` (their archs, variants and sources)."""
+    out = set()
+    for item in items:
+        out.add(_ORIGINS[f"arch:{item.arch.name}"])
+        variant = item.variant
+        while variant is not None:
+            out.add(_ORIGINS[f"variant:{variant.suffix}"])
+            variant = _VARIANTS[variant.source] if variant.source else None
     return out
 
 
