@@ -245,6 +245,9 @@ def connect(address: str | None = None) -> Any:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
     else:
         ray.init(
+            # "local": always a Ray of our own. Without an address, ray.init joins the newest Ray
+            # already started on this machine (another user's, another test's), whose workers run other code.
+            address="local",
             _node_ip_address="127.0.0.1",
             include_dashboard=False,
             runtime_env=runtime_env,
