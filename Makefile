@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.farm-installed
 
-.PHONY: setup demo test check lint zoo bench-store clean
+.PHONY: setup browser demo test check lint zoo bench-store bench-page clean
 
 setup: $(STAMP)
 
@@ -25,12 +25,26 @@ demo: setup
 	$(VENV)/bin/farm zoo build --for-job jobs/smoke.yaml
 	$(VENV)/bin/farm run jobs/smoke.yaml
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q
+
+# The page's tests drive Debian's chromium, headless. A clean CI machine (root) installs it here;
+# elsewhere, say what to install rather than skip the tests.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "make: the page tests need chromium: sudo apt-get install -y chromium" >&2; exit 1; \
+	  fi; }
 
 # Store put/get/list throughput per backend and aggregation of 10 000 results (starts its own servers).
 bench-store: setup
 	$(PY) bench/store_throughput.py
+
+# The page for a synthetic 50 × 40 matrix: its weight, aggregation and render time in Chromium.
+bench-page: setup browser
+	$(PY) -m bench.page
 
 lint: setup
 	$(VENV)/bin/ruff check farm tests

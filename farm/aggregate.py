@@ -6,20 +6,46 @@ show must be in it.
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 from pydantic import Field
 
 from farm import versions
 from farm.errors import KeyNotFound
-from farm.results import SCHEMA_VERSION, CellResult, CellStatus, Document, RunManifest, utcnow
-from farm.store import Store, Unreadable, matrix_key, read_manifest, result_key, scan_run
+from farm.history import Changes, History, attach_history
+from farm.results import SCHEMA_VERSION, CellResult, CellStatus, Document, EnvFacts, RunManifest, utcnow
+from farm.store import Store, Unreadable, log_key, matrix_key, read_manifest, result_key, scan_run
 from farm.versions import EngineGroup, VersionChange
 
 log = logging.getLogger("farm.aggregate")
 
 PAGE_KEY = "index.html"
 TRACEBACK_LINES_SHOWN = 4  # of each root cause's representative traceback, in the terminal table
+# Statuses whose cell died without a traceback: the log's last lines are the only "why".
+_LOG_EXCERPT_STATUSES = (CellStatus.CRASH, CellStatus.TIMEOUT, CellStatus.INFRA_ERROR, CellStatus.ENV_ERROR)
+LOG_EXCERPT_LINES, LOG_EXCERPT_CHARS = 25, 2000
+EVIDENCE_CHARS = 4000  # a failed probe's evidence (e.g. both sides at the first divergence), if it is this small
+
+
+class ProbeSummary(Document):
+    """One probe of a cell as the page shows it: outcome, one line of detail, metrics (outputs stay in the result)."""
+
+    name: str
+    passed: bool
+    skipped: bool = False  # could not judge: neither passes nor fails the cell
+    detail: str = ""
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    evidence: dict[str, Any] = Field(default_factory=dict)  # failed probes only; the full evidence is in the result
+
+
+class StatusInfo(Document):
+    """A legend entry, so the page's legend follows the statuses the farm knows."""
+
+    status: str
+    symbol: str
+    meaning: str
 
 
 class MatrixCell(Document):
@@ -45,6 +71,12 @@ class MatrixCell(Document):
     timings: dict[str, float] = Field(default_factory=dict)
     peak_rss_mb: float | None = None
     result_key: str | None = None
+    probe_results: list[ProbeSummary] = Field(default_factory=list)
+    error_probe: str | None = None  # the probe that was running when the cell failed; None: engine build
+    error_wrapper: str | None = None  # what the caller saw, when the root cause came from a subprocess's log
+    env_id: str | None = None  # key into Matrix.envs: env facts are stored once per distinct environment
+    log_key: str | None = None
+    log_excerpt: str | None = None  # last lines of the log, for cells that died without a traceback
 
 
 class SignatureGroup(Document):
@@ -80,6 +112,12 @@ class Matrix(Document):
     # combination the first engine where its outcome changed.
     engines: list[EngineGroup] = Field(default_factory=list)
     version_changes: list[VersionChange] = Field(default_factory=list)
+    matrix_key: str = ""
+    finished_at: str | None = None
+    legend: list[StatusInfo] = Field(default_factory=list)
+    envs: dict[str, EnvFacts] = Field(default_factory=dict)
+    history: History | None = None  # this combination's last runs of the same job (farm.history)
+    changes: Changes | None = None  # regressions and fixes since the previous run of the same job
 
     def at(self, row: str, column: str) -> MatrixCell | None:
         return next((c for c in self.cells if c.row == row and c.column == column), None)
@@ -93,6 +131,8 @@ def build_matrix(
     columns: list[str] = []
     cells: list[MatrixCell] = []
     groups: dict[str, SignatureGroup] = {}
+    envs: dict[str, EnvFacts] = {}
+    env_ids: dict[str, str] = {}
     for cell in manifest.cells:  # manifest order keeps the job's order of axes
         rows += [cell.row] if cell.row not in rows else []
         columns += [cell.column] if cell.column not in columns else []
@@ -123,6 +163,7 @@ def build_matrix(
                 timings=result.timings if result else {},
                 peak_rss_mb=result.peak_rss_mb if result else None,
                 result_key=result_key(manifest.run_id, cell.id, result.attempt) if result else None,
+                **(_details(result, envs, env_ids) if result else {}),
             )
         )
         if error and error.signature:
@@ -157,18 +198,54 @@ def build_matrix(
         expected_cells=len(manifest.cells),
         started_at=manifest.started_at.isoformat(timespec="seconds"),
         unreadable=[UnreadableDocument(key=u.key, reason=u.reason) for u in unreadable or []],
+        matrix_key=matrix_key(manifest.run_id),
+        finished_at=manifest.finished_at.isoformat(timespec="seconds") if manifest.finished_at else None,
+        legend=[StatusInfo(status=s.value, symbol=s.symbol, meaning=s.meaning) for s in CellStatus],
+        envs=envs,
     )
+
+
+def _details(result: CellResult, envs: dict[str, EnvFacts], env_ids: dict[str, str]) -> dict[str, Any]:
+    """What the page's cell detail needs beyond the grid: probes with metrics, env facts, log."""
+    env_id = None
+    if any(result.env.model_dump().values()):  # a cell that died before measuring has no facts
+        env_json = result.env.model_dump_json()
+        if env_json not in env_ids:
+            env_ids[env_json] = f"e{len(env_ids)}"
+            envs[env_ids[env_json]] = result.env
+        env_id = env_ids[env_json]
+    excerpt = None
+    has_traceback = bool(result.error and result.error.traceback_tail)
+    if result.status in _LOG_EXCERPT_STATUSES and result.log_tail and not has_traceback:
+        excerpt = "\n".join(result.log_tail.rstrip().splitlines()[-LOG_EXCERPT_LINES:])[-LOG_EXCERPT_CHARS:]
+    return {
+        "probe_results": [
+            ProbeSummary(name=p.name, passed=p.passed, skipped=p.skipped, detail=p.detail, metrics=p.metrics,
+                         evidence=p.evidence if p.failed and len(json.dumps(p.evidence)) <= EVIDENCE_CHARS else {})
+            for p in result.probes
+        ],
+        "error_probe": result.error.probe if result.error else None,
+        "error_wrapper": result.error.wrapper if result.error else None,
+        "env_id": env_id,
+        "log_key": log_key(result.run_id, result.cell_id, result.attempt) if result.log_tail else None,
+        "log_excerpt": excerpt,
+    }
 
 
 def aggregate(store: Store, run_id: str) -> tuple[str, str]:
     """Read a run's results from the store; write its matrix, exports, and (for the newest run)
-    ``matrix/latest.json`` and the page. Returns the keys of the matrix and the page."""
+    ``matrix/latest.json`` and the page. Returns the keys of the matrix and the page.
+
+    The matrix carries the job's history (earlier runs read from the store) and the
+    changes since the previous run; see ``farm.history``.
+    """
     from farm.export import export
     from farm.render import render_page
 
     manifest = read_manifest(store, run_id)
     scan = scan_run(store, run_id, all_attempts=True)  # one listing and parallel gets serve matrix and exports
     matrix = build_matrix(manifest, list(scan.latest.values()), scan.unreadable)
+    attach_history(store, matrix)
     data = matrix.model_dump_json(indent=1).encode()
     key = matrix_key(run_id)
     store.put(key, data, overwrite=True)

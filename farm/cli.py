@@ -1,4 +1,4 @@
-"""The `farm` command: validate | run | status | matrix | env | zoo.
+"""The `farm` command: validate | run | status | matrix | dashboard | env | zoo.
 
 A FarmError becomes one line on stderr and exit code 1 (the traceback with --debug).
 `farm run` exits 0 when every cell reached a verdict, pass or fail, 3 when some
@@ -30,6 +30,7 @@ EPILOG = """examples:
   RAY_ADDRESS=ray://head:10001 farm run jobs/smoke.yaml
   farm status smoke-20261126-101500-ab12
   farm matrix                                    # the latest run's matrix as a table
+  farm dashboard --port 8700                     # the page on http://127.0.0.1:8700/, live while runs write
   farm zoo build --for-job jobs/smoke.yaml        # only what a job needs
   farm env build jobs/versions.yaml              # build the job's vLLM envs on this node ahead of a run
   farm env list                                  # the envs cached on this node
@@ -96,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
     _store_arguments(matrix)
     matrix.add_argument("--json", action="store_true", help="print matrix.json instead of the table")
     matrix.set_defaults(handler=_matrix)
+
+    dashboard = sub.add_parser("dashboard", help="serve the matrix page on 127.0.0.1; re-render it as results arrive")
+    _store_arguments(dashboard)
+    dashboard.add_argument("--port", type=int, default=8700, help="port on 127.0.0.1 (default 8700; 0: any free port)")
+    dashboard.add_argument("--interval", type=float, default=2.0, help="seconds between looks at the store (default 2)")
+    dashboard.set_defaults(handler=_dashboard)
 
     env = sub.add_parser("env", help="the engine envs (one per vLLM version) cached on this node")
     env_sub = env.add_subparsers(metavar="ACTION")
@@ -243,6 +250,14 @@ def _matrix(args: argparse.Namespace) -> int:
 
     matrix = load_matrix(_open_store(args), args.run_id)
     print(matrix.model_dump_json(indent=1) if args.json else format_table(matrix))
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from farm.dashboard import serve
+
+    _log_to_stderr(logging.WARNING)
+    serve(_open_store(args), port=args.port, interval=args.interval)
     return 0
 
 

@@ -18,9 +18,12 @@ class CellStatus(str, Enum):
 
     ``fail`` is a compatibility verdict (the engine raised, or a probe found wrong
     behaviour). ``crash`` and ``timeout`` mean the cell's process died or hung:
-    the cell ran, but no probe could judge it. ``infra_error`` means the farm could
-    not run the cell at all, ``env_error`` that the cell's engine environment (its vLLM
-    version) could not be prepared: neither says anything about compatibility.
+    the cell ran, but no probe could judge it. ``flaky`` means the verdict changed
+    between attempts of the same cell (it passed only on a retry). ``unsupported``
+    means the combination is known not to apply (declared, not tested).
+    ``infra_error`` means the farm could not run the cell at all, ``env_error`` that
+    the cell's engine environment (its vLLM version) could not be prepared: neither
+    says anything about compatibility. ``pending`` is "not run".
     """
 
     PENDING = "pending"
@@ -29,6 +32,8 @@ class CellStatus(str, Enum):
     FAIL = "fail"
     CRASH = "crash"
     TIMEOUT = "timeout"
+    FLAKY = "flaky"
+    UNSUPPORTED = "unsupported"
     INFRA_ERROR = "infra_error"
     ENV_ERROR = "env_error"
 
@@ -39,6 +44,11 @@ class CellStatus(str, Enum):
     def symbol(self) -> str:
         return _SYMBOLS[self]
 
+    @property
+    def meaning(self) -> str:
+        """One line for legends: what the status says about the combination."""
+        return _MEANINGS[self]
+
 
 _SYMBOLS = {
     CellStatus.PENDING: "·",
@@ -46,9 +56,26 @@ _SYMBOLS = {
     CellStatus.PASS: "✓",
     CellStatus.FAIL: "✗",
     CellStatus.CRASH: "☠",
-    CellStatus.TIMEOUT: "⧗",
+    # ◷, not ⧗: common fonts (DejaVu, Liberation) have no ⧗ glyph, and a status must never be tofu.
+    CellStatus.TIMEOUT: "◷",
+    CellStatus.FLAKY: "≈",
+    CellStatus.UNSUPPORTED: "⊘",
     CellStatus.INFRA_ERROR: "⚠",
     CellStatus.ENV_ERROR: "⚙",
+}
+
+
+_MEANINGS = {
+    CellStatus.PENDING: "not run (yet)",
+    CellStatus.RUNNING: "running",
+    CellStatus.PASS: "every probe passed",
+    CellStatus.FAIL: "the engine raised, or a probe found wrong behaviour",
+    CellStatus.CRASH: "the cell's process died (segfault, abort, OOM kill)",
+    CellStatus.TIMEOUT: "no result within the job's timeout; the cell was killed",
+    CellStatus.FLAKY: "the verdict changed between attempts",
+    CellStatus.UNSUPPORTED: "the combination is declared unsupported; not tested",
+    CellStatus.INFRA_ERROR: "the farm could not run the cell; says nothing about compatibility",
+    CellStatus.ENV_ERROR: "the cell's engine environment could not be prepared",
 }
 
 

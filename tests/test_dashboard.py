@@ -1,0 +1,164 @@
+"""The real `farm dashboard` command: serves the store on 127.0.0.1, re-renders as results arrive, live page."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from farm.store import LocalStore
+
+from .synthetic import START, Shape, write_runs
+
+
+@contextlib.contextmanager
+def farm_dashboard(*store_args: str, cwd: Path) -> Iterator[int]:
+    """The real `farm dashboard` on a free port, stopped with Ctrl-C; yields the port."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "farm", "dashboard", *store_args, "--port", "0", "--interval", "0.3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+    )
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        assert match, line + proc.stderr.read() if proc.poll() is not None else line
+        yield int(match.group(1))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            assert proc.wait(timeout=10) == 130  # Ctrl-C: "farm: interrupted"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+@pytest.fixture
+def dashboard(tmp_path):
+    """A store with one finished run, and `farm dashboard` serving it; yields (store, port)."""
+    store = LocalStore(tmp_path / "store")
+    write_runs(store, Shape(rows=3, columns=4, nights=1))
+    with farm_dashboard("--store", str(store.root), cwd=tmp_path) as port:
+        yield store, port
+
+
+def get(port: int, path: str, method: str = "GET") -> tuple[int, str, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request(method, path)  # sent as is: http.client does not normalise "..", as a hostile client would not
+    response = connection.getresponse()
+    return response.status, response.getheader("Content-Type") or "", response.read()
+
+
+def wait_until(check, timeout: float = 30):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+    return value
+
+
+def test_serves_the_store_on_localhost_only(dashboard):
+    store, port = dashboard
+    status, kind, body = get(port, "/")
+    assert status == 200 and kind.startswith("text/html") and body == store.get("index.html")
+    status, kind, body = get(port, "/matrix/latest.json")
+    assert status == 200 and kind == "application/json" and json.loads(body)["run_id"]
+    result = store.list("runs/")[-1]
+    assert get(port, "/" + result)[0] == 200
+    status, _, body = get(port, "/", method="HEAD")
+    assert status == 200 and body == b""
+    listening = subprocess.run(["ss", "-Htln", f"sport = :{port}"], capture_output=True, text=True).stdout.split()
+    assert f"127.0.0.1:{port}" in listening and f"0.0.0.0:{port}" not in listening and f"*:{port}" not in listening
+
+
+@pytest.mark.parametrize("path", ["/../../etc/passwd", "/runs/%2e%2e/%2e%2e/%2e%2e/etc/passwd", "/matrix//latest.json",
+                                  "/history/.hidden", "/runs/..%5c..%5cx", "/no-such-key.json"])
+def test_nothing_outside_the_store(dashboard, path):
+    _, port = dashboard
+    status, _, _ = get(port, path)
+    assert status == 404
+
+
+def test_rerenders_when_new_results_arrive_and_the_page_follows(dashboard, browser):
+    store, port = dashboard
+    first = json.loads(get(port, "/matrix/latest.json")[2])["run_id"]
+    version = get(port, "/_farm/version")[2]
+    browser.open(f"http://127.0.0.1:{port}/")
+    assert first in browser.text("#meta")
+    # the next night's results land in the store, with no aggregation: the dashboard must notice
+    (second,) = write_runs(store, Shape(rows=3, columns=4, nights=1), start=START + timedelta(days=1),
+                           aggregate_runs=False)
+    wait_until(lambda: get(port, "/_farm/version")[2] != version)
+    latest = json.loads(get(port, "/matrix/latest.json")[2])
+    assert latest["run_id"] == second and [r["run_id"] for r in latest["history"]["runs"]] == [first, second]
+    # reloaded by itself, and rendered (the meta line also names the run before the script runs)
+    browser.wait_for(f'window.farm && window.farm.ready && document.title.includes("{second}")')
+    assert browser.eval("window.farm.cells") == 12
+
+
+def test_serves_an_s3_store_through_the_store_interface(moto_server, tmp_path):
+    from farm.store import open_store
+
+    from .s3_servers import BUCKET
+
+    url = f"s3://{BUCKET}/dashboard-{os.getpid()}"
+    store = open_store(url, s3_endpoint=moto_server.endpoint)
+    (first,) = write_runs(store, Shape(rows=2, columns=3, nights=1))
+    with farm_dashboard("--store", url, "--s3-endpoint", moto_server.endpoint, cwd=tmp_path) as port:
+        status, kind, body = get(port, "/")
+        assert status == 200 and body == store.get("index.html")
+        version = get(port, "/_farm/version")[2]
+        (second,) = write_runs(store, Shape(rows=2, columns=3, nights=1), start=START + timedelta(days=1),
+                               aggregate_runs=False)
+        wait_until(lambda: get(port, "/_farm/version")[2] != version)
+        assert json.loads(get(port, "/matrix/latest.json")[2])["run_id"] == second != first
+
+
+def test_an_empty_store_says_what_to_do(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "farm", "dashboard", "--store", str(tmp_path), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = proc.stdout.readline()
+        assert "no run yet" in line
+        port = int(re.search(r":(\d+)/", line).group(1))
+        status, _, body = get(port, "/")
+        assert status == 404 and b"farm run JOB --store" in body
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)
+
+
+def test_a_taken_port_is_one_line(farm_cli, tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = farm_cli("dashboard", "--store", str(tmp_path), "--port", str(port), timeout=60)
+    assert code == 1 and err.startswith(f"farm: error: cannot listen on 127.0.0.1:{port}") and "--port" in err
+
+
+def test_the_readme_documents_the_command_and_shows_the_page():
+    from farm.cli import _parser
+
+    from .conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    usage = next(line for line in readme.splitlines() if line.startswith("farm dashboard ["))
+    dashboard = _parser()._subparsers._group_actions[0].choices["dashboard"]  # type: ignore[union-attr]
+    for action in dashboard._actions:
+        for flag in action.option_strings:
+            assert flag in ("-h", "--help") or flag in usage, f"farm dashboard {flag} is not in the README"
+    assert "](docs/matrix.png)" in readme and (REPO / "docs" / "matrix.png").stat().st_size > 10_000
