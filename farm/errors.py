@@ -8,7 +8,8 @@
     │   ├── KeyExists        a create-once write found its key taken (a result is written once)
     │   └── KeyNotFound      a key that is not in the store
     ├── ZooError         a tiny-model zoo item is unknown or cannot be built
-    └── EngineEnvError   an engine environment cannot be prepared
+    ├── EngineEnvError   an engine environment cannot be prepared
+    └── ResourceError    the cluster has no node that can hold a cell's request (checked before anything runs)
 
 Every message says what is wrong *and* what to do about it. The CLI prints a
 FarmError as one line and exits 1; the traceback only with ``--debug``.
@@ -51,6 +52,10 @@ class ZooError(FarmError):
 
 class EngineEnvError(FarmError):
     """An engine environment cannot be prepared."""
+
+
+class ResourceError(FarmError):
+    """No node of the cluster can hold what a cell asks for."""
 
 
 def did_you_mean(name: str, available: Iterable[str]) -> str:

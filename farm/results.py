@@ -18,8 +18,9 @@ class CellStatus(str, Enum):
 
     ``fail`` is a compatibility verdict (the engine raised, or a probe found wrong
     behaviour). ``crash`` and ``timeout`` mean the cell's process died or hung:
-    the cell ran, but no probe could judge it. ``infra_error`` means the farm could
-    not run the cell at all and says nothing about compatibility.
+    the cell ran, but no probe could judge it. ``flaky`` means the verdict changed
+    between attempts of the same cell (it passed only on a retry). ``infra_error``
+    means the farm could not run the cell at all and says nothing about compatibility.
     """
 
     PENDING = "pending"
@@ -28,10 +29,15 @@ class CellStatus(str, Enum):
     FAIL = "fail"
     CRASH = "crash"
     TIMEOUT = "timeout"
+    FLAKY = "flaky"
     INFRA_ERROR = "infra_error"
 
     def is_terminal(self) -> bool:
         return self not in (CellStatus.PENDING, CellStatus.RUNNING)
+
+    def is_verdict(self) -> bool:
+        """The cell ran and the outcome says something about the combination (see ``farm.retry``)."""
+        return self in (CellStatus.PASS, CellStatus.FAIL, CellStatus.CRASH, CellStatus.TIMEOUT, CellStatus.FLAKY)
 
     @property
     def symbol(self) -> str:
@@ -45,6 +51,7 @@ _SYMBOLS = {
     CellStatus.FAIL: "✗",
     CellStatus.CRASH: "☠",
     CellStatus.TIMEOUT: "⧗",
+    CellStatus.FLAKY: "≈",
     CellStatus.INFRA_ERROR: "⚠",
 }
 
@@ -67,6 +74,9 @@ class ErrorInfo(Document):
     probe: str | None = None  # the probe that was running, or None for engine build
     origin: str = "exception"  # "exception": raised in the cell's process; "log": a subprocess's traceback
     wrapper: str | None = None  # what the caller saw when the root cause came from the log
+    # How the cell's process ended, when it died (crash) or was killed (timeout, memory limit).
+    signal: str | None = None  # e.g. "SIGSEGV"
+    exit_code: int | None = None
 
 
 class ProbeResult(Document):
@@ -101,6 +111,17 @@ class EnvFacts(Document):
     cpu_features: list[str] = Field(default_factory=list)
 
 
+class AttemptSummary(Document):
+    """An earlier attempt of the same cell, as later attempts carry it (its own document has the rest)."""
+
+    attempt: int
+    status: CellStatus
+    error: str | None = None  # "type: first line of the message"
+    node_id: str | None = None
+    hostname: str | None = None
+    finished_at: datetime | None = None
+
+
 class CellResult(Document):
     schema_version: int = SCHEMA_VERSION
     run_id: str
@@ -108,6 +129,10 @@ class CellResult(Document):
     cell: Cell
     attempt: int = 1
     status: CellStatus
+    # Why this attempt ran (None for a first attempt), e.g. "recheck: attempt 1 was crash (SIGSEGV)".
+    retry_reason: str | None = None
+    previous_attempts: list[AttemptSummary] = Field(default_factory=list)
+    node_id: str | None = None  # the Ray node the attempt ran on, when it got that far
     probes: list[ProbeResult] = Field(default_factory=list)
     error: ErrorInfo | None = None
     env: EnvFacts = Field(default_factory=EnvFacts)
@@ -119,6 +144,14 @@ class CellResult(Document):
 
     def probe(self, name: str) -> ProbeResult | None:
         return next((p for p in self.probes if p.name == name), None)
+
+    def summary(self) -> AttemptSummary:
+        error = None
+        if self.error is not None:
+            first = next((line for line in self.error.message.splitlines() if line.strip()), "")
+            error = f"{self.error.type}: {first}"[:300]
+        return AttemptSummary(attempt=self.attempt, status=self.status, error=error, node_id=self.node_id,
+                              hostname=self.env.hostname, finished_at=self.finished_at)
 
 
 def utcnow() -> datetime:

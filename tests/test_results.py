@@ -51,5 +51,6 @@ def test_readers_ignore_unknown_keys():
 
 def test_terminal_statuses():
     terminal = {s for s in CellStatus if s.is_terminal()}
-    assert terminal == {CellStatus.PASS, CellStatus.FAIL, CellStatus.CRASH, CellStatus.TIMEOUT, CellStatus.INFRA_ERROR}
+    assert terminal == {CellStatus.PASS, CellStatus.FAIL, CellStatus.CRASH, CellStatus.TIMEOUT, CellStatus.FLAKY,
+                        CellStatus.INFRA_ERROR}
     assert len({s.symbol for s in CellStatus}) == len(CellStatus), "every status has its own symbol"
