@@ -132,10 +132,15 @@ def check_feasible(requests: list[CellRequest], nodes: list[dict[str, Any]], job
 
 
 def capacity(requests: list[CellRequest], nodes: list[dict[str, Any]]) -> int:
-    """How many of the largest cells the live nodes hold at once, node by node (a cell never spans nodes)."""
+    """How many cells the live nodes hold at once, node by node (a cell never spans nodes).
+
+    Counted with the smallest request: with cells of several sizes, Ray packs what fits and the
+    rest wait for room before their clocks start (``farm.scheduler``), so the bound is what the
+    cluster could run at best, never less.
+    """
     if not requests or not nodes:
         return 1
-    needed = max(requests, key=lambda r: sum(r.per_node().values())).per_node()
+    needed = min(requests, key=lambda r: sum(r.per_node().values())).per_node()
     total = 0
     for node in nodes:
         have = node["Resources"]

@@ -10,9 +10,9 @@ An attempt moves through phases, each waiting on one Ray future:
 Deadlines: ``start_timeout_s`` for placing and starting (extended while our own cells fill
 the cluster: a busy cluster delays a cell, it never fails it); ``timeout_s`` for running,
 plus a grace for faulthandler's dump of the stacks; ``LOG_READ_TIMEOUT_S`` for reading (a
-node that does not answer is lost). At most ``parallel`` attempts hold resources at once:
-what the live nodes hold, recomputed as nodes come and go, so no attempt waits for a slot
-while a clock runs.
+node that does not answer is lost). At most ``parallel`` attempts hold or wait for resources
+at once: what the live nodes hold, recomputed as nodes come and go; an attempt that waits for
+room has no clock running but the start deadline's, which a busy cluster extends.
 
 Every attempt ends in one result, recorded (spooled, then stored) before the retry policy
 (``farm.retry``) decides whether another attempt follows; infra retries avoid the nodes
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -120,6 +121,7 @@ class Scheduler:
         self.events = events or (lambda event: None)
         self.actor_class = ray.remote(CellActor)
         self.reader = ray.remote(read_log)
+        self.session = secrets.token_hex(3)
         self.in_flight: dict[Any, _Attempt] = {}
         self._requests: list[CellRequest] = []
         self._nodes: list[dict[str, Any]] = []
@@ -168,7 +170,9 @@ class Scheduler:
 
     def _start(self, work: Work) -> None:
         request = placement.request_for(work.cell, self.job)
-        log_path = farm_home() / CELL_LOG_DIR / safe_part(self.run_id) / f"{work.cell.id}.attempt-{work.number}.log"
+        # The session in the name: a resumed run's attempt never appends to the log of one its dead driver left.
+        name = f"{work.cell.id}.attempt-{work.number}.{self.session}.log"
+        log_path = farm_home() / CELL_LOG_DIR / safe_part(self.run_id) / name
         attempt = _Attempt(work, request, log_path, "", None, 0.0)
         avoid = self._avoid(work, request)
         if request.grouped:
