@@ -22,7 +22,7 @@ zoo: setup
 	$(VENV)/bin/farm zoo build
 
 demo: setup
-	$(VENV)/bin/farm zoo build
+	$(VENV)/bin/farm zoo build --for-job jobs/smoke.yaml
 	$(VENV)/bin/farm run jobs/smoke.yaml
 
 test: setup

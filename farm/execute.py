@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from farm.cells import Cell
 from farm.errors import FarmError
 from farm.results import CellResult, CellStatus, EnvFacts, ErrorInfo, ProbeResult, utcnow
-from farm.signature import error_info
+from farm.signature import error_info, signature_of
 from farm.spec import Generation, JobSpec
 
 LOG_TAIL_BYTES = 16_000  # kept in the result and the store
@@ -103,7 +103,10 @@ def execute_cell(
             for name, finish in deferred:
                 current_probe = name
                 _record_probe(result, finish())
-            result.status = CellStatus.FAIL if any(p.failed for p in result.probes) else CellStatus.PASS
+            failed = [p for p in result.probes if p.failed]
+            result.status = CellStatus.FAIL if failed else CellStatus.PASS
+            if failed:
+                result.error = wrong_output(failed)
         except FarmError as exc:  # the farm could not prepare the cell (zoo, checkpoint): no verdict
             result.status = CellStatus.INFRA_ERROR
             result.error = ErrorInfo(type=type(exc).__name__, message=str(exc), probe=current_probe)
@@ -119,6 +122,21 @@ def execute_cell(
     result.env = env_facts()
     result.finished_at = utcnow()
     return result
+
+
+def wrong_output(failed: list[ProbeResult]) -> ErrorInfo:
+    """A cell whose engine ran but answered wrongly: its signature is the set of probes it failed,
+    so cells with the same wrong behaviour group together like cells with the same exception."""
+    names = ",".join(p.name for p in failed)
+    message = f"probes failed: {names}; {failed[0].name}: {failed[0].detail}"
+    return ErrorInfo(
+        type="WrongOutput",
+        message=message[:2000],
+        normalized_message=f"probes failed: {names}",
+        signature=signature_of("WrongOutput", f"probes failed: {names}", None, None),
+        probe=failed[0].name,
+        origin="probe",
+    )
 
 
 def _record_probe(result: CellResult, outcome: ProbeResult) -> None:

@@ -22,15 +22,26 @@ def reference_generate(
     max_tokens: int,
     top_k: int,
     adapter_dir: str | None = None,
+    zoo_adapter: bool = False,
 ) -> list[Completion]:
-    """Greedy generation with transformers (and PEFT when ``adapter_dir`` is given)."""
+    """Greedy generation with transformers, with the adapter at ``adapter_dir`` applied.
+
+    A zoo adapter is merged into the weights by the zoo itself: PEFT 0.21 on transformers 5
+    loads the per-expert adapters of Qwen2-MoE and DeepSeek-V3 only in part (it drops the
+    shared experts' deltas), which would make the reference, not vLLM, wrong. Any other
+    adapter is applied with PEFT.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else getattr(torch, REFERENCE_DTYPE)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)  # type: ignore[arg-type]
-    if adapter_dir:
+    if adapter_dir and zoo_adapter:
+        from farm import zoo
+
+        zoo.merge_adapter(model, adapter_dir)
+    elif adapter_dir:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter_dir).to(device)

@@ -72,7 +72,8 @@ class ErrorInfo(Document):
     normalized_message: str | None = None
     traceback_tail: str = ""
     probe: str | None = None  # the probe that was running, or None for engine build
-    origin: str = "exception"  # "exception": raised in the cell's process; "log": a subprocess's traceback
+    # "exception": raised in the cell's process; "log": a subprocess's traceback; "probe": wrong output, no exception
+    origin: str = "exception"
     wrapper: str | None = None  # what the caller saw when the root cause came from the log
     # How the cell's process ended, when it died (crash) or was killed (timeout, memory limit).
     signal: str | None = None  # e.g. "SIGSEGV"

@@ -97,6 +97,7 @@ def test_reference_catches_a_wrong_layer(probed_run):
     assert reference.failed
     assert reference.metrics["max_logprob_diff"] > 2 * reference.metrics["tolerance"]
     assert result.probe("generate").passed, "the planted bug is silent: generation itself looks fine"
+    assert result.error.type == "WrongOutput" and result.error.origin == "probe" and result.error.signature
 
 
 def test_lora_reference_catches_a_swapped_adapter_layout(probed_run):
@@ -107,5 +108,5 @@ def test_lora_reference_catches_a_swapped_adapter_layout(probed_run):
     assert lora_reference.failed
     assert lora_reference.evidence["adapter"] == "zoo:qwen2-dense-lora-attn"
     divergences = lora_reference.evidence["divergences"]
-    assert divergences and {"transformers+peft", "vllm"} == set(divergences[0]["tokens"])
+    assert divergences and {"transformers+adapter", "vllm"} == set(divergences[0]["tokens"])
     assert result.probe("lora_unused").passed and result.probe("base_after_lora").passed

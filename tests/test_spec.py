@@ -60,7 +60,7 @@ def test_missing_required_field():
 def test_unknown_probe_lists_available():
     message = error_of({**MINIMAL, "probes": ["load", "genrate"]})
     assert "probes: unknown probe 'genrate'. Did you mean 'generate'?" in message
-    assert "Available: generate, load, lora" in message
+    assert "Available: base_after_lora, determinism, generate, load, lora, lora_reference, lora_unused, perf, reference." in message
 
 
 def test_unknown_zoo_item():

@@ -28,6 +28,7 @@ def lora_reference(ctx: ProbeContext) -> Deferred:
                 ctx.generation.max_tokens,
                 ctx.generation.top_logprobs,
                 adapter_dir=resolve_source(adapter),
+                zoo_adapter=adapter.startswith("zoo:"),
             )
         except Exception as exc:  # PEFT cannot apply this adapter: no verdict on vLLM
             return ProbeResult(
@@ -35,7 +36,7 @@ def lora_reference(ctx: ProbeContext) -> Deferred:
                 detail=f"no reference: transformers+PEFT could not run {adapter}: {type(exc).__name__}: {exc}"[:500],
             )
         result = compare_outputs(
-            reference=expected, candidate=candidate, name_ref="transformers+peft", logprob_tolerance=target.tolerance
+            reference=expected, candidate=candidate, name_ref="transformers+adapter", logprob_tolerance=target.tolerance
         )
         return ProbeResult(
             name="lora_reference",

@@ -33,6 +33,7 @@ from farm.errors import ZooError
 from farm.zoo import archs as _archs  # noqa: F401  (registers the built-in architectures)
 from farm.zoo import cache, parallel, pipeline, registry
 from farm.zoo import compressed as _compressed  # noqa: F401  (registers ct-w4a16, ct-w8a8 and their references)
+from farm.zoo import experts as _experts
 from farm.zoo import lora as _lora  # noqa: F401  (registers lora-attn, lora-mlp, lora-experts)
 from farm.zoo import quant as _quant  # noqa: F401  (registers gptq4 and its reference)
 from farm.zoo.corpus import SAMPLE_PROMPTS
@@ -50,6 +51,7 @@ __all__ = [
     "ensure",
     "kind",
     "manifest",
+    "merge_adapter",
     "names",
     "reference_of",
     "register_arch",
@@ -189,6 +191,33 @@ def build(
         for item in wanted:
             out[item.name] = pipeline.ensure_locked(root_path, item, seed, report)
     return out
+
+
+def merge_adapter(model: Any, adapter_dir: str | os.PathLike[str]) -> int:
+    """Add every delta of a zoo adapter into a transformers model of its base, in place.
+
+    The PEFT-free way to apply a zoo adapter, for references: PEFT 0.21 on
+    transformers 5 loads the per-expert ``<base>-lora-experts`` adapters of
+    Qwen2-MoE and DeepSeek-V3 only in part (it rewrites their ``gate_proj``,
+    ``up_proj`` and ``down_proj`` targets to the stacked experts and drops the
+    shared experts' and dense MLP's deltas); for every other zoo adapter this
+    gives what ``PeftModel`` gives.
+
+    Args:
+        model: a transformers causal LM loaded from the adapter's base (not PEFT-wrapped).
+        adapter_dir: the adapter's directory, e.g. from ``ensure("mixtral-lora-experts")``.
+
+    Returns:
+        How many deltas (one per module, and per expert and projection) were merged.
+
+    Raises:
+        ZooError: the adapter's base is not a zoo model, or it names a module the model lacks.
+    """
+    import json
+
+    path = Path(adapter_dir)
+    base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    return _experts.merge_adapter(model, registry.get(base).arch, path)
 
 
 def manifest(name: str, root: str | os.PathLike[str] | None = None) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from farm.errors import ZooError
 from farm.zoo.registry import ArchSpec
@@ -94,8 +94,8 @@ class ManualLoRA:
         from torch import nn
 
         delta_cls = _lora_delta_cls()
-        # (owning module, parameter name, its LoRADelta, on-disk module names per part and expert)
-        self._entries: list[tuple[nn.Module, str, nn.Module, list[list[str]]]] = []
+        # (owning module, parameter name, factors A and B, on-disk module names per part and expert)
+        self._entries: list[tuple[nn.Module, str, nn.Parameter, nn.Parameter, list[list[str]]]] = []
         spec = arch.experts
         moe_layers = 0
         for name, module in list(model.named_modules()):
@@ -120,19 +120,20 @@ class ManualLoRA:
         from torch.nn.utils import parametrize
 
         parametrize.register_parametrization(module, param, delta)
-        self._entries.append((module, param, delta, names))
+        factors = cast("nn.Parameter", delta.factor_a), cast("nn.Parameter", delta.factor_b)
+        self._entries.append((module, param, *factors, names))
 
     def parameters(self) -> list[nn.Parameter]:
         """The trainable factors."""
-        return [p for _, _, delta, _ in self._entries for p in (delta.factor_a, delta.factor_b)]
+        return [p for _, _, a, b, _ in self._entries for p in (a, b)]
 
     def remove(self) -> dict[str, torch.Tensor]:
         """Take the deltas off the model; return them as PEFT adapter tensors (per-expert layout)."""
         from torch.nn.utils import parametrize
 
         out: dict[str, torch.Tensor] = {}
-        for module, param, delta, names in self._entries:
-            a, b = delta.factor_a.detach(), delta.factor_b.detach()
+        for module, param, factor_a, factor_b, names in self._entries:
+            a, b = factor_a.detach(), factor_b.detach()
             for part, part_names in enumerate(names):
                 for e, disk in enumerate(part_names):
                     out[f"{_PEFT_PREFIX}{disk}.lora_A.weight"] = a[part, e].contiguous().clone()

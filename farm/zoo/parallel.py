@@ -73,8 +73,13 @@ def _forward(messages: Any, report: Progress) -> None:
 
 
 def _init_worker(messages: Any, modules: list[str]) -> None:
+    import torch
+
     global _progress_queue
     _progress_queue = messages
+    # One core per worker: builds train single-threaded anyway, and the
+    # packing in between must not compete with the other workers.
+    torch.set_num_threads(1)
     for name in modules:
         importlib.import_module(name)
 

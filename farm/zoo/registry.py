@@ -99,8 +99,8 @@ class ArchSpec:
         }
 
 
-# Writes one derived item into ``out_dir`` from its built base model in
-# ``base_dir``; returns metrics to keep in the item's manifest.
+# Writes one derived item into ``out_dir`` from the built items it derives
+# from (``base_dir``, ``source_dir``); returns metrics to keep in its manifest.
 VariantBuilder = Callable[["BuildContext"], dict[str, Any]]
 
 
