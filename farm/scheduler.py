@@ -22,7 +22,9 @@ where the cell met its infra outcomes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import logging
 import secrets
 import time
 from collections import deque
@@ -34,12 +36,15 @@ from typing import Any
 from farm import outcomes, placement
 from farm.cell_actor import CellActor, read_log
 from farm.cells import Cell
+from farm.errors import FarmError
 from farm.execute import CellSettings, farm_home
 from farm.placement import CellRequest
 from farm.results import CellResult, CellStatus, EnvFacts, utcnow
 from farm.retry import decide, settle
 from farm.spec import JobSpec
 from farm.store import safe_part
+
+log = logging.getLogger("farm.scheduler")
 
 # Where each cell's process writes its log on its node, so a crash still leaves a tail to read.
 CELL_LOG_DIR = "cell-logs"
@@ -141,12 +146,23 @@ class Scheduler:
             ready, _ = self.ray.wait(list(self.in_flight), num_returns=1, timeout=timeout)
             for future in ready:
                 if future in self.in_flight:
-                    queue.extend(self._advance(self.in_flight.pop(future), future))
+                    attempt = self.in_flight.pop(future)
+                    queue.extend(self._guarded(attempt, functools.partial(self._advance, attempt, future)))
             now = time.monotonic()
             for future, attempt in [(f, a) for f, a in self.in_flight.items() if a.deadline <= now]:
                 del self.in_flight[future]
-                queue.extend(self._expire(attempt))
+                queue.extend(self._guarded(attempt, functools.partial(self._expire, attempt)))
             self.events(Event("tick"))
+
+    def _guarded(self, attempt: _Attempt, step: Callable[[], list[Work]]) -> list[Work]:
+        """One step of one attempt; a bug in handling it costs that attempt (an infra outcome), never the run."""
+        try:
+            return step()
+        except FarmError:  # the spool cannot be written, and such: the run cannot go on
+            raise
+        except Exception as exc:
+            log.exception("handling cell %s failed", attempt.work.cell.label)
+            return self._finish(attempt, self._infra(attempt, f"the farm failed handling the cell: {type(exc).__name__}: {exc}"))
 
     def parallel(self) -> int:
         """Attempts at once: ``max_parallel`` if given, else what the live nodes hold of the largest request."""
@@ -194,7 +210,7 @@ class Scheduler:
         return self._wait_on(attempt, "starting", attempt.actor.where.remote(), self.job.start_timeout_s)
 
     def _advance(self, attempt: _Attempt, future: Any) -> list[Work]:
-        from ray.exceptions import OutOfMemoryError
+        from ray.exceptions import OutOfMemoryError, RayActorError, RayTaskError
 
         try:
             value = self.ray.get(future)
@@ -208,6 +224,9 @@ class Scheduler:
             lost = outcomes.lost_node(exc)
             if lost:
                 return self._finish(attempt, self._infra(attempt, lost))
+            if isinstance(exc, RayTaskError) and not isinstance(exc, RayActorError):
+                # Raised by the farm's own code around the engine (the engine's errors are results): no verdict.
+                return self._finish(attempt, self._infra(attempt, f"the farm failed in the cell's actor: {_first_line(str(exc))}"))
             attempt.ray_error, attempt.memory_monitor = str(exc), isinstance(exc, OutOfMemoryError)
             return self._read_log(attempt, CellStatus.CRASH)
         if attempt.phase == "placing":

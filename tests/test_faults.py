@@ -317,6 +317,30 @@ def test_driver_killed_mid_run_then_resumed(cluster, tmp_path):
     assert read_manifest(store, "killed").counts == {"pass": 6}
 
 
+# ---- an actor that is never placed ----
+
+def test_an_actor_never_started_is_an_infra_outcome_retried_then_reported(cluster, tmp_path, monkeypatch):
+    """An actor Ray cannot place although the check said a node could (here: a resource no node has,
+    slipped past the check), as after a node vanished: the start deadline makes it an infra outcome."""
+    from farm import placement
+    from farm.driver import run
+
+    plain = placement.CellRequest.actor_options
+    monkeypatch.setattr(placement.CellRequest, "actor_options",
+                        lambda self, group=None: {**plain(self, group), "resources": {"vanished-node": 1}})
+    data = yaml.safe_load(slow_job(1, 0))
+    data["start_timeout_s"] = 3
+    started = time.monotonic()
+    outcome = run(parse_job(data), store=open_store(str(tmp_path / "results")), address=cluster.address, run_id="unplaced")
+    assert time.monotonic() - started < 90
+    assert not outcome.all_ran and outcome.counts == {"infra_error": 1}
+    attempts = assert_complete(open_store(str(tmp_path / "results")), "unplaced")["q0/none"]
+    assert [a.status for a in attempts] == [CellStatus.INFRA_ERROR] * 3
+    assert attempts[0].error.message == ("the cell's actor was not started within 3s, with room for it on the cluster "
+                                         "({1 CPU, memory 1 GiB})")
+    assert attempts[2].retry_reason.startswith("infra: attempt 2 was infra_error (the cell's actor was not started")
+
+
 # ---- a node removed mid-run (last: it leaves the cluster one worker short) ----
 
 def test_node_removed_mid_run_its_cells_finish_elsewhere_as_retries(cluster, tmp_path, monkeypatch):
