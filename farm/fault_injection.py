@@ -16,6 +16,9 @@ crash containment, store outages). A job selects it with an engine of
     key: NAME   counts those builds in $FARM_HOME/fault-injection/NAME on the node (default: the fault)
     tensor_parallel_size: N  inside a placement group, starts N Ray workers of one GPU each,
                 as vLLM's Ray executor does, and logs the node and GPU ids they got
+    expect_env: {NAME: value}, expect_files: [path]   the build fails unless the cell's process
+                sees these variables and files (relative to its working directory): what a
+                Ray job's runtime_env should carry to every cell
 
 ``pass`` generates deterministic text derived from the prompt (and a different text
 with the adapter), so the real probes pass against it.
@@ -47,6 +50,7 @@ class FaultInjectionEngine:
         if self.fault not in FAULTS:
             raise ValueError(f"fault-injection engine: unknown fault {self.fault!r}; use one of {', '.join(FAULTS)}")
         self.has_adapter = has_adapter
+        _check_expectations(engine_args)
         started = time.perf_counter()
         time.sleep(float(engine_args.get("build_s", 0)))
         self.workers = _start_workers(int(engine_args.get("tensor_parallel_size", 1)))
@@ -103,6 +107,14 @@ class FaultInjectionEngine:
             top = tuple({t: 0.0} for t in token_ids) if logprobs else None
             completions.append(Completion(" ".join(f"t{t}" for t in token_ids), token_ids, logprobs=top))
         return completions
+
+
+def _check_expectations(engine_args: dict[str, Any]) -> None:
+    wrong = [f"${name}={os.environ.get(name)!r}, not {value!r}"
+             for name, value in (engine_args.get("expect_env") or {}).items() if os.environ.get(name) != str(value)]
+    wrong += [f"no {path} in {os.getcwd()}" for path in engine_args.get("expect_files") or [] if not os.path.exists(path)]
+    if wrong:
+        raise InjectedFault(f"the cell's process does not see what it expects: {'; '.join(wrong)}")
 
 
 class _Worker:
