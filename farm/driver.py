@@ -73,8 +73,8 @@ class RunOutcome:
 
     @property
     def all_ran(self) -> bool:
-        """Every cell reached a verdict (pass, flaky, fail, crash, timeout); infra errors mean some could not run."""
-        return all(r.status.is_verdict() for r in self.results)
+        """Every cell ran, whatever its verdict (pass, flaky, fail, crash, timeout); infra errors mean some could not."""
+        return not any(r.status is CellStatus.INFRA_ERROR for r in self.results)
 
 
 ProgressFn = Callable[[int, int, CellResult], None]
