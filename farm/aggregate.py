@@ -10,9 +10,11 @@ import logging
 
 from pydantic import Field
 
+from farm import versions
 from farm.errors import KeyNotFound
 from farm.results import SCHEMA_VERSION, CellResult, CellStatus, Document, RunManifest, utcnow
 from farm.store import Store, Unreadable, matrix_key, read_manifest, result_key, scan_run
+from farm.versions import EngineGroup, VersionChange
 
 log = logging.getLogger("farm.aggregate")
 
@@ -32,6 +34,8 @@ class MatrixCell(Document):
     symbol: str
     attempt: int = 1
     vllm: str | None = None
+    vllm_commit: str | None = None
+    vllm_dist: str | None = None
     error_type: str | None = None
     error_message: str | None = None
     frame: str | None = None
@@ -72,6 +76,10 @@ class Matrix(Document):
     expected_cells: int = 0
     started_at: str | None = None  # the run's start, so an older run aggregated later never becomes "latest"
     unreadable: list[UnreadableDocument] = Field(default_factory=list)
+    # The version axis (farm.versions): a column group per engine, in the job's order, and per
+    # combination the first engine where its outcome changed.
+    engines: list[EngineGroup] = Field(default_factory=list)
+    version_changes: list[VersionChange] = Field(default_factory=list)
 
     def at(self, row: str, column: str) -> MatrixCell | None:
         return next((c for c in self.cells if c.row == row and c.column == column), None)
@@ -104,6 +112,8 @@ def build_matrix(
                 symbol=status.symbol,
                 attempt=result.attempt if result else 1,
                 vllm=result.env.vllm if result else None,
+                vllm_commit=result.env.vllm_commit if result else None,
+                vllm_dist=result.env.vllm_dist if result else None,
                 error_type=error.type if error else None,
                 error_message=error.message[:500] if error else None,
                 frame=error.frame if error else None,
@@ -131,7 +141,11 @@ def build_matrix(
     counts: dict[str, int] = {}
     for matrix_cell in cells:
         counts[matrix_cell.status.value] = counts.get(matrix_cell.status.value, 0) + 1
+    order = versions.engine_order(manifest, cells)
+    columns = versions.grouped_columns(columns, cells, order)
     return Matrix(
+        engines=versions.engine_groups(manifest, cells, columns),
+        version_changes=versions.first_changes(cells, order),
         run_id=manifest.run_id,
         job_name=manifest.job_name,
         generated_at=utcnow().isoformat(timespec="seconds"),
@@ -202,10 +216,15 @@ def format_table(matrix: Matrix) -> str:
                 line.append(f"{cell.symbol} {cell.status.value}")
         body.append(line)
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    lines = [_table_line(header, widths), _table_line(["-" * w for w in widths], widths)]
+    lines = [versions.group_header(matrix.engines, matrix.columns, widths)] if len(matrix.engines) > 1 else []
+    lines += [_table_line(header, widths), _table_line(["-" * w for w in widths], widths)]
     lines += [_table_line(r, widths) for r in body]
     counts = ", ".join(f"{n} {status}" for status, n in sorted(matrix.counts.items()))
     lines.append(f"\n{len(matrix.cells)} cells: {counts}")
+    if len(matrix.engines) > 1:
+        lines.append("\nFirst version where the outcome changed:" if matrix.version_changes
+                     else "\nNo combination changed its outcome between versions.")
+        lines += versions.format_changes(matrix.version_changes)
     labels = {c.cell_id: f"{c.model}/{c.quantization}/{c.lora}/{c.engine}" for c in matrix.cells}
     if matrix.signatures:
         lines.append("\nRoot causes:")

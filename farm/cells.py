@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from farm.envs.current import CurrentEngine
 from farm.spec import NO_LORA, Engine, JobSpec, Resources
 
 NOT_IDENTITY = {"reference", "lora_reference", "reference_tolerance", "resources", "timeout_s"}
@@ -30,7 +31,7 @@ class Cell(BaseModel):
     lora: str = NO_LORA
     lora_source: str | None = None
     max_lora_rank: int | None = None  # set only for adapter cells, so it cannot split base cells' ids
-    engine: Engine = Engine()
+    engine: Engine = CurrentEngine()
     # What the reference probes compare against. Not part of the combination, so not of the id.
     reference: str | None = None
     lora_reference: str | None = None
@@ -42,6 +43,8 @@ class Cell(BaseModel):
     @property
     def id(self) -> str:
         identity = self.model_dump(mode="json", exclude=NOT_IDENTITY)
+        # The engine's own identity: its install spec, without build policies and defaults (see EngineSpec).
+        identity["engine"] = self.engine.identity()
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

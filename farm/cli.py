@@ -1,11 +1,12 @@
-"""The `farm` command: validate | run | status | matrix | zoo.
+"""The `farm` command: validate | run | status | matrix | env | zoo.
 
 A FarmError becomes one line on stderr and exit code 1 (the traceback with --debug).
 `farm run` exits
   0  every cell ran and has a verdict, whatever it is (pass, flaky, fail, crash, timeout),
   1  a farm error before anything ran (a bad job spec, a store that cannot be written,
      a cell that asks for more than any node of the cluster has),
-  3  some cells could not run (infra errors left after their retries): `--resume` runs them again,
+  3  some cells could not run (infra or env errors left after their retries): `--resume`
+     runs them again,
   4  results are still spooled locally because the store was unreachable at the end (they are
      safe; a `--resume` flushes them),
   130 interrupted.
@@ -35,6 +36,9 @@ EPILOG = """examples:
   farm status smoke-20261126-101500-ab12
   farm matrix                                    # the latest run's matrix as a table
   farm zoo build --for-job jobs/smoke.yaml        # only what a job needs
+  farm env build jobs/versions.yaml              # build the job's vLLM envs on this node ahead of a run
+  farm env list                                  # the envs cached on this node
+  farm env clean --failed                        # forget failed builds, so the next run retries them
   farm zoo build --out ~/.cache/farm/zoo
 """
 
@@ -83,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_ID",
                      help="continue a run: flush its spooled results, skip cells with a verdict, run the rest")
     run.add_argument("--max-parallel", type=int, help="cells at once (default: what the cluster's resources allow)")
+    run.add_argument("--rebuild-envs", action="store_true",
+                     help="rebuild the job's pip/uv envs on each node once, even if cached (failed builds included)")
     run.set_defaults(handler=_run)
 
     status = sub.add_parser("status", help="progress of a run, read from the store alone")
@@ -95,6 +101,21 @@ def _parser() -> argparse.ArgumentParser:
     _store_arguments(matrix)
     matrix.add_argument("--json", action="store_true", help="print matrix.json instead of the table")
     matrix.set_defaults(handler=_matrix)
+
+    env = sub.add_parser("env", help="the engine envs (one per vLLM version) cached on this node")
+    env_sub = env.add_subparsers(metavar="ACTION")
+    env_build = env_sub.add_parser("build", help="build (or check) a job's engine envs on this node; cached")
+    env_build.add_argument("job", type=Path)
+    env_build.add_argument("--engine", nargs="+", metavar="NAME", help="only these engines")
+    env_build.add_argument("--rebuild", action="store_true", help="rebuild even if cached")
+    env_build.set_defaults(handler=_env_build)
+    env_list = env_sub.add_parser("list", help="the env cache on this node ($FARM_ENV_CACHE or $FARM_HOME/envs)")
+    env_list.set_defaults(handler=_env_list)
+    env_clean = env_sub.add_parser("clean", help="remove cached envs: by key or engine name, failed ones, or all")
+    env_clean.add_argument("which", nargs="*", metavar="KEY_OR_ENGINE")
+    env_clean.add_argument("--failed", action="store_true", help="every failed build (their next run retries them)")
+    env_clean.add_argument("--all", action="store_true", help="every env in the cache")
+    env_clean.set_defaults(handler=_env_clean)
 
     zoo = sub.add_parser("zoo", help="the tiny model zoo generated locally")
     zoo_sub = zoo.add_subparsers(metavar="ACTION")
@@ -169,7 +190,7 @@ def _run(args: argparse.Namespace) -> int:
     progress = Progress()
     try:
         outcome = run(job, store=store, address=args.address, run_id=run_id, resume=bool(args.resume),
-                      max_parallel=args.max_parallel, events=progress)
+                      max_parallel=args.max_parallel, events=progress, rebuild_envs=args.rebuild_envs)
     except KeyboardInterrupt:
         progress.close()
         print(f"farm: interrupted; what finished is in the store (or spooled); continue with "
@@ -190,7 +211,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"matrix: {store.location(outcome.matrix_key)}")
     print(f"page:   {store.location(outcome.page_key)}")
     if not outcome.all_ran:
-        print(f"some cells could not run (infra errors after their retries): see the matrix; "
+        print(f"some cells could not run (infra or env errors after their retries): see the matrix; "
               f"`farm run --resume {outcome.run_id}` runs them again", file=sys.stderr)
         return EXIT_CELLS_NOT_RUN
     return 0
@@ -227,6 +248,78 @@ def _matrix(args: argparse.Namespace) -> int:
 
     matrix = load_matrix(_open_store(args), args.run_id)
     print(matrix.model_dump_json(indent=1) if args.json else format_table(matrix))
+    return 0
+
+
+def _env_build(args: argparse.Namespace) -> int:
+    from farm.envs import EnvFailure, cache, kind_of
+    from farm.envs.node import prepare_here
+    from farm.errors import EngineEnvError
+    from farm.spec import load_job
+
+    job = load_job(args.job)
+    engines = [e for e in job.engines if not args.engine or e.name in args.engine]
+    unknown = sorted(set(args.engine or []) - {e.name for e in job.engines})
+    if unknown:
+        raise EngineEnvError(f"{args.job} has no engine {', '.join(map(repr, unknown))}; "
+                             f"its engines: {', '.join(e.name for e in job.engines)}")
+    rebuild_before = time.time() if args.rebuild else None
+    failed = 0
+    for engine in engines:
+        if kind_of(engine).in_driver_env:
+            print(f"{engine.name:<16} {engine.kind:<8} nothing to build: {kind_of(engine).describe(engine)}")
+            continue
+        print(f"{engine.name:<16} {engine.kind:<8} preparing: {kind_of(engine).describe(engine)}", flush=True)
+        outcome = prepare_here(engine, rebuild_before)
+        if isinstance(outcome, EnvFailure):
+            failed += 1
+            print(f"{engine.name:<16} {engine.kind:<8} env_error: {outcome.message}", file=sys.stderr)
+            tail = outcome.log_tail.rstrip().splitlines()[-20:]
+            print("\n".join(f"    | {line}" for line in tail), file=sys.stderr)
+            continue
+        manifest = cache.read(outcome.key) if outcome.key else None
+        size = f"{manifest.size_bytes / 2**30:.1f} GiB" if manifest and manifest.size_bytes else ""
+        how = f"built in {outcome.seconds:.0f}s" if outcome.built else f"ready ({outcome.seconds:.1f}s)"
+        vllm = f"{outcome.versions.vllm_dist or 'vllm'} {outcome.versions.vllm}"
+        print(f"{engine.name:<16} {engine.kind:<8} {how}: {vllm}, torch {outcome.versions.torch}, "
+              f"Python {outcome.versions.python}, Ray {outcome.versions.ray}  {size}  {outcome.path}")
+    return EXIT_FARM_ERROR if failed else 0
+
+
+def _env_list(args: argparse.Namespace) -> int:
+    from farm.envs import cache
+
+    entries = cache.entries()
+    print(f"env cache {cache.root()}: {len(entries)} env(s)")
+    rows = [("key", "status", "engines", "vllm", "python", "ray", "size", "built at", "build")]
+    for key, manifest in entries:
+        if manifest is None:
+            rows.append((key, "partial", "", "", "", "", "", "", ""))
+            continue
+        v = manifest.versions
+        rows.append((key, manifest.status, ",".join(manifest.engines), f"{v.vllm_dist or ''} {v.vllm or ''}".strip(),
+                     v.python or "", v.ray or "", f"{manifest.size_bytes / 2**30:.1f}G" if manifest.size_bytes else "",
+                     manifest.built_at_text, f"{manifest.build_s:.0f}s"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _env_clean(args: argparse.Namespace) -> int:
+    from farm.envs import cache
+    from farm.errors import EngineEnvError
+
+    if not (args.which or args.failed or args.all):
+        raise EngineEnvError("say which envs to remove: keys or engine names (see `farm env list`), --failed, or --all")
+    removed = 0
+    for key, manifest in cache.entries():
+        named = key in args.which or bool(manifest and set(manifest.engines) & set(args.which))
+        wanted = args.all or named or (args.failed and manifest is not None and not manifest.ready)
+        if wanted and cache.remove(key):
+            removed += 1
+            print(f"removed {key} ({','.join(manifest.engines) if manifest else 'partial'})")
+    print(f"{removed} env(s) removed from {cache.root()}")
     return 0
 
 

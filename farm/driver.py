@@ -25,6 +25,7 @@ import os
 import secrets
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,8 +38,8 @@ from farm.cells import Cell, expand
 from farm.errors import JobSpecError, StoreUnavailable
 from farm.execute import CellSettings, engine_environment, farm_home
 from farm.placement import alive_nodes, check_feasible, request_for
-from farm.results import CellResult, CellStatus, Launch, RunManifest, utcnow
-from farm.retry import decide
+from farm.results import CellResult, Launch, RunManifest, utcnow
+from farm.retry import INFRA, decide
 from farm.scheduler import Event, EventFn, Scheduler, Work
 from farm.spec import JobSpec, parse_job
 from farm.store import (
@@ -73,8 +74,8 @@ class RunOutcome:
 
     @property
     def all_ran(self) -> bool:
-        """Every cell ran, whatever its verdict (pass, flaky, fail, crash, timeout); infra errors mean some could not."""
-        return not any(r.status is CellStatus.INFRA_ERROR for r in self.results)
+        """Every cell ran, whatever its verdict (pass, flaky, fail, crash, timeout); infra and env errors mean some could not."""
+        return not any(r.status in INFRA for r in self.results)
 
 
 ProgressFn = Callable[[int, int, CellResult], None]
@@ -98,6 +99,7 @@ def run(
     max_parallel: int | None = None,
     progress: ProgressFn | None = None,
     events: EventFn | None = None,
+    rebuild_envs: bool = False,
 ) -> RunOutcome:
     """Run every cell of ``job`` on Ray and aggregate the results into the store.
 
@@ -107,10 +109,11 @@ def run(
         address: a Ray cluster to join; default ``RAY_ADDRESS``, else a local Ray on 127.0.0.1.
         run_id: defaults to ``<job>-<timestamp>-<random>``; required with ``resume``.
         resume: continue run ``run_id``: flush its spooled results, skip cells whose verdict is settled,
-            run the rest (no result, an infra error, or a failure not yet rechecked) as new attempts.
+            run the rest (no result, an infra or env error, or a failure not yet rechecked) as new attempts.
         max_parallel: cells at once; default what the live nodes hold (see ``farm.placement``).
         progress: called when a cell has its final result, with (done, total, result).
         events: called for every attempt that starts, every retry, every cell done (the live display).
+        rebuild_envs: rebuild the job's pip/uv envs on each node once, even if cached (failed ones included).
 
     Raises:
         StoreError: the store cannot be written when the run starts (nothing has run then).
@@ -132,7 +135,7 @@ def run(
         run_id = run_id or make_run_id(job.name)
         manifest = _new_manifest(job, run_id)
     assert job is not None
-
+    # Before the manifest: a spool left here for another store stops the run with nothing written.
     writer = ResultWriter(store, Spool(spool_dir(run_id), store.url))
     history: dict[str, list[CellResult]] = {}
     if resume:
@@ -176,8 +179,9 @@ def run(
     try:
         if todo:
             scheduler = Scheduler(ray, job, CellSettings.from_job(job), run_id, record, parallel=max_parallel,
-                                  events=on_event)
+                                  events=on_event, rebuild_before=time.time() if rebuild_envs else None)
             scheduler.run(todo)
+            manifest.envs = scheduler.envs.summary()
         manifest.finished_at = utcnow()
         manifest.counts = _counts(list(latest.values()))
         writer.add_manifest(manifest)
@@ -214,7 +218,7 @@ def _owed(cells: list[Cell], history: dict[str, list[CellResult]], job: JobSpec,
             continue
         decision = decide(attempts, job.retries, infra_outcomes=0)
         if decision.retry:
-            avoid = {a.node_id for a in attempts if a.status is CellStatus.INFRA_ERROR and a.node_id}
+            avoid = {a.node_id for a in attempts if a.status in INFRA and a.node_id}
             todo.append(Work(cell, list(attempts), reason=decision.reason, avoid=avoid))
     return todo
 
@@ -283,6 +287,9 @@ def connect(address: str | None = None) -> Any:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
     else:
         ray.init(
+            # "local": always a Ray of our own. Without an address, ray.init joins the newest Ray
+            # already started on this machine (another user's, another test's), whose workers run other code.
+            address="local",
             _node_ip_address="127.0.0.1",
             include_dashboard=False,
             runtime_env=runtime_env,

@@ -9,6 +9,7 @@
     │   └── KeyNotFound      a key that is not in the store
     ├── ZooError         a tiny-model zoo item is unknown or cannot be built
     ├── EngineEnvError   an engine environment cannot be prepared
+    │   └── EnvBuildError    ... on a node (build, version check): its cells get ``env_error`` with the log tail
     └── ResourceError    the cluster has no node that can hold a cell's request (checked before anything runs)
 
 Every message says what is wrong *and* what to do about it. The CLI prints a
@@ -52,6 +53,22 @@ class ZooError(FarmError):
 
 class EngineEnvError(FarmError):
     """An engine environment cannot be prepared."""
+
+
+class EnvBuildError(EngineEnvError):
+    """An engine environment could not be prepared on a node; its cells get ``env_error``.
+
+    Args:
+        message: what is wrong and what to do, one paragraph.
+        log_tail: the end of the build's log (pip's resolver error, a version check).
+        cached: the failure was recorded by an earlier build and not retried now.
+    """
+
+    def __init__(self, message: str, log_tail: str = "", *, cached: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.log_tail = log_tail
+        self.cached = cached
 
 
 class ResourceError(FarmError):

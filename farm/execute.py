@@ -148,17 +148,21 @@ def _record_probe(result: CellResult, outcome: ProbeResult) -> None:
 
 def env_facts() -> EnvFacts:
     """Versions and device as seen by this process (never copied from the job spec)."""
-    from farm import vllm_compat
+    from farm.envs import facts as installed
 
     facts = EnvFacts(
-        vllm=vllm_compat.vllm_version(),
+        vllm=installed.vllm_version(),
+        vllm_commit=installed.vllm_commit(),
+        vllm_dist=installed.vllm_distribution(),
         python=platform.python_version(),
+        python_prefix=sys.prefix,
+        ray=installed.dist_version("ray"),
         platform=f"{platform.system()}-{platform.machine()}",
         hostname=socket.gethostname(),
     )
     for module in ("torch", "transformers"):
         imported = sys.modules.get(module)
-        setattr(facts, module, getattr(imported, "__version__", None) if imported else _dist_version(module))
+        setattr(facts, module, getattr(imported, "__version__", None) if imported else installed.dist_version(module))
     facts.device = _device()
     facts.cuda = _torch_cuda()
     facts.cpu, facts.cpu_features = _cpu()
@@ -183,15 +187,6 @@ def _cpu() -> tuple[str | None, list[str]]:
 def _torch_cuda() -> str | None:
     torch = sys.modules.get("torch")
     return getattr(getattr(torch, "version", None), "cuda", None) if torch else None
-
-
-def _dist_version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
 
 
 def _device() -> str:

@@ -21,7 +21,8 @@ from farm.store import RunScan, Store, export_key, result_key
 log = logging.getLogger("farm.export")
 
 _STRINGS = ("run_id", "cell_id", "key", "status", "model", "quantization", "lora", "engine", "model_source",
-            "lora_source", "vllm_quantization", "vllm", "torch", "transformers", "python", "platform", "device",
+            "lora_source", "vllm_quantization", "vllm", "vllm_commit", "vllm_dist", "ray", "torch", "transformers",
+            "python", "platform", "device",
             "hostname", "cuda", "cpu", "error_type", "error_message", "error_frame", "error_signature", "error_probe")
 
 
@@ -43,8 +44,8 @@ def rows(scan: RunScan) -> list[dict[str, Any]]:
                 "model_source": result.cell.model_source,
                 "lora_source": result.cell.lora_source,
                 "vllm_quantization": result.cell.vllm_quantization,
-                **result.env.model_dump(include={"vllm", "torch", "transformers", "python", "platform", "device",
-                                                 "hostname", "cuda", "cpu", "cpu_features"}),
+                **result.env.model_dump(include={"vllm", "vllm_commit", "vllm_dist", "ray", "torch", "transformers",
+                                                 "python", "platform", "device", "hostname", "cuda", "cpu", "cpu_features"}),
                 "error_type": error.type if error else None,
                 "error_message": error.message if error else None,
                 "error_frame": error.frame if error else None,

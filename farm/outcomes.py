@@ -152,16 +152,20 @@ def timeout_error(timeout_s: float, log: str) -> ErrorInfo:
     return _error("timeout", f"no result within {timeout_s:g}s; the cell's actor was killed", stack=stack)
 
 
-def infra_error(message: str) -> ErrorInfo:
-    return ErrorInfo(type="infra_error", message=message[:2000])
+def infra_error(message: str, kind: str = "infra_error") -> ErrorInfo:
+    """The farm could not run the cell (``infra_error``), or its engine env could not be prepared (``env_error``)."""
+    return ErrorInfo(type=kind, message=message[:2000])
 
 
 def lost_node(ray_error: BaseException) -> str | None:
-    """Ray's words when the actor is gone with its node or out of reach (infra), else None."""
-    from ray.exceptions import ActorUnavailableError
+    """Ray's words when the cell's actor (or its env's preparation task) is gone with its node or out of reach
+    (infra), else None."""
+    from ray.exceptions import ActorUnavailableError, NodeDiedError
 
     if isinstance(ray_error, ActorUnavailableError):
         return f"Ray lost contact with the cell's actor: {_first_line(str(ray_error))}"
+    if isinstance(ray_error, NodeDiedError):  # what a task (not an actor) gets when its node dies under it
+        return f"the cell's node died: {_first_line(str(ray_error))}"
     text = str(ray_error)
     for words in ("its node has died", "the node it was running on is dead", "node is dead"):
         if words in text:

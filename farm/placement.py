@@ -76,6 +76,10 @@ class CellRequest:
     def bundle_dicts(self) -> list[dict[str, float]]:
         return [dict(bundle) for bundle in self.bundles]
 
+    def group_bundles(self) -> list[dict[str, float]]:
+        """The bundles of the cell's placement group: one per engine worker, or the actor's own request as one."""
+        return self.bundle_dicts() or [{k: v for k, v in self.actor if v}]
+
 
 _OPTION = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory"}
 

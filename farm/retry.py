@@ -3,12 +3,13 @@
 Every attempt is its own result document (``attempt-N.json``, written once). After each,
 the policy looks at the cell's attempts so far and says whether another one runs:
 
-- **Infra outcomes** (``infra_error``): the farm could not run the cell. Its node was lost,
-  its actor could not be placed or started, its environment could not be set up, its
-  checkpoint is missing on its node. That says nothing about the combination, so the cell
-  runs again, on another node where there is one, until ``retries.infra_attempts`` infra
-  outcomes in this session; then it stays ``infra_error`` and ``farm run`` exits 3. A
-  ``farm run --resume`` starts a fresh budget: a person asked for another try.
+- **Infra outcomes** (``infra_error``, ``env_error``): the farm could not run the cell. Its
+  node was lost, its actor could not be placed or started, its checkpoint is missing on its
+  node, or its engine env (its vLLM version) could not be built there. That says nothing
+  about the combination, so the cell runs again, on another node where there is one, until
+  ``retries.infra_attempts`` such outcomes in this session; then it keeps its status and
+  ``farm run`` exits 3. A ``farm run --resume`` starts a fresh budget: a person asked for
+  another try.
 - **Verdicts that are not a pass** (``fail``, ``crash``, ``timeout``): the cell ran and did
   not pass. It runs ``retries.recheck`` more times (default once) to tell a broken
   combination from a flaky one: a pass on a recheck makes the cell ``flaky``, a second
@@ -34,6 +35,8 @@ from farm.spec import Retries
 
 # Not a pass, but a verdict: rerun to tell flaky from broken.
 RECHECKED = (CellStatus.FAIL, CellStatus.CRASH, CellStatus.TIMEOUT)
+# The farm could not run the cell: run it again elsewhere.
+INFRA = (CellStatus.INFRA_ERROR, CellStatus.ENV_ERROR)
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ def decide(attempts: list[CellResult], retries: Retries, infra_outcomes: int) ->
     if not attempts:
         return Decision(True, None)
     last = attempts[-1]
-    if last.status is CellStatus.INFRA_ERROR:
+    if last.status in INFRA:
         if infra_outcomes >= retries.infra_attempts:
             return Decision.done()
         return Decision(True, f"infra: attempt {last.attempt} was {_said(last)}; run again elsewhere", infra=True)

@@ -2,21 +2,30 @@
 
 An attempt moves through phases, each waiting on one Ray future:
 
-    placing    a tensor-parallel cell's STRICT_PACK placement group is reserved   group.ready()
-    starting   the cell's actor is placed and its process starts                 actor.where()
-    running    the cell runs; its clock (timeout_s) starts when the actor does    actor.run()
-    reading    the actor died or was killed: its log is read on its node         read_log, pinned there
+    placing    the cell's placement group is reserved (tensor parallel: STRICT_PACK;   group.ready()
+               an engine env to prepare: one bundle), on one node
+    preparing  the engine's env is prepared in bundle 0 (``farm.envs``)              prepare task
+    starting   the cell's actor is placed and its process starts                     actor.where()
+    running    the cell runs; its clock (timeout_s) starts when the actor does        actor.run()
+    reading    the actor died or was killed: its log is read on its node             read_log, pinned there
 
 Deadlines: ``start_timeout_s`` for placing and starting (extended while our own cells fill
-the cluster: a busy cluster delays a cell, it never fails it); ``timeout_s`` for running,
-plus a grace for faulthandler's dump of the stacks; ``LOG_READ_TIMEOUT_S`` for reading (a
-node that does not answer is lost). At most ``parallel`` attempts hold or wait for resources
-at once: what the live nodes hold, recomputed as nodes come and go; an attempt that waits for
-room has no clock running but the start deadline's, which a busy cluster extends.
+the cluster: a busy cluster delays a cell, it never fails it); the env kind's build timeout
+for preparing (twice it, plus a grace: a build of the same env by another cell holds the
+node's lock); ``timeout_s`` for running, plus a grace for faulthandler's dump of the stacks;
+``LOG_READ_TIMEOUT_S`` for reading (a node that does not answer is lost). At most
+``parallel`` attempts hold or wait for resources at once: what the live nodes hold,
+recomputed as nodes come and go; an attempt that waits for room has no clock running but
+the start deadline's, which a busy cluster extends.
 
 Every attempt ends in one result, recorded (spooled, then stored) before the retry policy
 (``farm.retry``) decides whether another attempt follows; infra retries avoid the nodes
 where the cell met its infra outcomes.
+
+An engine env that failed to prepare (``env_error``) is remembered per engine and node:
+the engine's later cells go to other nodes, and once it failed on ``retries.infra_attempts``
+nodes, or on every node that can hold the cell, its cells get that ``env_error`` at once,
+with no build and no retry (each node's env cache also keeps a failed build: ``farm.envs.cache``).
 """
 
 from __future__ import annotations
@@ -36,11 +45,13 @@ from typing import Any
 from farm import outcomes, placement
 from farm.cell_actor import CellActor, read_log
 from farm.cells import Cell
+from farm.envs import EnvFailure, PreparedEnv
+from farm.envs.launch import EnvLauncher
 from farm.errors import FarmError
 from farm.execute import CellSettings, farm_home
 from farm.placement import CellRequest
 from farm.results import CellResult, CellStatus, EnvFacts, utcnow
-from farm.retry import decide, settle
+from farm.retry import INFRA, decide, settle
 from farm.spec import JobSpec
 from farm.store import safe_part
 
@@ -57,6 +68,8 @@ NODES_TTL_S = 2.0
 # The loop wakes at least this often, so the progress display's clock moves.
 TICK_S = 1.0
 NODE_ID_LABEL = "ray.io/node-id"
+# Where an env failed when its node could not be told: it counts as a node tried, but is no label to avoid.
+UNKNOWN_NODE = "?"
 
 
 @dataclass
@@ -108,15 +121,19 @@ class _Attempt:
     dead: CellStatus | None = None  # while reading: crash or timeout
     ray_error: str = ""
     memory_monitor: bool = False
+    placed: float = field(default_factory=time.monotonic)  # when its resources were asked for
+    prepared: PreparedEnv | None = None
+    prepare_s: float | None = None  # from asking for the node to the env ready (or failed): placement, lock, build
 
     @property
     def holds_resources(self) -> bool:
-        return self.phase in ("placing", "starting", "running")
+        return self.phase in ("placing", "preparing", "starting", "running")
 
 
 class Scheduler:
     def __init__(self, ray: Any, job: JobSpec, settings: CellSettings, run_id: str,
-                 record: Callable[[CellResult], None], *, parallel: int | None = None, events: EventFn | None = None):
+                 record: Callable[[CellResult], None], *, parallel: int | None = None, events: EventFn | None = None,
+                 rebuild_before: float | None = None):
         self.ray = ray
         self.job = job
         self.settings_json = settings.model_dump_json()
@@ -126,6 +143,8 @@ class Scheduler:
         self.events = events or (lambda event: None)
         self.actor_class = ray.remote(CellActor)
         self.reader = ray.remote(read_log)
+        self.envs = EnvLauncher(ray, rebuild_before=rebuild_before)
+        self.env_failed: dict[str, dict[str, EnvFailure]] = {}  # engine → node id → why its env failed there
         self.session = secrets.token_hex(3)
         self.in_flight: dict[Any, _Attempt] = {}
         self._requests: list[CellRequest] = []
@@ -140,7 +159,7 @@ class Scheduler:
         self.events(Event("plan", total=len(work), parallel=self.parallel()))
         while queue or self.in_flight:
             while queue and self._active() < self.parallel():
-                self._start(queue.popleft())
+                queue.extend(self._start(queue.popleft()))
             soonest = min((a.deadline for a in self.in_flight.values()), default=time.monotonic() + TICK_S)
             timeout = min(TICK_S, max(0.0, soonest - time.monotonic()))
             ready, _ = self.ray.wait(list(self.in_flight), num_returns=1, timeout=timeout)
@@ -184,37 +203,56 @@ class Scheduler:
 
     # ---- phases ----
 
-    def _start(self, work: Work) -> None:
+    def _start(self, work: Work) -> list[Work]:
         request = placement.request_for(work.cell, self.job)
         # The session in the name: a resumed run's attempt never appends to the log of one its dead driver left.
         name = f"{work.cell.id}.attempt-{work.number}.{self.session}.log"
         log_path = farm_home() / CELL_LOG_DIR / safe_part(self.run_id) / name
         attempt = _Attempt(work, request, log_path, "", None, 0.0)
+        failed_env = self.env_failed.get(work.cell.engine.name, {})
+        if self._env_failed_for_run(work.cell, request):
+            return self._finish(attempt, self._env_error(attempt, next(iter(failed_env.values())), len(failed_env)))
+        # Off the nodes where the engine's env already failed in this run, while others can hold the cell.
+        work.avoid |= {node for node in failed_env if node != UNKNOWN_NODE}
         avoid = self._avoid(work, request)
-        if request.grouped:
+        if request.grouped or self.envs.needs_prepare(work.cell.engine):
             from ray.util.placement_group import placement_group
 
-            # STRICT_PACK: tensor-parallel workers on one node; the selector keeps a retry off the nodes that failed it.
-            attempt.group = placement_group(request.bundle_dicts(), strategy="STRICT_PACK",
-                                            bundle_label_selector=[avoid] * request.workers if avoid else None)
-            self._wait_on(attempt, "placing", attempt.group.ready(), self.job.start_timeout_s)
-        else:
-            self._start_actor(attempt, avoid)
+            # STRICT_PACK: tensor-parallel workers on one node; one bundle holds the node for an env's preparation
+            # and then the actor. The selector keeps a retry off the nodes that failed it.
+            bundles = request.group_bundles()
+            attempt.group = placement_group(bundles, strategy="STRICT_PACK",
+                                            bundle_label_selector=[avoid] * len(bundles) if avoid else None)
+            return self._wait_on(attempt, "placing", attempt.group.ready(), self.job.start_timeout_s)
+        return self._start_actor(attempt, avoid)
 
     def _start_actor(self, attempt: _Attempt, avoid: dict[str, str] | None = None) -> list[Work]:
         options = attempt.request.actor_options(attempt.group)
         if avoid and attempt.group is None:
             options["label_selector"] = avoid
+        if attempt.prepared is not None:  # the engine's own env: py_executable or image_uri
+            options["runtime_env"] = attempt.prepared.runtime_env
         # A dead engine must stay dead: a restart would hide the crash and rerun a broken cell.
         attempt.actor = self.actor_class.options(max_restarts=0, max_task_retries=0, **options).remote()
         return self._wait_on(attempt, "starting", attempt.actor.where.remote(), self.job.start_timeout_s)
 
     def _advance(self, attempt: _Attempt, future: Any) -> list[Work]:
-        from ray.exceptions import OutOfMemoryError, RayActorError, RayTaskError
+        from ray.exceptions import OutOfMemoryError, RayActorError, RayTaskError, RuntimeEnvSetupError
 
         try:
             value = self.ray.get(future)
         except Exception as exc:
+            if attempt.phase == "preparing":
+                lost = outcomes.lost_node(exc)
+                if lost:  # the node went away under the build: the node's outcome, not the engine's env
+                    attempt.node_id = attempt.node_id or _group_node(attempt.group)  # the retry avoids it
+                    return self._finish(attempt, self._infra(attempt, lost))
+                return self._prepared(attempt, self.envs.outcome(exc, attempt.work.cell.engine))
+            if attempt.phase == "starting" and attempt.prepared is not None and isinstance(exc, RuntimeEnvSetupError):
+                # Ray could not start the actor in the engine's env (a py_executable or image that broke after its check).
+                failure = EnvFailure(engine=attempt.work.cell.engine.name, kind=attempt.work.cell.engine.kind,
+                                     hostname=attempt.prepared.hostname, message=f"environment setup failed: {exc}")
+                return self._finish(attempt, self._env_error(attempt, failure))
             if attempt.phase in ("placing", "starting"):
                 what = "placed" if attempt.phase == "placing" else "started"
                 return self._finish(attempt, self._infra(attempt, f"the cell's actor could not be {what}: "
@@ -230,7 +268,14 @@ class Scheduler:
             attempt.ray_error, attempt.memory_monitor = str(exc), isinstance(exc, OutOfMemoryError)
             return self._read_log(attempt, CellStatus.CRASH)
         if attempt.phase == "placing":
+            engine = attempt.work.cell.engine
+            if self.envs.needs_prepare(engine):
+                # In bundle 0, with its CPUs (pip and uv use them): the node is the cell's until its actor starts there.
+                prepare = self.envs.submit(engine, attempt.group, attempt.request.group_bundles()[0].get("CPU", 0))
+                return self._wait_on(attempt, "preparing", prepare, self.envs.timeout_s(engine))
             return self._start_actor(attempt)
+        if attempt.phase == "preparing":
+            return self._prepared(attempt, self.envs.outcome(value, attempt.work.cell.engine))
         if attempt.phase == "starting":
             where = json.loads(value)
             attempt.node_id, attempt.hostname = where["node_id"], where["hostname"]
@@ -251,7 +296,23 @@ class Scheduler:
         error = outcomes.crash_error(attempt.ray_error, log, memory_monitor=attempt.memory_monitor)
         return self._finish(attempt, self._dead(attempt, CellStatus.CRASH, error, log))
 
+    def _env_failed_for_run(self, cell: Cell, request: CellRequest) -> bool:
+        """The engine's env failed on as many nodes as a cell may try, or on every node that can hold it."""
+        failed = self.env_failed.get(cell.engine.name, {})
+        fitting = placement.nodes_for(request, self.nodes())
+        return bool(failed) and (len(failed) >= self.job.retries.infra_attempts or set(fitting) <= set(failed))
+
+    def _prepared(self, attempt: _Attempt, outcome: PreparedEnv | EnvFailure) -> list[Work]:
+        attempt.prepare_s = round(time.monotonic() - attempt.placed, 3)
+        if isinstance(outcome, EnvFailure):
+            return self._finish(attempt, self._env_error(attempt, outcome))
+        attempt.prepared = outcome
+        return self._start_actor(attempt)
+
     def _expire(self, attempt: _Attempt) -> list[Work]:
+        if attempt.phase == "preparing":  # no busy extension: the node is the cell's, the build is what is slow
+            waited = time.monotonic() - attempt.placed
+            return self._prepared(attempt, self.envs.timed_out(attempt.future, attempt.work.cell.engine, waited))
         if attempt.phase in ("placing", "starting"):
             if self._busy(attempt):  # waiting behind our own cells on a node that can hold it: not a failure
                 return self._wait_on(attempt, attempt.phase, attempt.future, self.job.start_timeout_s)
@@ -266,7 +327,7 @@ class Scheduler:
     def _busy(self, attempt: _Attempt) -> bool:
         """Our own running cells hold the room it needs, and a live node could hold it once they finish."""
         fitting = placement.nodes_for(attempt.request, self.nodes())
-        return bool(fitting) and any(a.phase == "running" for a in self.in_flight.values())
+        return bool(fitting) and any(a.phase in ("preparing", "running") for a in self.in_flight.values())
 
     def _read_log(self, attempt: _Attempt, dead: CellStatus) -> list[Work]:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -297,6 +358,19 @@ class Scheduler:
         where = f" (node {attempt.node_id[:12]})" if attempt.node_id else ""
         return self._dead(attempt, CellStatus.INFRA_ERROR, outcomes.infra_error(message + where), "")
 
+    def _env_error(self, attempt: _Attempt, failure: EnvFailure, nodes: int = 0) -> CellResult:
+        """The cell's engine env could not be prepared: an infra outcome, never a compatibility verdict."""
+        engine = attempt.work.cell.engine.name
+        message = failure.message if repr(engine) in failure.message else f"engine {engine!r}: {failure.message}"
+        if nodes:
+            message = f"{message} (not built again in this run: it failed on {nodes} node(s))"
+        else:  # remember the node, so the retry builds elsewhere
+            attempt.node_id = attempt.node_id or _group_node(attempt.group)
+            self.env_failed.setdefault(engine, {})[attempt.node_id or UNKNOWN_NODE] = failure
+        result = self._dead(attempt, CellStatus.ENV_ERROR, outcomes.infra_error(message, "env_error"), failure.log_tail)
+        result.env.hostname = failure.hostname or result.env.hostname
+        return result
+
     def _unread(self, attempt: _Attempt, why: str) -> CellResult:
         """The log could not be read on the actor's node: a crash there is the node's, not the cell's."""
         if attempt.dead is CellStatus.TIMEOUT:  # the farm killed it at its timeout: a verdict, log or not
@@ -314,8 +388,12 @@ class Scheduler:
         result.node_id = result.node_id or attempt.node_id
         if result.env.hostname is None:
             result.env.hostname = attempt.hostname
+        if attempt.prepare_s is not None:
+            result.timings["env_prepare"] = attempt.prepare_s
         settle(result, work.history)
-        if result.status is CellStatus.INFRA_ERROR:
+        if result.status is CellStatus.ENV_ERROR and self._env_failed_for_run(work.cell, attempt.request):
+            work.infra_outcomes = self.job.retries.infra_attempts  # nowhere left to build it: no retry
+        elif result.status in INFRA:
             work.infra_outcomes += 1
             if result.node_id:
                 work.avoid.add(result.node_id)
@@ -352,6 +430,17 @@ class Scheduler:
         if not others:
             return None  # the only nodes that can hold it failed it once: try them again rather than never
         return {NODE_ID_LABEL: f"!in({', '.join(sorted(work.avoid))})"}
+
+
+def _group_node(group: Any) -> str | None:
+    """The node that holds bundle 0 of a ready placement group."""
+    if group is None:
+        return None
+    from ray.util.placement_group import placement_group_table
+
+    with contextlib.suppress(Exception):
+        return placement_group_table(group)["bundles_to_node_id"].get(0)
+    return None
 
 
 def _first_line(text: str) -> str:

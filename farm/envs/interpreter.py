@@ -1,0 +1,70 @@
+"""Looking inside another environment's interpreter: what it holds, and whether Ray can start workers on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from farm.envs import facts
+from farm.envs.registry import EnvVersions, NodeContext
+from farm.errors import EnvBuildError
+
+PROBE_TIMEOUT_S = 120  # reading metadata takes a second; a wedged NFS mount should not hang a cell forever
+FACTS_SOURCE = Path(facts.__file__).read_text()
+
+
+def probe(command: Sequence[str], *, required: Sequence[str] = (), timeout: float = PROBE_TIMEOUT_S) -> EnvVersions:
+    """Run ``farm.envs.facts`` with ``command`` (an interpreter, or e.g. ``podman run … python``).
+
+    ``required`` names distributions whose absence the result lists in ``missing``.
+
+    Raises:
+        EnvBuildError: the interpreter does not run or prints no facts; the message has its output.
+    """
+    argv = [*command, "-c", FACTS_SOURCE, *required]
+    shown = " ".join(command)
+    try:
+        # -I-like isolation without -I (which would drop the env's own site-packages): no user site, no PYTHONPATH.
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+        env["PYTHONNOUSERSITE"] = "1"
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+    except FileNotFoundError:
+        raise EnvBuildError(f"{shown}: no such interpreter on this node") from None
+    except subprocess.TimeoutExpired:
+        raise EnvBuildError(f"{shown}: reading the env's versions took over {timeout:.0f}s") from None
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        raise EnvBuildError(f"{shown} could not report its versions (exit {out.returncode})", log_tail=(out.stdout + out.stderr)[-4000:])
+    try:
+        return EnvVersions.model_validate(json.loads(lines[-1]))
+    except ValueError:
+        raise EnvBuildError(f"{shown} printed no version facts", log_tail=(out.stdout + out.stderr)[-4000:]) from None
+
+
+def python_match_level() -> str:
+    """Ray's own rule for Python versions across a cluster: ``patch`` unless the operator relaxed it."""
+    return os.environ.get("RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL", "patch")
+
+
+def check_versions(found: EnvVersions, node: NodeContext, where: str) -> None:
+    """Raise unless ``found`` has the cluster's Python and Ray: Ray starts workers on no other.
+
+    Raises:
+        EnvBuildError: naming both sides and what to do.
+    """
+    problems: list[str] = []
+    level = python_match_level()
+    parts = 2 if level == "minor" else 3
+    if (found.python or "").split(".")[:parts] != node.python_version.split(".")[:parts]:
+        problems.append(f"Python {found.python or '?'} where the cluster runs Python {node.python_version} "
+                        f"(Ray requires the same {'major.minor' if parts == 2 else 'major.minor.patch'}): "
+                        f"make the env with {node.python}")
+    if found.ray is None:
+        problems.append(f"no Ray, where the cluster runs Ray {node.ray_version}: install ray=={node.ray_version} into it")
+    elif found.ray != node.ray_version:
+        problems.append(f"Ray {found.ray} where the cluster runs Ray {node.ray_version}: install ray=={node.ray_version} into it")
+    if problems:
+        raise EnvBuildError(f"{where} does not match the cluster: it has " + "; and ".join(problems))

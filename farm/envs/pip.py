@@ -1,0 +1,68 @@
+"""``pip`` engines: requirements installed with pip into a virtualenv, once per node, in the env cache.
+
+    engines:
+      - name: v0.11.0
+        kind: pip
+        requirements: [vllm==0.11.0]
+        extra_index_urls: [https://download.pytorch.org/whl/cu128]   # where torch's build lives, if not PyPI
+
+pip reads the node's pip configuration (``pip.conf``, ``PIP_*``) as usual. For a single
+vLLM commit use ``kind: uv`` (see ``farm.envs.uv``): pip merges an extra index with PyPI
+and picks the highest version, so it may install a newer release instead of the commit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import model_validator
+
+from farm.envs.build import BuiltEnv, PackageEngine
+from farm.envs.registry import NodeContext, register
+
+
+class PipEngine(PackageEngine):
+    kind: Literal["pip"] = "pip"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _commit_needs_uv(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "commit" in data:
+            raise ValueError("'commit' needs kind: uv: pip merges vLLM's per-commit wheel index with PyPI and may "
+                             "install a newer release instead; or give the commit's wheel URL in 'requirements'")
+        return data
+
+    @model_validator(mode="after")
+    def _something_to_install(self) -> PipEngine:
+        if not self.requirements:
+            raise ValueError("a pip engine needs 'requirements', e.g. [vllm==0.11.0]")
+        return self
+
+
+@register
+class Pip(BuiltEnv):
+    name = "pip"
+    spec = PipEngine
+
+    def steps(self, engine: PackageEngine, env_dir: Path, node: NodeContext) -> list[list[str]]:
+        python = str(env_dir / "bin" / "python")
+        options: list[str] = []
+        if engine.index_url:
+            options += ["--index-url", engine.index_url]
+        for url in engine.extra_index_urls:
+            options += ["--extra-index-url", url]
+        for link in engine.find_links:
+            options += ["--find-links", link]
+        if engine.pre:
+            options.append("--pre")
+        steps = [
+            [node.python, "-m", "venv", str(env_dir)],
+            [python, "-m", "pip", "install", "--no-input", "--progress-bar", "off", *options, *self.requirements(engine, node)],
+        ]
+        if engine.uninstall:
+            steps.append([python, "-m", "pip", "uninstall", "--yes", *engine.uninstall])
+        return steps
+
+    def describe(self, engine: Any) -> str:
+        return "pip: " + " ".join(engine.requirements)

@@ -1,0 +1,130 @@
+"""``uv`` engines: like ``pip`` (see ``farm.envs.pip``), installed with uv; and single vLLM commits.
+
+    engines:
+      - name: main-72d9c31
+        kind: uv
+        commit: 72d9c316d3f6ede485146fe5aabd4e61dbc59069   # vLLM's per-commit wheel index
+        torch_backend: auto                                 # uv picks torch's CUDA build from the driver
+      - name: nightly
+        kind: uv
+        commit: nightly                                     # the newest main commit; rebuilt daily
+        pre: true
+
+uv gives an extra index priority over PyPI, which is what a per-commit or nightly index
+needs (vLLM's installation docs say the same). uv does not read pip's configuration: give
+``find_links`` / ``index_url`` in the engine. uv must be on the node's PATH or installed
+in the driver's env (``pip install uv``).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from farm.envs.build import BuiltEnv, PackageEngine
+from farm.envs.registry import EnvVersions, NodeContext, register
+from farm.errors import EnvBuildError
+
+VLLM_WHEELS = "https://wheels.vllm.ai"
+NIGHTLY = "nightly"
+NIGHTLY_MAX_AGE_H = 20.0  # a nightly env is rebuilt once a day unless the job says otherwise
+
+
+class UvEngine(PackageEngine):
+    kind: Literal["uv"] = "uv"
+    commit: str | None = Field(None, description="a full vLLM commit sha on vLLM's per-commit wheel index, or 'nightly'")
+    variant: str | None = Field(None, description="the wheel index's variant subdirectory, e.g. cpu, cu130")
+    torch_backend: str | None = Field(None, description="uv's --torch-backend: auto, cpu, cu128 …")
+
+    @field_validator("commit")
+    @classmethod
+    def _full_sha(cls, value: str | None) -> str | None:
+        if value is not None and value != NIGHTLY and not re.fullmatch(r"[0-9a-f]{40}", value):
+            raise ValueError(f"commit {value!r}: give the full 40-character sha of a vLLM main-branch commit, or 'nightly'")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nightly_is_rebuilt(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("commit") == NIGHTLY and "max_age_h" not in data:
+            return {**data, "max_age_h": NIGHTLY_MAX_AGE_H}
+        return data
+
+    @model_validator(mode="after")
+    def _something_to_install(self) -> UvEngine:
+        if not self.requirements and self.commit is None:
+            raise ValueError("a uv engine needs 'requirements' (e.g. [vllm==0.11.0]) or a vLLM 'commit'")
+        return self
+
+    @property
+    def commit_index(self) -> str | None:
+        if self.commit is None:
+            return None
+        return f"{VLLM_WHEELS}/{self.commit}" + (f"/{self.variant}" if self.variant else "")
+
+
+def uv_command() -> list[str]:
+    """uv on PATH, else the one installed in this interpreter's env (``pip install uv``)."""
+    found = shutil.which("uv")
+    if found:
+        return [found]
+    try:
+        from uv import find_uv_bin  # type: ignore[import-not-found]
+
+        return [find_uv_bin()]
+    except Exception:
+        raise EnvBuildError("uv is not installed on this node: `pip install uv` in the cluster's env "
+                            "(or put uv on PATH), or use kind: pip") from None
+
+
+@register
+class Uv(BuiltEnv):
+    name = "uv"
+    spec = UvEngine
+
+    def steps(self, engine: PackageEngine, env_dir: Path, node: NodeContext) -> list[list[str]]:
+        assert isinstance(engine, UvEngine)
+        uv = uv_command()
+        python = str(env_dir / "bin" / "python")
+        options: list[str] = []
+        if engine.index_url:
+            options += ["--index-url", engine.index_url]
+        for url in [*([engine.commit_index] if engine.commit_index else []), *engine.extra_index_urls]:
+            options += ["--extra-index-url", url]
+        for link in engine.find_links:
+            options += ["--find-links", link]
+        if engine.pre:
+            options += ["--prerelease", "allow"]
+        if engine.torch_backend:
+            options += ["--torch-backend", engine.torch_backend]
+        steps = [
+            # --allow-existing: the env dir already holds the build log.
+            [*uv, "venv", "--allow-existing", "--python", node.python, str(env_dir)],
+            [*uv, "pip", "install", "--python", python, *options, *self.requirements(engine, node)],
+        ]
+        if engine.uninstall:
+            steps.append([*uv, "pip", "uninstall", "--python", python, *engine.uninstall])
+        return steps
+
+    def requirements(self, engine: PackageEngine, node: NodeContext) -> list[str]:
+        wanted = super().requirements(engine, node)
+        return wanted if engine.requirements else ["vllm", *wanted]
+
+    def verify(self, engine: PackageEngine, versions: EnvVersions) -> None:
+        assert isinstance(engine, UvEngine)
+        if engine.commit in (None, NIGHTLY):
+            return
+        got = versions.vllm_commit or ""
+        if not got or not (engine.commit.startswith(got) or got.startswith(engine.commit)):
+            raise EnvBuildError(f"engine {engine.name!r} asked for vLLM commit {engine.commit[:12]}, but the env got "
+                                f"{versions.vllm_dist or 'vllm'} {versions.vllm} (commit {got or 'unknown'}): "
+                                f"the index {engine.commit_index} has no wheel for this platform, or another index won")
+
+    def describe(self, engine: Any) -> str:
+        what = [f"commit {engine.commit}"] if engine.commit else []
+        return "uv: " + " ".join([*what, *engine.requirements])
+
