@@ -462,6 +462,8 @@
         dl.append(el("dt", { text: k }), el("dd", { text: Array.isArray(v) ? v.join(" ") : String(v) }));
       }
       parts.push(dl);
+      // The driver knows the node of a cell that died; the versions only the cell's own process could measure.
+      if (!env.vllm && !env.python) parts.push(el("p", { class: "muted", text: "versions not measured: the cell's process ended before it could report them" }));
     } else {
       parts.push(el("p", { class: "muted", text: "not measured: the cell's process ended before it could report its environment" }));
     }

@@ -215,8 +215,11 @@ def _details(result: CellResult, envs: dict[str, EnvFacts], env_ids: dict[str, s
             envs[env_ids[env_json]] = result.env
         env_id = env_ids[env_json]
     excerpt = None
+    # A died or hung process's stack is read out of its log, so the log's last lines stay the evidence
+    # (the fatal signal line, what ran before); for the other statuses a traceback says it all.
     has_traceback = bool(result.error and result.error.traceback_tail)
-    if result.status in _LOG_EXCERPT_STATUSES and result.log_tail and not has_traceback:
+    if result.status in _LOG_EXCERPT_STATUSES and result.log_tail and (
+            not has_traceback or result.status in (CellStatus.CRASH, CellStatus.TIMEOUT)):
         excerpt = "\n".join(result.log_tail.rstrip().splitlines()[-LOG_EXCERPT_LINES:])[-LOG_EXCERPT_CHARS:]
     return {
         "probe_results": [

@@ -9,9 +9,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from farm.envs.current import CurrentEngine
-from farm.spec import NO_LORA, Engine, JobSpec
+from farm.spec import NO_LORA, Engine, JobSpec, Resources
 
-NOT_IDENTITY = {"reference", "lora_reference", "reference_tolerance"}
+NOT_IDENTITY = {"reference", "lora_reference", "reference_tolerance", "resources", "timeout_s"}
 
 
 class Cell(BaseModel):
@@ -36,6 +36,9 @@ class Cell(BaseModel):
     reference: str | None = None
     lora_reference: str | None = None
     reference_tolerance: float | None = None
+    # How the cell runs, not what it is: set only where its variant overrides the job's.
+    resources: Resources | None = None
+    timeout_s: float | None = None
 
     @property
     def id(self) -> str:
@@ -83,6 +86,8 @@ def expand(job: JobSpec) -> list[Cell]:
                         reference=_source_of(variant.reference),
                         lora_reference=lora_reference,
                         reference_tolerance=variant.reference_tolerance,
+                        resources=_resources(job.resources, variant.resources),
+                        timeout_s=variant.timeout_s,
                     )
                     axes = cell.axes()
                     if job.include and not any(rule.matches(axes) for rule in job.include):
@@ -100,3 +105,10 @@ def _source_of(name: str | None) -> str | None:
     from farm import zoo
 
     return f"zoo:{name}" if name in zoo.names() else name
+
+
+def _resources(job: Resources, variant: Resources | None) -> Resources | None:
+    """The job's resources with the fields the variant sets; None when it sets none."""
+    if variant is None or not variant.model_fields_set:
+        return None
+    return job.model_copy(update={name: getattr(variant, name) for name in variant.model_fields_set})

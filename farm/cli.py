@@ -1,10 +1,15 @@
 """The `farm` command: validate | run | status | matrix | dashboard | env | zoo.
 
 A FarmError becomes one line on stderr and exit code 1 (the traceback with --debug).
-`farm run` exits 0 when every cell reached a verdict, pass or fail, 3 when some
-cells could not run at all (infrastructure errors, or an engine env that could not be
-built), and 4 when results are still spooled locally because the store was unreachable
-at the end (they are safe; a `--resume` flushes them).
+`farm run` exits
+  0  every cell ran and has a verdict, whatever it is (pass, flaky, fail, crash, timeout),
+  1  a farm error before anything ran (a bad job spec, a store that cannot be written,
+     a cell that asks for more than any node of the cluster has),
+  3  some cells could not run (infra or env errors left after their retries): `--resume`
+     runs them again,
+  4  results are still spooled locally because the store was unreachable at the end (they are
+     safe; a `--resume` flushes them),
+  130 interrupted.
 """
 
 from __future__ import annotations
@@ -182,25 +187,23 @@ def _run(args: argparse.Namespace) -> int:
         raise JobSpecError("give either --resume RUN_ID (continue a run) or --run-id ID (name a new one), not both")
     if not args.job and not args.resume:
         raise JobSpecError("give a job spec (farm run jobs/smoke.yaml) or a run to continue (farm run --resume RUN_ID)")
+    from farm.progress import Progress, summary_table
+
     job = load_job(args.job) if args.job else None
     store = _open_store(args)
     run_id = args.resume or args.run_id or make_run_id(job.name)  # type: ignore[union-attr]
     started = time.monotonic()
     print(f"{'resuming' if args.resume else 'run'} {run_id}: results in {store.url}", flush=True)
-
-    def progress(done: int, total: int, result) -> None:  # type: ignore[no-untyped-def]
-        seconds = result.timings.get("total")
-        took = f" {seconds:.1f}s" if seconds is not None else ""
-        print(f"[{done}/{total}] {result.status.symbol} {result.status.value:<11} {result.cell.label}{took}",
-              flush=True)
-
+    progress = Progress()
     try:
         outcome = run(job, store=store, address=args.address, run_id=run_id, resume=bool(args.resume),
-                      max_parallel=args.max_parallel, progress=progress, rebuild_envs=args.rebuild_envs)
+                      max_parallel=args.max_parallel, events=progress, rebuild_envs=args.rebuild_envs)
     except KeyboardInterrupt:
+        progress.close()
         print(f"farm: interrupted; what finished is in the store (or spooled); continue with "
               f"`farm run --resume {run_id}`", file=sys.stderr)
         return 130
+    progress.close()
     if args.resume:
         print(f"ran {outcome.ran} cell(s); {len(outcome.results) - outcome.ran} already had a result")
     if outcome.spooled:
@@ -209,12 +212,14 @@ def _run(args: argparse.Namespace) -> int:
     assert outcome.matrix_key and outcome.page_key
     print()
     print(format_table(load_matrix(store, outcome.run_id)))
+    print()
+    print(summary_table(outcome.results))
     print(f"\nrun {outcome.run_id} finished in {time.monotonic() - started:.0f}s")
     print(f"matrix: {store.location(outcome.matrix_key)}")
     print(f"page:   {store.location(outcome.page_key)}")
     if not outcome.all_ran:
-        print(f"some cells could not run (infra or env errors): see the matrix; `farm run --resume {outcome.run_id}` "
-              "runs them again", file=sys.stderr)
+        print(f"some cells could not run (infra or env errors after their retries): see the matrix; "
+              f"`farm run --resume {outcome.run_id}` runs them again", file=sys.stderr)
         return EXIT_CELLS_NOT_RUN
     return 0
 

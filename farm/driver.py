@@ -21,7 +21,6 @@ from __future__ import annotations
 import getpass
 import json
 import logging
-import math
 import os
 import secrets
 import socket
@@ -36,11 +35,12 @@ from typing import Any
 from farm import __version__
 from farm.aggregate import aggregate
 from farm.cells import Cell, expand
-from farm.envs import EnvFailure, PreparedEnv
-from farm.envs.launch import EnvLauncher
 from farm.errors import JobSpecError, StoreUnavailable
-from farm.execute import CellSettings, capture_output, engine_environment, execute_cell, farm_home, log_tail
-from farm.results import CellResult, CellStatus, EnvFacts, ErrorInfo, Launch, RunManifest, utcnow
+from farm.execute import CellSettings, engine_environment, farm_home
+from farm.placement import alive_nodes, check_feasible, request_for
+from farm.results import CellResult, Launch, RunManifest, utcnow
+from farm.retry import INFRA, decide
+from farm.scheduler import Event, EventFn, Scheduler, Work
 from farm.spec import JobSpec, parse_job
 from farm.store import (
     ResultWriter,
@@ -55,8 +55,6 @@ from farm.store import (
 
 log = logging.getLogger("farm.driver")
 
-# Where each cell's process writes its log on its node, so a crash still leaves a tail to read.
-CELL_LOG_DIR = "cell-logs"
 # Where the driver keeps results until the store has them (see farm.store.spool).
 SPOOL_DIR = "spool"
 
@@ -69,15 +67,15 @@ class RunOutcome:
     page_key: str | None
     store: Store
     counts: dict[str, int] = field(default_factory=dict)
-    ran: int = 0  # cells run by this call (a resume skips cells that already have a verdict)
+    ran: int = 0  # cells run by this call (a resume skips cells whose verdict is settled)
     spooled: list[Path] = field(default_factory=list)  # documents still waiting for the store
     spool_dir: Path | None = None
     store_error: str | None = None  # why the store could not take them
 
     @property
     def all_ran(self) -> bool:
-        """Every cell reached a verdict (pass or fail); infra and env errors mean some could not run."""
-        return not any(r.status in (CellStatus.INFRA_ERROR, CellStatus.ENV_ERROR) for r in self.results)
+        """Every cell ran, whatever its verdict (pass, flaky, fail, crash, timeout); infra and env errors mean some could not."""
+        return not any(r.status in INFRA for r in self.results)
 
 
 ProgressFn = Callable[[int, int, CellResult], None]
@@ -100,6 +98,7 @@ def run(
     resume: bool = False,
     max_parallel: int | None = None,
     progress: ProgressFn | None = None,
+    events: EventFn | None = None,
     rebuild_envs: bool = False,
 ) -> RunOutcome:
     """Run every cell of ``job`` on Ray and aggregate the results into the store.
@@ -109,14 +108,16 @@ def run(
         store: where results go; default ``$FARM_STORE``, else ``./farm-results``.
         address: a Ray cluster to join; default ``RAY_ADDRESS``, else a local Ray on 127.0.0.1.
         run_id: defaults to ``<job>-<timestamp>-<random>``; required with ``resume``.
-        resume: continue run ``run_id``: flush its spooled results, skip cells that have a verdict,
-            run the rest (cells without a result, or with an infra or env error) as new attempts.
-        max_parallel: cells at once; default what the cluster's resources allow.
-        progress: called after each cell with (done, total, result).
+        resume: continue run ``run_id``: flush its spooled results, skip cells whose verdict is settled,
+            run the rest (no result, an infra or env error, or a failure not yet rechecked) as new attempts.
+        max_parallel: cells at once; default what the live nodes hold (see ``farm.placement``).
+        progress: called when a cell has its final result, with (done, total, result).
+        events: called for every attempt that starts, every retry, every cell done (the live display).
         rebuild_envs: rebuild the job's pip/uv envs on each node once, even if cached (failed ones included).
 
     Raises:
         StoreError: the store cannot be written when the run starts (nothing has run then).
+        ResourceError: some cell asks for more than any node of the cluster has (nothing has run then).
     """
     store = store or open_store()
     try:
@@ -136,59 +137,90 @@ def run(
     assert job is not None
     # Before the manifest: a spool left here for another store stops the run with nothing written.
     writer = ResultWriter(store, Spool(spool_dir(run_id), store.url))
-    if not resume:
-        write_manifest(store, manifest, create=True)  # an existing run is never replaced: it says to --resume
-
-    done: dict[str, CellResult] = {}
+    history: dict[str, list[CellResult]] = {}
     if resume:
         writer.flush()  # results spooled by an earlier session go first, so they count as done
-        done = scan_run(store, run_id).latest | {r.cell_id: r for r in writer.spool.results()}
-    # Cells that could not run (infra, or an env that did not build) run again; verdicts stay.
-    todo = [c for c in manifest.cells
-            if c.id not in done or done[c.id].status in (CellStatus.INFRA_ERROR, CellStatus.ENV_ERROR)]
-    first_attempt = {cell_id: result.attempt + 1 for cell_id, result in done.items()}
+        history = _attempts(store, run_id, writer.spool.results())
+    todo = _owed(manifest.cells, history, job, resume)
     if resume:
         log.info("resuming %s: %d of %d cells to run; the others have a verdict", run_id, len(todo),
                  len(manifest.cells))
 
     ray = connect(address) if todo else None
+    if ray is not None:
+        # Before the manifest: a request no node can hold is the job's error, and nothing has run.
+        check_feasible([request_for(w.cell, job) for w in todo], alive_nodes(ray), job.name)
     if resume:
         manifest.resumes.append(_launch(ray))
         manifest.finished_at = None
         write_manifest(store, manifest)
-    elif ray is not None:
-        manifest.ray_address = ray.get_runtime_context().gcs_address
-        write_manifest(store, manifest)
+    else:
+        if ray is not None:
+            manifest.ray_address = ray.get_runtime_context().gcs_address
+        write_manifest(store, manifest, create=True)  # an existing run is never replaced: it says to --resume
 
-    results: list[CellResult] = []
+    latest = {cell_id: attempts[-1] for cell_id, attempts in history.items() if attempts}
+    done = 0
 
     def record(result: CellResult) -> None:
-        result.attempt = max(result.attempt, first_attempt.get(result.cell_id, 1))
         writer.add_result(result)  # on local disk before anything else happens
-        results.append(result)
-        if progress:
-            progress(len(results), len(todo), result)
+        latest[result.cell_id] = result
+
+    def on_event(event: Event) -> None:
+        nonlocal done
+        if event.kind == "done" and event.result is not None:
+            done += 1
+            if progress:
+                progress(done, len(todo), event.result)
+        if events:
+            events(event)
 
     writer.start()
     try:
         if todo:
-            settings = CellSettings.from_job(job)
-            rebuild_before = time.time() if rebuild_envs else None
-            envs = _schedule(ray, todo, settings, job, run_id, max_parallel or capacity(ray, job), record, rebuild_before)
-            manifest.envs = envs.summary()
-        latest = done | {r.cell_id: r for r in results}
+            scheduler = Scheduler(ray, job, CellSettings.from_job(job), run_id, record, parallel=max_parallel,
+                                  events=on_event, rebuild_before=time.time() if rebuild_envs else None)
+            scheduler.run(todo)
+            manifest.envs = scheduler.envs.summary()
         manifest.finished_at = utcnow()
         manifest.counts = _counts(list(latest.values()))
         writer.add_manifest(manifest)
     finally:
         pending = writer.close()  # also on Ctrl-C: what was recorded reaches the store or stays spooled
-    outcome = RunOutcome(run_id, list(latest.values()), None, None, store, manifest.counts, ran=len(results),
+    outcome = RunOutcome(run_id, list(latest.values()), None, None, store, manifest.counts, ran=len(todo),
                          spooled=pending, spool_dir=writer.spool.dir)
     if pending:
         outcome.store_error = str(writer.error) if writer.error else "the store did not take them"
         return outcome
     outcome.matrix_key, outcome.page_key = aggregate(store, run_id)
     return outcome
+
+
+def _attempts(store: Store, run_id: str, spooled: list[CellResult]) -> dict[str, list[CellResult]]:
+    """Every attempt of every cell of a run, oldest first: the store's and those still in the spool."""
+    attempts = scan_run(store, run_id, all_attempts=True).attempts
+    for result in spooled:
+        known = attempts.setdefault(result.cell_id, [])
+        if all(a.attempt != result.attempt for a in known):
+            known.append(result)
+    for known in attempts.values():
+        known.sort(key=lambda r: r.attempt)
+    return attempts
+
+
+def _owed(cells: list[Cell], history: dict[str, list[CellResult]], job: JobSpec, resume: bool) -> list[Work]:
+    """The cells that owe an attempt: no result yet, or the retry policy wants another (a resume's fresh budget)."""
+    todo = []
+    for cell in cells:
+        attempts = history.get(cell.id, [])
+        if not attempts:
+            todo.append(Work(cell, reason="resumed: no result from the session that died" if resume else None))
+            continue
+        decision = decide(attempts, job.retries, infra_outcomes=0)
+        if decision.retry:
+            avoid = {a.node_id for a in attempts if a.status in INFRA and a.node_id}
+            todo.append(Work(cell, list(attempts), reason=decision.reason, avoid=avoid))
+    return todo
 
 
 def _new_manifest(job: JobSpec, run_id: str) -> RunManifest:
@@ -274,171 +306,6 @@ def _job_runtime_env() -> dict[str, Any]:
         return dict(json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {})
     except (ValueError, AttributeError):
         return {}
-
-
-def capacity(ray: Any, job: JobSpec) -> int:
-    """How many cells fit the cluster at once, so no cell waits for resources while its timeout runs."""
-    total = ray.cluster_resources()
-    fits = [math.floor(total.get("CPU", 0) / job.resources.num_cpus)]
-    if job.resources.num_gpus:
-        fits.append(math.floor(total.get("GPU", 0) / job.resources.num_gpus))
-    return max(1, min(fits))
-
-
-class CellActor:
-    """Lives for exactly one cell, in its own worker process; killed when the cell is done."""
-
-    def run(self, cell_json: str, settings_json: str, run_id: str, attempt: int, log_path: str) -> str:
-        path = Path(log_path)
-        with capture_output(path):
-            result = execute_cell(
-                Cell.model_validate_json(cell_json), CellSettings.model_validate_json(settings_json), run_id, attempt, path
-            )
-        result.log_tail = log_tail(path)
-        return result.model_dump_json()
-
-
-@dataclass
-class _Slot:
-    """One cell in flight: first its env's preparation (``future`` of the task), then its actor's run."""
-
-    cell: Cell
-    future: Any
-    deadline: float
-    log_path: Path
-    actor: Any = None
-    group: Any = None  # the cell's placement group, when its env is prepared on its node
-    prepared: PreparedEnv | None = None
-    started: float = field(default_factory=time.monotonic)
-    prepare_s: float | None = None  # from reserving the node to the env ready (or failed): placement, lock, build
-
-    @property
-    def preparing(self) -> bool:
-        return self.actor is None and self.group is not None
-
-
-def _schedule(
-    ray: Any,
-    cells: list[Cell],
-    settings: CellSettings,
-    job: JobSpec,
-    run_id: str,
-    parallel: int,
-    record: Callable[[CellResult], None],
-    rebuild_before: float | None = None,
-) -> EnvLauncher:
-    """Run every cell; returns the env launcher, which knows how each engine's env was prepared."""
-    remote_actor = ray.remote(CellActor)
-    envs = EnvLauncher(ray, job.resources, rebuild_before=rebuild_before)
-    queue = list(cells)
-    in_flight: dict[Any, _Slot] = {}
-    settings_json = settings.model_dump_json()
-
-    def start_actor(slot: _Slot, **options: Any) -> None:
-        slot.actor = remote_actor.options(
-            num_cpus=job.resources.num_cpus,
-            num_gpus=job.resources.num_gpus,
-            # A dead engine must stay dead: a restart would hide the crash and rerun a broken cell.
-            max_restarts=0,
-            **options,
-        ).remote()
-        slot.future = slot.actor.run.remote(slot.cell.model_dump_json(), settings_json, run_id, 1, str(slot.log_path))
-        slot.deadline = time.monotonic() + job.timeout_s  # the cell's timeout starts when its env is ready
-        in_flight[slot.future] = slot
-
-    def finish(slot: _Slot, result: CellResult) -> None:
-        if slot.actor is not None:
-            ray.kill(slot.actor, no_restart=True)
-        envs.release(slot.group)
-        if slot.prepare_s is not None:
-            result.timings["env_prepare"] = slot.prepare_s
-        record(result)
-
-    while queue or in_flight:
-        while queue and len(in_flight) < parallel:
-            cell = queue.pop(0)
-            log_path = farm_home() / CELL_LOG_DIR / safe_part(run_id) / f"{cell.id}.attempt-1.log"
-            failure = envs.failure(cell.engine)
-            if failure is not None:  # this engine's env already failed in this run: no second build
-                record(_env_error(cell, run_id, failure))
-                continue
-            slot = _Slot(cell, None, 0.0, log_path)
-            if envs.needs_prepare(cell.engine):
-                slot.future, slot.group = envs.submit(cell.engine)
-                slot.deadline = envs.deadline(cell.engine)
-                in_flight[slot.future] = slot
-            else:
-                start_actor(slot)
-        next_deadline = min(slot.deadline for slot in in_flight.values())
-        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=max(0.0, next_deadline - time.monotonic()))
-        for future in ready:
-            slot = in_flight.pop(future)
-            if slot.preparing:
-                slot.prepare_s = round(time.monotonic() - slot.started, 3)
-                outcome = envs.outcome(future, slot.cell.engine)
-                if isinstance(outcome, EnvFailure):
-                    finish(slot, _env_error(slot.cell, run_id, outcome))
-                    continue
-                slot.prepared = outcome
-                start_actor(slot, **envs.actor_options(outcome, slot.group))
-                continue
-            finish(slot, _collect(ray, future, slot.cell, run_id, slot.log_path, env_prepared=slot.prepared is not None))
-        now = time.monotonic()
-        for future in [f for f, slot in in_flight.items() if slot.deadline <= now]:
-            slot = in_flight.pop(future)
-            if slot.preparing:
-                slot.prepare_s = round(now - slot.started, 3)
-                finish(slot, _env_error(slot.cell, run_id, envs.timed_out(future, slot.cell.engine, now - slot.started)))
-                continue
-            finish(slot, _ended_without_result(slot.cell, run_id, CellStatus.TIMEOUT,
-                                               f"no result within {job.timeout_s:.0f}s; actor killed", slot.log_path))
-    return envs
-
-
-def _env_error(cell: Cell, run_id: str, failure: EnvFailure) -> CellResult:
-    """A cell whose engine env could not be prepared: an infra result, never a compatibility verdict."""
-    message = failure.message if repr(failure.engine) in failure.message else f"engine {failure.engine!r}: {failure.message}"
-    return CellResult(
-        run_id=run_id,
-        cell_id=cell.id,
-        cell=cell,
-        status=CellStatus.ENV_ERROR,
-        error=ErrorInfo(type="env_error", message=message[:2000]),
-        env=EnvFacts(hostname=failure.hostname),
-        log_tail=failure.log_tail,
-        finished_at=utcnow(),
-    )
-
-
-def _collect(ray: Any, future: Any, cell: Cell, run_id: str, log_path: Path, *, env_prepared: bool = False) -> CellResult:
-    from ray.exceptions import ActorDiedError, RayActorError, RuntimeEnvSetupError
-
-    try:
-        return CellResult.model_validate_json(ray.get(future))
-    except RuntimeEnvSetupError as exc:
-        # Ray could not start the actor in the engine's env (a py_executable or image that broke after its check).
-        status = CellStatus.ENV_ERROR if env_prepared else CellStatus.INFRA_ERROR
-        return _ended_without_result(cell, run_id, status, f"environment setup failed: {exc}", log_path)
-    except (ActorDiedError, RayActorError) as exc:
-        return _ended_without_result(cell, run_id, CellStatus.CRASH, _first_line(str(exc)), log_path)
-    except Exception as exc:  # anything else Ray raises means the farm could not run the cell
-        return _ended_without_result(cell, run_id, CellStatus.INFRA_ERROR, f"{type(exc).__name__}: {exc}", log_path)
-
-
-def _ended_without_result(cell: Cell, run_id: str, status: CellStatus, message: str, log_path: Path) -> CellResult:
-    return CellResult(
-        run_id=run_id,
-        cell_id=cell.id,
-        cell=cell,
-        status=status,
-        error=ErrorInfo(type=status.value, message=message[:2000]),
-        log_tail=log_tail(log_path),
-        finished_at=utcnow(),
-    )
-
-
-def _first_line(text: str) -> str:
-    return next((line for line in text.splitlines() if line.strip()), text)[:500]
 
 
 def _counts(results: list[CellResult]) -> dict[str, int]:

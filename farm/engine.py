@@ -94,7 +94,22 @@ def engine_kwargs(cell: Cell, engine_args: dict[str, Any], model_path: str) -> d
     if cell.lora_source:
         # One adapter per cell: a LoRA slot more would only cost memory.
         kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=cell.max_lora_rank or 8)
+    workers = int(kwargs.get("tensor_parallel_size", 1)) * int(kwargs.get("pipeline_parallel_size", 1))
+    if workers > 1 and _in_placement_group():
+        # The farm reserved one STRICT_PACK bundle per worker on one node (farm.placement): vLLM's Ray
+        # executor starts its workers in them; its default, multiprocessing, would not use them.
+        kwargs.setdefault("distributed_executor_backend", "ray")
     return kwargs
+
+
+def _in_placement_group() -> bool:
+    import ray
+
+    if not ray.is_initialized():
+        return False
+    from ray.util import get_current_placement_group
+
+    return get_current_placement_group() is not None
 
 
 @contextmanager

@@ -190,10 +190,11 @@ def _torch_cuda() -> str | None:
 
 
 def _device() -> str:
+    # Only a torch the engine imported: importing it here would cost seconds in a cell whose
+    # engine never did (the fault-injection test seam), and such an engine used no GPU.
+    torch = sys.modules.get("torch")
     try:
-        import torch
-
-        if torch.cuda.is_available():
+        if torch is not None and torch.cuda.is_available():
             return torch.cuda.get_device_name(0)
     except Exception:
         pass

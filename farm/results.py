@@ -40,6 +40,10 @@ class CellStatus(str, Enum):
     def is_terminal(self) -> bool:
         return self not in (CellStatus.PENDING, CellStatus.RUNNING)
 
+    def is_verdict(self) -> bool:
+        """The cell ran and the outcome says something about the combination (see ``farm.retry``)."""
+        return self in (CellStatus.PASS, CellStatus.FAIL, CellStatus.CRASH, CellStatus.TIMEOUT, CellStatus.FLAKY)
+
     @property
     def symbol(self) -> str:
         return _SYMBOLS[self]
@@ -98,6 +102,9 @@ class ErrorInfo(Document):
     # "exception": raised in the cell's process; "log": a subprocess's traceback; "probe": wrong output, no exception
     origin: str = "exception"
     wrapper: str | None = None  # what the caller saw when the root cause came from the log
+    # How the cell's process ended, when it died (crash) or was killed (timeout, memory limit).
+    signal: str | None = None  # e.g. "SIGSEGV"
+    exit_code: int | None = None
 
 
 class ProbeResult(Document):
@@ -136,6 +143,17 @@ class EnvFacts(Document):
     cpu_features: list[str] = Field(default_factory=list)
 
 
+class AttemptSummary(Document):
+    """An earlier attempt of the same cell, as later attempts carry it (its own document has the rest)."""
+
+    attempt: int
+    status: CellStatus
+    error: str | None = None  # "type: first line of the message"
+    node_id: str | None = None
+    hostname: str | None = None
+    finished_at: datetime | None = None
+
+
 class CellResult(Document):
     schema_version: int = SCHEMA_VERSION
     run_id: str
@@ -143,6 +161,10 @@ class CellResult(Document):
     cell: Cell
     attempt: int = 1
     status: CellStatus
+    # Why this attempt ran (None for a first attempt), e.g. "recheck: attempt 1 was crash (SIGSEGV)".
+    retry_reason: str | None = None
+    previous_attempts: list[AttemptSummary] = Field(default_factory=list)
+    node_id: str | None = None  # the Ray node the attempt ran on, when it got that far
     probes: list[ProbeResult] = Field(default_factory=list)
     error: ErrorInfo | None = None
     env: EnvFacts = Field(default_factory=EnvFacts)
@@ -154,6 +176,14 @@ class CellResult(Document):
 
     def probe(self, name: str) -> ProbeResult | None:
         return next((p for p in self.probes if p.name == name), None)
+
+    def summary(self) -> AttemptSummary:
+        error = None
+        if self.error is not None:
+            first = next((line for line in self.error.message.splitlines() if line.strip()), "")
+            error = f"{self.error.type}: {first}"[:300]
+        return AttemptSummary(attempt=self.attempt, status=self.status, error=error, node_id=self.node_id,
+                              hostname=self.env.hostname, finished_at=self.finished_at)
 
 
 def utcnow() -> datetime:

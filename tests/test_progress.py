@@ -1,0 +1,80 @@
+"""The progress display: a line per finished cell and per retry, a live line on a terminal, the summary table."""
+
+from __future__ import annotations
+
+import io
+
+from farm.cells import Cell
+from farm.progress import Progress, summary_table
+from farm.results import AttemptSummary, CellResult, CellStatus, ErrorInfo
+from farm.scheduler import Event
+
+
+def cell(name: str) -> Cell:
+    return Cell(model="m", quantization=name, model_source="fault-injection")
+
+
+def result(name: str, status: CellStatus, attempt: int = 1, error: str | None = None, **fields) -> CellResult:
+    c = cell(name)
+    info = ErrorInfo(type=error, message=f"{error} happened") if error else None
+    return CellResult(run_id="r", cell_id=c.id, cell=c, status=status, attempt=attempt, error=info,
+                      timings={"total": 2.0}, **fields)
+
+
+def feed(progress: Progress) -> None:
+    progress(Event("plan", total=3, parallel=2))
+    progress(Event("started", cell("a"), 1))
+    progress(Event("started", cell("b"), 1))
+    progress(Event("done", cell("a"), 1, result=result("a", CellStatus.PASS)))
+    progress(Event("retry", cell("b"), 1, result=result("b", CellStatus.CRASH, error="SIGSEGV"),
+                   reason="recheck: attempt 1 was crash (SIGSEGV); run again to tell flaky from broken"))
+    progress(Event("started", cell("b"), 2))
+    progress(Event("done", cell("b"), 2, result=result("b", CellStatus.FLAKY, attempt=2)))
+
+
+def test_a_line_per_cell_and_per_retry_when_not_a_terminal():
+    out = io.StringIO()
+    feed(Progress(stream=out, live=False))
+    assert out.getvalue().splitlines() == [
+        "[1/3] ✓ pass        m/a/none/current 2.0s",
+        "      ↻ crash       m/b/none/current attempt 1 → 2: recheck: attempt 1 was crash (SIGSEGV); "
+        "run again to tell flaky from broken",
+        "[2/3] ≈ flaky       m/b/none/current 2.0s (attempt 2)",
+    ]
+
+
+def test_live_line_with_counts_running_and_eta_on_a_terminal():
+    out = io.StringIO()
+    progress = Progress(stream=out, live=True)
+    feed(progress)
+    assert "\r\x1b[K[2/3] ✓ 1 pass  ≈ 1 flaky  ETA" in out.getvalue()
+    assert progress.status_line().startswith("[2/3] ✓ 1 pass  ≈ 1 flaky  ETA ")
+    progress(Event("started", cell("c"), 1))
+    assert "· 1 running" in progress.status_line()
+    progress.close()
+    assert out.getvalue().endswith("\n")
+
+
+def test_eta_waits_for_a_first_cell():
+    progress = Progress(stream=io.StringIO(), live=False)
+    progress(Event("plan", total=4, parallel=2))
+    assert progress.eta() == "—"
+
+
+def test_summary_table_counts_statuses_and_explains_every_cell_that_did_not_simply_pass():
+    flaky = result("b", CellStatus.FLAKY, attempt=2,
+                   previous_attempts=[AttemptSummary(attempt=1, status=CellStatus.FAIL, error="InjectedFault: boom")])
+    crash = result("c", CellStatus.CRASH, attempt=2, error="SIGSEGV",
+                   previous_attempts=[AttemptSummary(attempt=1, status=CellStatus.CRASH, error="SIGSEGV: x")])
+    table = summary_table([result("a", CellStatus.PASS), flaky, crash])
+    lines = table.splitlines()
+    assert lines[:5] == [
+        "status   cells  retried",
+        "✓ pass       1        0",
+        "☠ crash      1        1",
+        "≈ flaky      1        1",
+        "total        3        2",
+    ]
+    assert "m/b/none/current  flaky   fail → flaky   InjectedFault: boom" in table
+    assert "m/c/none/current  crash   crash → crash  SIGSEGV: SIGSEGV happened" in table
+    assert "m/a/none/current" not in table

@@ -1,0 +1,32 @@
+"""The README documents every status, exit code, fault and isolation knob a user meets."""
+
+from __future__ import annotations
+
+import re
+
+from farm import cli
+from farm.fault_injection import FAULTS
+from farm.results import CellStatus
+from farm.spec import Resources, Retries
+
+from .conftest import REPO
+
+README = (REPO / "README.md").read_text()
+
+
+def test_every_final_status_is_in_the_results_table():
+    for status in CellStatus:
+        if status.is_terminal():
+            assert re.search(rf"^\| `{status.value}` \|", README, re.M), status.value
+
+
+def test_every_exit_code_is_in_the_table():
+    for code in (0, cli.EXIT_FARM_ERROR, cli.EXIT_CELLS_NOT_RUN, cli.EXIT_SPOOLED, 130):
+        assert re.search(rf"^\| {code} \|", README, re.M), code
+
+
+def test_resources_retries_and_faults_are_documented():
+    for field in [*Resources.model_fields, *Retries.model_fields, "start_timeout_s", "timeout_s"]:
+        assert f"`{field}`" in README, field
+    for fault in FAULTS:
+        assert fault in README.split("fault-injection engine")[-1], fault

@@ -1,0 +1,74 @@
+"""The retry policy: infra outcomes retry elsewhere up to a limit, a failing verdict is rechecked once, fail-then-pass is flaky."""
+
+from __future__ import annotations
+
+import pytest
+
+from farm.cells import Cell
+from farm.results import CellResult, CellStatus, ErrorInfo
+from farm.retry import decide, settle
+from farm.spec import Retries
+
+CELL = Cell(model="m", quantization="q", model_source="fault-injection")
+S = CellStatus
+
+
+def attempt(n: int, status: CellStatus, **error: object) -> CellResult:
+    info = ErrorInfo(type=str(error.pop("type", status.value)), message="boom", **error) if status is not S.PASS else None
+    return CellResult(run_id="r", cell_id=CELL.id, cell=CELL, attempt=n, status=status, error=info, node_id=f"node{n}")
+
+
+def history(*statuses: CellStatus) -> list[CellResult]:
+    return [attempt(i + 1, s) for i, s in enumerate(statuses)]
+
+
+@pytest.mark.parametrize("statuses, infra, retry", [
+    ((S.PASS,), 0, False),
+    ((S.FAIL,), 0, True),  # recheck
+    ((S.CRASH,), 0, True),
+    ((S.TIMEOUT,), 0, True),
+    ((S.FAIL, S.FAIL), 0, False),  # confirmed
+    ((S.CRASH, S.TIMEOUT), 0, False),
+    ((S.FAIL, S.FLAKY), 0, False),
+    ((S.INFRA_ERROR,), 1, True),
+    ((S.INFRA_ERROR, S.INFRA_ERROR), 2, True),
+    ((S.INFRA_ERROR, S.INFRA_ERROR, S.INFRA_ERROR), 3, False),  # the limit: 3 infra outcomes
+    ((S.INFRA_ERROR, S.INFRA_ERROR, S.INFRA_ERROR), 0, True),  # a resume's fresh budget
+    ((S.INFRA_ERROR, S.FAIL), 1, True),  # infra outcomes are no verdicts: the fail is still rechecked
+    ((S.FAIL, S.INFRA_ERROR), 1, True),  # the recheck was lost to infra: run it elsewhere
+    ((S.FAIL, S.INFRA_ERROR, S.FAIL), 1, False),
+])
+def test_decide(statuses, infra, retry):
+    assert decide(history(*statuses), Retries(), infra).retry is retry
+
+
+def test_reasons_say_what_happened_and_why():
+    crash = attempt(1, S.CRASH, type="SIGSEGV", signal="SIGSEGV")
+    decision = decide([crash], Retries(), 0)
+    assert decision.reason == "recheck: attempt 1 was crash (SIGSEGV); run again to tell flaky from broken"
+    assert not decision.infra
+    lost = attempt(2, S.INFRA_ERROR, type="infra_error")
+    lost.error.message = "the cell's node died: The actor died because its node has died."
+    decision = decide([lost], Retries(), 1)
+    assert decision.infra and decision.reason.startswith("infra: attempt 2 was infra_error (the cell's node died")
+    exited = attempt(1, S.CRASH, type="exit 3", exit_code=3)
+    assert "crash (exit code 3)" in decide([exited], Retries(), 0).reason
+
+
+def test_policy_is_configurable():
+    assert not decide(history(S.FAIL), Retries(recheck=0), 0).retry
+    assert decide(history(S.FAIL, S.FAIL), Retries(recheck=2), 0).retry
+    assert not decide(history(S.INFRA_ERROR), Retries(infra_attempts=1), 1).retry
+
+
+def test_pass_after_failure_is_flaky_and_keeps_the_first_outcome():
+    first = attempt(1, S.FAIL, type="InjectedFault")
+    second = settle(attempt(2, S.PASS), [first])
+    assert second.status is S.FLAKY
+    assert [(a.attempt, a.status, a.error, a.node_id) for a in second.previous_attempts] == [
+        (1, S.FAIL, "InjectedFault: boom", "node1")]
+
+
+def test_pass_after_infra_is_a_pass():
+    assert settle(attempt(2, S.PASS), history(S.INFRA_ERROR)).status is S.PASS
+    assert settle(attempt(2, S.FAIL), history(S.CRASH)).status is S.FAIL  # two failures: no flake, the latest says
