@@ -8,8 +8,10 @@
     │   ├── KeyExists        a create-once write found its key taken (a result is written once)
     │   └── KeyNotFound      a key that is not in the store
     ├── ZooError         a tiny-model zoo item is unknown or cannot be built
-    └── EngineEnvError   an engine environment cannot be prepared
-        └── EnvBuildError    ... on a node (build, version check): its cells get ``env_error`` with the log tail
+    ├── EngineEnvError   an engine environment cannot be prepared
+    │   └── EnvBuildError    ... on a node (build, version check): its cells get ``env_error`` with the log tail
+    ├── SubmitError      a job cannot be submitted to a Ray cluster (arguments, unreachable job server)
+    └── BisectError      a bisection cannot start or go on (bad --good/--bad, same outcome on both ends)
 
 Every message says what is wrong *and* what to do about it. The CLI prints a
 FarmError as one line and exits 1; the traceback only with ``--debug``.
@@ -68,6 +70,14 @@ class EnvBuildError(EngineEnvError):
         self.message = message
         self.log_tail = log_tail
         self.cached = cached
+
+
+class SubmitError(FarmError):
+    """A job cannot be submitted to a Ray cluster."""
+
+
+class BisectError(FarmError):
+    """A bisection cannot start or go on."""
 
 
 def did_you_mean(name: str, available: Iterable[str]) -> str:
