@@ -39,7 +39,8 @@ def add_parsers(sub: Any, store_arguments: Any) -> None:
     submit.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
                         help="an env var for the run (its value here when none is given), e.g. AWS_ACCESS_KEY_ID")
     submit.add_argument("--run-id", help="name the run (default <job>-<timestamp>-<random>); also the Ray job id")
-    submit.add_argument("--webhook", metavar="URL", help="post the run's diff to this chat webhook (Slack-compatible)")
+    submit.add_argument("--webhook", metavar="URL", help="the run posts its diff to this chat webhook, Slack-compatible "
+                        "(default $FARM_WEBHOOK_URL); it travels in the job's env, not its command line")
     submit.add_argument("--max-parallel", type=int, help="passed to farm run")
     submit.add_argument("--rebuild-envs", action="store_true", help="passed to farm run")
     submit.add_argument("--python", default="python",
@@ -109,7 +110,7 @@ def _submit(args: argparse.Namespace) -> int:
     submission, client = submit(
         args.job, address=args.address, store_url=args.store, s3_endpoint=args.s3_endpoint,
         working_dir=args.working_dir, runtime_env_json=args.runtime_env_json, env=args.env, run_id=args.run_id,
-        webhook=args.webhook, python=args.python, run_args=run_args,
+        webhook=webhook_url(args.webhook), python=args.python, run_args=run_args,
     )
     print(submission.instructions(), flush=True)
     if not args.wait:
