@@ -333,12 +333,17 @@ def bisect(
     like: str | None = None,
     address: str | None = None,
     say: Callable[[str], None] = print,
-    runner: Callable[..., Any] | None = None,
 ) -> Verdict:
     """Bisect one combination of ``job`` between two engines (or two commits of a list); write the verdict.
 
-    ``runner`` is ``farm.driver.run`` unless a test passes another with its signature.
+    Each step that has no result in the store yet runs through ``farm.driver.run``.
+
+    Raises:
+        BisectError: bad --cell/--good/--bad/--commits, or an end without a verdict (one line, before or
+            right after the ends run).
     """
+    from farm.driver import run
+
     base = find_cell(job, cell)
     if commits is not None:
         listed = read_commits(commits)
@@ -375,10 +380,6 @@ def bisect(
     tell(f"bisect {bisect_id}: {combination} of job {job.name} over {len(names)} "
          f"{'commits' if commits else 'engines'}, good {names[0]}, bad {names[-1]}; "
          f"{len(known)} of them already have a result in {store.url}")
-    run = runner
-    if run is None:
-        from farm.driver import run
-
     runs = 0
 
     def observe(i: int) -> Observation:
