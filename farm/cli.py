@@ -1,4 +1,4 @@
-"""The `farm` command: validate | run | status | matrix | dashboard | env | zoo.
+"""The `farm` command: validate | run | status | matrix | dashboard | env | zoo, and submit | diff | bisect (``farm.cli_ops``).
 
 A FarmError becomes one line on stderr and exit code 1 (the traceback with --debug).
 `farm run` exits
@@ -40,6 +40,9 @@ EPILOG = """examples:
   farm env build jobs/versions.yaml              # build the job's vLLM envs on this node ahead of a run
   farm env list                                  # the envs cached on this node
   farm env clean --failed                        # forget failed builds, so the next run retries them
+  farm submit jobs/nightly.yaml --address http://head:8265 --store s3://bucket/farm
+  farm diff                                      # the latest run against the previous run of its job
+  farm bisect --job jobs/versions.yaml --cell qwen2-dense/none/none --good v0.31.0 --bad v0.32.0
   farm zoo build --out ~/.cache/farm/zoo
 """
 
@@ -90,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-parallel", type=int, help="cells at once (default: what the cluster's resources allow)")
     run.add_argument("--rebuild-envs", action="store_true",
                      help="rebuild the job's pip/uv envs on each node once, even if cached (failed builds included)")
+    run.add_argument("--webhook", metavar="URL",
+                     help="post the run's diff to this chat webhook, Slack-compatible (default $FARM_WEBHOOK_URL)")
     run.set_defaults(handler=_run)
 
     status = sub.add_parser("status", help="progress of a run, read from the store alone")
@@ -134,6 +139,10 @@ def _parser() -> argparse.ArgumentParser:
     build.set_defaults(handler=_zoo_build)
     listing = zoo_sub.add_parser("list", help="list zoo items")
     listing.set_defaults(handler=_zoo_list)
+
+    from farm import cli_ops
+
+    cli_ops.add_parsers(sub, _store_arguments)
     return parser
 
 
@@ -178,6 +187,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from farm import cli_ops
     from farm.aggregate import format_table, load_matrix
     from farm.driver import make_run_id, run, spool_report
     from farm.errors import JobSpecError
@@ -190,6 +200,7 @@ def _run(args: argparse.Namespace) -> int:
     from farm.progress import Progress, summary_table
 
     job = load_job(args.job) if args.job else None
+    webhook = cli_ops.webhook_url(args.webhook)  # a bad URL fails now, not after the run
     store = _open_store(args)
     run_id = args.resume or args.run_id or make_run_id(job.name)  # type: ignore[union-attr]
     started = time.monotonic()
@@ -217,6 +228,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"\nrun {outcome.run_id} finished in {time.monotonic() - started:.0f}s")
     print(f"matrix: {store.location(outcome.matrix_key)}")
     print(f"page:   {store.location(outcome.page_key)}")
+    cli_ops.after_run(store, outcome.run_id, outcome.page_key, webhook)
     if not outcome.all_ran:
         print(f"some cells could not run (infra or env errors after their retries): see the matrix; "
               f"`farm run --resume {outcome.run_id}` runs them again", file=sys.stderr)

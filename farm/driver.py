@@ -100,6 +100,7 @@ def run(
     progress: ProgressFn | None = None,
     events: EventFn | None = None,
     rebuild_envs: bool = False,
+    write_matrix: bool = True,
 ) -> RunOutcome:
     """Run every cell of ``job`` on Ray and aggregate the results into the store.
 
@@ -114,6 +115,7 @@ def run(
         progress: called when a cell has its final result, with (done, total, result).
         events: called for every attempt that starts, every retry, every cell done (the live display).
         rebuild_envs: rebuild the job's pip/uv envs on each node once, even if cached (failed ones included).
+        write_matrix: False leaves the matrix, exports and page alone (a bisection's one-cell steps: results only).
 
     Raises:
         StoreError: the store cannot be written when the run starts (nothing has run then).
@@ -192,7 +194,8 @@ def run(
     if pending:
         outcome.store_error = str(writer.error) if writer.error else "the store did not take them"
         return outcome
-    outcome.matrix_key, outcome.page_key = aggregate(store, run_id)
+    if write_matrix:
+        outcome.matrix_key, outcome.page_key = aggregate(store, run_id)
     return outcome
 
 

@@ -10,7 +10,9 @@
     ├── ZooError         a tiny-model zoo item is unknown or cannot be built
     ├── EngineEnvError   an engine environment cannot be prepared
     │   └── EnvBuildError    ... on a node (build, version check): its cells get ``env_error`` with the log tail
-    └── ResourceError    the cluster has no node that can hold a cell's request (checked before anything runs)
+    ├── ResourceError    the cluster has no node that can hold a cell's request (checked before anything runs)
+    ├── SubmitError      a job cannot be submitted to a Ray cluster (arguments, unreachable job server)
+    └── BisectError      a bisection cannot start or go on (bad --good/--bad, same outcome on both ends)
 
 Every message says what is wrong *and* what to do about it. The CLI prints a
 FarmError as one line and exits 1; the traceback only with ``--debug``.
@@ -73,6 +75,14 @@ class EnvBuildError(EngineEnvError):
 
 class ResourceError(FarmError):
     """No node of the cluster can hold what a cell asks for."""
+
+
+class SubmitError(FarmError):
+    """A job cannot be submitted to a Ray cluster."""
+
+
+class BisectError(FarmError):
+    """A bisection cannot start or go on."""
 
 
 def did_you_mean(name: str, available: Iterable[str]) -> str:

@@ -7,55 +7,17 @@ would refuse to merge with the driver's if the farm set it again.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 
 from farm.store import open_store, read_manifest
 
-from .s3_servers import ACCESS_KEY, BUCKET, SECRET_KEY, free_port
+from .s3_servers import ACCESS_KEY, BUCKET, SECRET_KEY
 from .test_store_runs import fault_job
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def ray_head(tmp_path, monkeypatch):
-    """A Ray head node with a dashboard (the job server), every port on 127.0.0.1 chosen free."""
-    # Token auth would need a token file in ~/.ray; a loopback-only test cluster has no use for it.
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    dashboard = free_port()
-    temp = tempfile.mkdtemp(prefix="farm-ray-")  # Ray's unix sockets live here: pytest's paths are too long
-    ports = {"port": free_port(), "dashboard-port": dashboard, "ray-client-server-port": free_port(),
-             "dashboard-agent-listen-port": free_port(), "dashboard-agent-grpc-port": free_port(),
-             "runtime-env-agent-port": free_port(), "metrics-export-port": free_port(),
-             "node-manager-port": free_port(), "object-manager-port": free_port()}
-    command = [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
-               "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-               "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp}",
-               *(f"--{name}={port}" for name, port in ports.items())]
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "FARM_HOME": str(tmp_path / "home")}
-    with open(tmp_path / "head.log", "wb") as log:
-        head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield f"http://127.0.0.1:{dashboard}", head, tmp_path / "head.log"
-    finally:
-        head.terminate()  # `ray start --block` stops the processes of its node on SIGTERM
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):  # stragglers of the node: all in the head's own group
-            os.killpg(head.pid, signal.SIGKILL)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _client(ray_head, timeout: float = 120):  # type: ignore[no-untyped-def]
