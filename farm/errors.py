@@ -8,8 +8,9 @@
     │   ├── KeyExists        a create-once write found its key taken (a result is written once)
     │   └── KeyNotFound      a key that is not in the store
     ├── ZooError         a tiny-model zoo item is unknown or cannot be built
-    └── EngineEnvError   an engine environment cannot be prepared
-        └── EnvBuildError    ... on a node (build, version check): its cells get ``env_error`` with the log tail
+    ├── EngineEnvError   an engine environment cannot be prepared
+    │   └── EnvBuildError    ... on a node (build, version check): its cells get ``env_error`` with the log tail
+    └── BundleError      an offline engine bundle cannot be made, verified or unpacked
 
 Every message says what is wrong *and* what to do about it. The CLI prints a
 FarmError as one line and exits 1; the traceback only with ``--debug``.
@@ -68,6 +69,10 @@ class EnvBuildError(EngineEnvError):
         self.message = message
         self.log_tail = log_tail
         self.cached = cached
+
+
+class BundleError(FarmError):
+    """An offline engine bundle cannot be made, verified or unpacked (``farm bundle``)."""
 
 
 def did_you_mean(name: str, available: Iterable[str]) -> str:
