@@ -12,7 +12,8 @@
     │   └── EnvBuildError    ... on a node (build, version check): its cells get ``env_error`` with the log tail
     ├── ResourceError    the cluster has no node that can hold a cell's request (checked before anything runs)
     ├── SubmitError      a job cannot be submitted to a Ray cluster (arguments, unreachable job server)
-    └── BisectError      a bisection cannot start or go on (bad --good/--bad, same outcome on both ends)
+    ├── BisectError      a bisection cannot start or go on (bad --good/--bad, same outcome on both ends)
+    └── BundleError      an offline engine bundle cannot be made, verified or unpacked
 
 Every message says what is wrong *and* what to do about it. The CLI prints a
 FarmError as one line and exits 1; the traceback only with ``--debug``.
@@ -83,6 +84,10 @@ class SubmitError(FarmError):
 
 class BisectError(FarmError):
     """A bisection cannot start or go on."""
+
+
+class BundleError(FarmError):
+    """An offline engine bundle cannot be made, verified or unpacked (``farm bundle``)."""
 
 
 def did_you_mean(name: str, available: Iterable[str]) -> str:

@@ -65,7 +65,7 @@ def test_every_kind_validates_its_own_fields():
 
 def test_engine_errors_name_the_field_and_what_is_valid():
     assert error_of({"name": "x", "kind": "pipp"}).startswith(
-        "job.yaml: engines[0].kind: unknown engine kind 'pipp'. Did you mean 'pip'? Available: current,")
+        "job.yaml: engines[0].kind: unknown engine kind 'pipp'. Did you mean 'pip'? Available: bundle, current,")
     assert error_of({"name": "x", "kind": "pip", "requirement": ["vllm"]}).startswith(
         "job.yaml: engines[0]: unknown field 'requirement'. Did you mean 'requirements'?")
     assert "needs 'requirements'" in error_of({"name": "x", "kind": "pip"})

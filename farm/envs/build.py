@@ -68,9 +68,10 @@ def code_root() -> Path:
     return farm_home() / "code"
 
 
-def actor_env_vars(code_dir: Path) -> dict[str, str]:
-    # Replaces the cluster's PYTHONPATH for this actor: the env's own site-packages and the farm, nothing else.
-    return {"PYTHONPATH": str(code_dir)}
+def actor_env_vars(code_dir: Path, *site: Path) -> dict[str, str]:
+    # Replaces the cluster's PYTHONPATH for this actor: the env's own site-packages and the farm, nothing else
+    # (a bundle adds its site folder, after the farm's code so that the snapshot always wins).
+    return {"PYTHONPATH": os.pathsep.join(str(p) for p in (code_dir, *site))}
 
 
 def clean_build_environ() -> dict[str, str]:

@@ -16,10 +16,12 @@ PROBE_TIMEOUT_S = 120  # reading metadata takes a second; a wedged NFS mount sho
 FACTS_SOURCE = Path(facts.__file__).read_text()
 
 
-def probe(command: Sequence[str], *, required: Sequence[str] = (), timeout: float = PROBE_TIMEOUT_S) -> EnvVersions:
+def probe(command: Sequence[str], *, required: Sequence[str] = (), timeout: float = PROBE_TIMEOUT_S,
+          pythonpath: Sequence[str] = ()) -> EnvVersions:
     """Run ``farm.envs.facts`` with ``command`` (an interpreter, or e.g. ``podman run … python``).
 
-    ``required`` names distributions whose absence the result lists in ``missing``.
+    ``required`` names distributions whose absence the result lists in ``missing``; ``pythonpath``
+    is what the cell's actor will have on PYTHONPATH (a bundle's site folder), nothing else.
 
     Raises:
         EnvBuildError: the interpreter does not run or prints no facts; the message has its output.
@@ -30,6 +32,8 @@ def probe(command: Sequence[str], *, required: Sequence[str] = (), timeout: floa
         # -I-like isolation without -I (which would drop the env's own site-packages): no user site, no PYTHONPATH.
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
         env["PYTHONNOUSERSITE"] = "1"
+        if pythonpath:
+            env["PYTHONPATH"] = os.pathsep.join(pythonpath)
         out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
     except FileNotFoundError:
         raise EnvBuildError(f"{shown}: no such interpreter on this node") from None

@@ -1,0 +1,235 @@
+"""``farm bundle VERSION``: resolve, download, install into one site folder, check, strip, pack.
+
+    DIR/bundle.json, DIR/<name>.tar.gz[.partNNN], DIR/unpack.py   (see farm.bundles.pack)
+    DIR/build.log                                                  every pip command and its output
+
+The site folder goes on ``PYTHONPATH`` in front of the target's own environment (its Python
+with torch): the bundle holds only what that environment lacks.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import platform
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from packaging.utils import canonicalize_name
+
+from farm.bundles import imports, pack
+from farm.bundles.resolve import LEFT_OUT, Plan, Target, packages_of, pip_report, plan, read_freeze, resolver_python
+from farm.errors import BundleError
+
+# What a Hopper run of the farm does not load, removed from the site folder after install.
+# Each pattern is matched against paths relative to the site folder (fnmatch, `*` crosses `/`).
+STRIP: tuple[tuple[str, str], ...] = (
+    ("vllm/vllm_flash_attn/_vllm_fa2_C*.so",
+     "FlashAttention-2 kernels (~290 MiB): Hopper runs FA3 (_vllm_fa3_C); the FA2 import is in a try/except "
+     "(vllm/vllm_flash_attn/flash_attn_interface.py) and FA2 is chosen only below compute capability 9.0"),
+    ("vllm/vllm-rs", "the Rust frontend binary of `vllm serve` (VLLM_RUST_FRONTEND_PATH, vllm/envs.py); "
+     "the offline LLM engine never starts it"),
+    ("*/include/*", "C/C++ headers (CUTLASS, DeepGEMM, the sm100 FMHA) for JIT builds the farm's cells do not run: "
+     "DeepGEMM serves FP8 block quantization only, fmha_sm100 is Blackwell only"),
+    ("*/__pycache__/*", "bytecode caches: the node's Python writes its own"),
+    ("*/tests/*", "packages' own test suites"),
+    ("bin/*", "console scripts: their #! line names the interpreter that made the bundle, not the node's; "
+     "use `python -m ray.scripts.scripts` and the like"),
+)
+
+
+def other_python_extensions(target: Target) -> tuple[str, str]:
+    own = "cpython-" + target.python.replace(".", "")
+    return (f"*.cpython-3*-*.so!{own}",
+            f"extension modules built for other Python versions than {target.python} "
+            "(vllm/third_party/deep_gemm ships one per version)")
+
+
+def make_bundle(
+    version: str,
+    *,
+    python: str,
+    platform_tag: str,
+    out: Path,
+    against: Path | None = None,
+    split: int | None = None,
+    extras: Sequence[str] = (),
+    ray_version: str | None = None,
+    pip_args: Sequence[str] = (),
+    keep_work: bool = False,
+    say: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """Make the bundle of ``vllm==version`` in ``out``; returns its manifest (also ``out/bundle.json``)."""
+    from farm.envs.build import FARM_CELL_REQUIREMENTS
+
+    started = time.monotonic()
+    target = Target(python, platform_tag)
+    ray_version = ray_version or _installed_ray()
+    roots = [f"vllm=={version}", f"ray=={ray_version}", *FARM_CELL_REQUIREMENTS, *extras]
+    freeze = read_freeze(against) if against else {}
+    if out.exists() and any(p.name != "build.log" for p in out.iterdir()):
+        raise BundleError(f"--out {out} is not empty: give a new directory (bundles are never overwritten)")
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "build.log"
+    work = out / ".work"
+    shutil.rmtree(work, ignore_errors=True)
+    resolver, exact = resolver_python(target)
+    if not exact:
+        say(f"farm bundle: no Python {target.python} with pip found; resolving with {resolver}, whose environment "
+            "markers may differ (install python" + target.python + " for an exact resolution)")
+    say(f"resolving {' '.join(roots)} for Python {target.python} on {target.platform} (pip of {resolver}) …")
+    packages = packages_of(pip_report(resolver, roots, target, pip_args=pip_args, log=log))
+    chosen = plan(packages, roots, target, freeze)
+    notes: list[str] = []
+    pins = {name: freeze[name].split("+")[0] for name in chosen.target_has if freeze[name]}
+    if pins:
+        say(f"resolving again with the {len(pins)} packages the target has pinned to its versions …")
+        try:
+            packages = packages_of(pip_report(resolver, roots, target, pip_args=pip_args, constraints=pins, log=log))
+            chosen = plan(packages, roots, target, freeze)
+        except BundleError as exc:
+            notes.append(f"the resolution pinned to the target's versions failed, so the first one is used: {exc}")
+    if "vllm" not in chosen.ship:
+        raise BundleError("the target already has vLLM (its freeze lists vllm): nothing to bundle")
+
+    wheels, site = work / "wheels", work / "site"
+    say(f"downloading {len(chosen.ship)} wheels …")
+    _pip(resolver, ["download", "--no-deps", "--dest", str(wheels), *target.pip_options(), *pip_args,
+                    *(f"{p.name}=={p.version}" for p in chosen.ship.values())], log)
+    files = sorted(wheels.glob("*.whl"))
+    say(f"installing {len(files)} wheels into one site folder …")
+    _pip(resolver, ["install", "--no-deps", "--no-compile", "--no-index", "--target", str(site),
+                    *target.pip_options(), *map(str, files)], log)
+    review = check_left_out(site, chosen)
+    stripped = strip(site, target)
+    name = f"vllm-{version}-cp{target.python.replace('.', '')}-{target.platform}"
+    manifest: dict[str, Any] = {
+        "vllm": version,
+        "python": target.python,
+        "platform": target.platform,
+        "glibc": _glibc_needed(files) or target.glibc,
+        "ray": ray_version,
+        "requirements": roots,
+        "against": str(against) if against else None,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created_on": platform.node(),
+        "env": chosen.env,  # set in every cell's actor (see LEFT_OUT: what vLLM must not reach for)
+        "packages": [{"name": p.name, "version": p.version, "wheel": f.name, "size": f.stat().st_size,
+                      "sha256": pack.sha256_of(f)} for p, f in _pair(chosen, files)],
+        "target_has": [{"name": n, **v} for n, v in sorted(chosen.target_has.items())],
+        "left_out": [{"name": p.name, "version": p.version, "reason": LEFT_OUT[p.name].reason,
+                      "lazy_imports": review.get(p.name, [])} for p in sorted(chosen.left_out.values(), key=lambda p: p.name)],
+        "stripped": stripped,
+        "site_bytes": _size(site),
+        "pth_files": sorted(p.name for p in site.glob("*.pth")),  # not run from PYTHONPATH: listed for review
+        "notes": notes,
+    }
+    say(f"packing {manifest['site_bytes'] / 2**20:.0f} MiB of site folder …")
+    document = pack.pack(site, out, name, split=split, manifest=manifest)
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    document["build_s"] = round(time.monotonic() - started, 1)
+    return document
+
+
+def check_left_out(site: Path, chosen: Plan) -> dict[str, list[str]]:
+    """Raise if vLLM imports a left-out package unguarded at import time; return the lazy imports, for review."""
+    if not (site / "vllm").is_dir():
+        return {}
+    definite = imports.reach(site)
+    review: dict[str, list[str]] = {}
+    for name in chosen.left_out:
+        tops = LEFT_OUT[name].imports
+        blocking = definite.unguarded(tops)
+        if blocking:
+            first = blocking[0]
+            raise BundleError(f"{name} cannot be left out of this vLLM: {first.where()} imports {first.module} when "
+                              f"vLLM starts (via {' ← '.join(definite.chain(first.importer)[:4]) or 'an entry module'}); remove it from "
+                              "LEFT_OUT in farm/bundles/resolve.py")
+        review[name] = sorted({s.where() for s in definite.lazily(tops)})
+    return review
+
+
+def strip(site: Path, target: Target) -> list[dict[str, Any]]:
+    """Remove what a Hopper run does not load (``STRIP``); returns per rule the files and bytes removed."""
+    rules = [*STRIP, other_python_extensions(target)]
+    done = []
+    paths = sorted(p for p in site.rglob("*") if p.is_file() or p.is_symlink())
+    for pattern, reason in rules:
+        glob, _, keep = pattern.partition("!")
+        removed, size = 0, 0
+        for path in paths:
+            relative = path.relative_to(site).as_posix()
+            if not path.exists() and not path.is_symlink():
+                continue
+            if fnmatch.fnmatch(relative, glob) and not (keep and keep in path.name):
+                size += path.lstat().st_size
+                path.unlink()
+                removed += 1
+        done.append({"pattern": pattern, "reason": reason, "files": removed, "bytes": size})
+    for directory in sorted((p for p in site.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        if not any(directory.iterdir()):
+            directory.rmdir()
+    return done
+
+
+def _pip(python: str, args: list[str], log: Path) -> None:
+    command = [python, "-m", "pip", *args, "--no-input", "--progress-bar", "off", "--disable-pip-version-check"]
+    with open(log, "a") as out:
+        out.write(f"$ {' '.join(command)}\n")
+        out.flush()
+        proc = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise BundleError(f"`pip {args[0]}` exited {proc.returncode} (all of it in {log}):\n{tail}")
+
+
+def _pair(chosen: Plan, files: list[Path]) -> list[tuple[Any, Path]]:
+    by_name: dict[str, Path] = {}
+    for f in files:
+        by_name[canonicalize_name(f.name.split("-")[0])] = f
+    missing = sorted(set(chosen.ship) - set(by_name))
+    if missing:
+        raise BundleError(f"pip downloaded no wheel for {', '.join(missing)}; see build.log")
+    return [(p, by_name[n]) for n, p in sorted(chosen.ship.items())]
+
+
+def _glibc_needed(files: list[Path]) -> str | None:
+    """The newest glibc any shipped wheel needs, from the oldest manylinux tag each one carries."""
+    needed = 0
+    for f in files:
+        platforms = f.name[:-4].split("-")[-1].split(".")
+        minors = [_manylinux_minor(p) for p in platforms]
+        known = [m for m in minors if m is not None]
+        if known:
+            needed = max(needed, min(known))
+    return f"2.{needed}" if needed else None
+
+
+def _manylinux_minor(tag: str) -> int | None:
+    legacy = {"manylinux1": 5, "manylinux2010": 12, "manylinux2014": 17}
+    for prefix, minor in legacy.items():
+        if tag.startswith(prefix + "_"):
+            return minor
+    if tag.startswith("manylinux_2_"):
+        return int(tag.split("_")[2])
+    return None
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _installed_ray() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ray")
+    except PackageNotFoundError:
+        raise BundleError("no Ray installed here to take the cluster's version from: give --ray VERSION") from None
+
+
+__all__ = ["STRIP", "check_left_out", "make_bundle", "strip"]

