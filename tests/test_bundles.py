@@ -149,16 +149,37 @@ def test_a_left_out_package_that_vllm_imports_at_start_fails_the_bundle(tmp_path
     (site / "vllm" / "__init__.py").write_text("")
     (site / "vllm" / "entrypoints" / "__init__.py").write_text("")
     (site / "vllm" / "entrypoints" / "llm.py").write_text(
-        "try:\n    import xgrammar\nexcept ImportError:\n    xgrammar = None\n\n"
+        "try:\n    import outlines_core\nexcept ImportError:\n    outlines_core = None\n\n"
         "def later():\n    import mistral_common\n\n"
         "import uvicorn\n")
-    chosen = Plan(left_out={n: Package(n, "1", "", None, [], "") for n in ("xgrammar", "mistral-common")})
+    chosen = Plan(left_out={n: Package(n, "1", "", None, [], "") for n in ("outlines-core", "mistral-common")})
     review = check_left_out(site, chosen)  # guarded and lazy imports do not block
-    assert review == {"xgrammar": [], "mistral-common": ["vllm/entrypoints/llm.py:7"]}
+    assert review == {"outlines-core": [], "mistral-common": ["vllm/entrypoints/llm.py:7"]}
     chosen.left_out["uvicorn"] = Package("uvicorn", "1", "", None, [], "")
     with pytest.raises(BundleError, match=r"uvicorn cannot be left out of this vLLM: vllm/entrypoints/llm\.py:9 "
                                           r"imports uvicorn when vLLM starts \(via an entry module\)"):
         check_left_out(site, chosen)
+
+
+def test_a_lazy_loader_read_by_a_class_annotation_counts_as_imported_at_start(tmp_path):
+    # vllm 0.26.0's structured-output backends: LazyLoader defers the import, but a dataclass field's
+    # annotation reads the loader's attribute when the class is defined (seen failing on an H200).
+    site = tmp_path / "site"
+    (site / "vllm" / "entrypoints").mkdir(parents=True)
+    (site / "vllm" / "__init__.py").write_text("")
+    (site / "vllm" / "entrypoints" / "__init__.py").write_text("")
+    loader = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import {m}\nelse:\n    {a} = LazyLoader('{a}', globals(), '{m}')\n"
+    (site / "vllm" / "entrypoints" / "llm.py").write_text(
+        loader.format(m="outlines_core", a="oc") + "\nclass Grammar:\n    matcher: oc.Guide\n\n"
+        "def later():\n    x: oc.Other = None\n")
+    (site / "vllm" / "entrypoints" / "later.py").write_text(
+        "from __future__ import annotations\n" + loader.format(m="lmformatenforcer", a="lmfe") + "\nclass G:\n    m: lmfe.Parser\n")
+    (site / "vllm" / "__init__.py").write_text("from vllm.entrypoints import llm, later\n")
+    chosen = Plan(left_out={n: Package(n, "1", "", None, [], "") for n in ("outlines-core",)})
+    with pytest.raises(BundleError, match=r"outlines-core cannot be left out of this vLLM: vllm/entrypoints/llm\.py:8 "):
+        check_left_out(site, chosen)
+    chosen = Plan(left_out={n: Package(n, "1", "", None, [], "") for n in ("lm-format-enforcer",)})
+    assert check_left_out(site, chosen) == {"lm-format-enforcer": []}, "postponed annotations are never evaluated"
 
 
 def test_the_walk_follows_the_targets_markers_and_extras():

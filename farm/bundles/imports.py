@@ -149,7 +149,42 @@ def reach(site: Path, entries: Iterable[str] = FARM_ENTRY_MODULES, package: str 
                     continue
                 site_of = ImportSite(target, name, node.lineno, guarded)
                 (result.eager if eager else result.lazy).append(site_of)
+        result.eager.extend(ImportSite(target, name, line, False) for target, line in _lazy_loads_at_import(tree))
     return result
+
+
+def _lazy_loads_at_import(tree: ast.Module) -> list[tuple[str, int]]:
+    """Modules behind vLLM's ``LazyLoader`` that are loaded anyway when the module is imported.
+
+    ``xgr = LazyLoader("xgr", globals(), "xgrammar")`` defers the import until an attribute is
+    read, but an annotation such as ``matcher: xgr.GrammarMatcher`` in a class body (a dataclass
+    field) is evaluated when the class is defined, unless the module has ``from __future__ import
+    annotations``. Seen on an H100: vllm 0.26.0's structured-output backends load llguidance and
+    xgrammar this way as soon as ``vllm.v1.request`` is imported.
+    """
+    if any(isinstance(n, ast.ImportFrom) and n.module == "__future__" and any(a.name == "annotations" for a in n.names)
+           for n in tree.body):
+        return []
+    loaders: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and isinstance(node.value, ast.Call) and getattr(node.value.func, "id", None) == "LazyLoader"
+                and len(node.value.args) == 3 and isinstance(node.value.args[2], ast.Constant)):
+            loaders[node.targets[0].id] = str(node.value.args[2].value)
+    found: list[tuple[str, int]] = []
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.AnnAssign):
+                for name in ast.walk(node.annotation):
+                    if isinstance(name, ast.Name) and name.id in loaders:
+                        found.append((loaders[name.id], node.lineno))
+            elif isinstance(node, ast.ClassDef):
+                visit(node.body)
+
+    if loaders:
+        visit(tree.body)
+    return found
 
 
 def _source(site: Path, module: str) -> Path | None:

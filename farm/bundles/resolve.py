@@ -77,8 +77,9 @@ LEFT_OUT: dict[str, LeftOut] = {
     "torchcodec": LeftOut(("torchcodec",), _VIDEO),
     "opencv-python-headless": LeftOut(("cv2",), _VIDEO),
     "mistral-common": LeftOut(("mistral_common",), "Mistral's tokenizer mode and Pixtral/Voxtral models only; imported lazily"),
-    "xgrammar": LeftOut(("xgrammar",), _STRUCTURED),
-    "llguidance": LeftOut(("llguidance",), _STRUCTURED),
+    # Not xgrammar or llguidance: vllm.v1.request loads both through LazyLoader'd dataclass-field
+    # annotations (farm.bundles.imports._lazy_loads_at_import), as a GPU run showed; nor
+    # apache-tvm-ffi, which xgrammar imports first thing (xgrammar/exception.py).
     "outlines-core": LeftOut(("outlines_core",), _STRUCTURED),
     "lm-format-enforcer": LeftOut(("lmformatenforcer",), _STRUCTURED),
     "flashinfer-python": LeftOut(
@@ -87,7 +88,7 @@ LEFT_OUT: dict[str, LeftOut] = {
         "so cells set VLLM_USE_FLASHINFER_SAMPLER=0 (vLLM's PyTorch sampler; greedy probes do not sample)",
         env=(("VLLM_USE_FLASHINFER_SAMPLER", "0"),)),
     **{name: LeftOut((mod,), _KERNELS) for name, mod in (
-        ("apache-tvm-ffi", "tvm_ffi"), ("tilelang", "tilelang"), ("nvidia-cutlass-dsl", "cutlass"),
+        ("tilelang", "tilelang"), ("nvidia-cutlass-dsl", "cutlass"),
         ("quack-kernels", "quack"), ("tokenspeed-mla", "tokenspeed_mla"), ("humming-kernels", "humming"),
         ("nvidia-cudnn-frontend", "cudnn"), ("fastsafetensors", "fastsafetensors"),
     )},

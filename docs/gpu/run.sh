@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The GPU smoke run of docs/gpu/, on an air-gapped machine with one Hopper GPU (the `device` tool's
+# nvidia-h100-x1/nvidia-h200: Python 3.12 at /opt/torch/.venv with torch 2.11.0+cu130, no registry).
+#
+# Made here:  farm bundle 0.26.0 --python 3.12 --platform manylinux_2_31_x86_64 \
+#                 --against device-freeze.txt --out /work/bundle-0.26.0c --split 58MiB
+# Each part (58 MiB) travels in its own call into the repo's ignored .carry/ folder; then
+#   docs/gpu/run.sh stage .carry/pN   (once per part: keeps it in /root/bundle)
+#   docs/gpu/run.sh start     (verify + unpack, zoo build, `farm run` in the background)
+#   docs/gpu/run.sh wait      (until the run ends; its store, matrix, page and logs into $OUT)
+set -euo pipefail
+PY=/opt/torch/.venv/bin/python
+BUNDLE=/root/bundle
+SITE=/root/vllm-0.26.0
+SRC=/root/farm-src
+STORE=/root/results
+RUN_ID=gpu-smoke-1
+
+case "${1:-}" in
+stage)
+    mkdir -p "$BUNDLE"
+    cp -v "${2:?which carried folder}"/* "$BUNDLE"/
+    ls -l "$BUNDLE"
+    ;;
+start)
+    # The farm's code as it was sent, out of the synced repo copy (later calls replace that copy).
+    rm -rf "$SRC" && mkdir -p "$SRC" && cp -r farm jobs dashboards pyproject.toml "$SRC"/
+    rm -rf "$SITE"
+    $PY "$BUNDLE/unpack.py" unpack "$BUNDLE/bundle.json" --into "$SITE"
+    export PYTHONPATH="$SITE/site:$SRC" VLLM_USE_FLASHINFER_SAMPLER=0
+    cd "$SRC"
+    {
+        nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+        $PY -c "import platform, torch, vllm, ray, transformers; print('python', platform.python_version(), 'torch', torch.__version__, 'cuda', torch.version.cuda, 'vllm', vllm.__version__, 'ray', ray.__version__, 'transformers', transformers.__version__)"
+        uname -r; nproc; ldd --version | sed -n 1p
+    } > /root/facts.txt 2>&1
+    cat /root/facts.txt
+    time $PY -m farm zoo build --for-job jobs/gpu_smoke.yaml
+    # In its own session: it outlives this call, and the next call (`wait`) collects it.
+    setsid nohup bash -c "time $PY -m farm run jobs/gpu_smoke.yaml --store $STORE --run-id $RUN_ID; echo \"exit \$?\"" \
+        > /root/run.log 2>&1 < /dev/null &
+    sleep 60; tail -5 /root/run.log
+    ;;
+wait)
+    deadline=$(( $(date +%s) + ${2:-540} ))
+    while ! grep -q "^exit " /root/run.log && [ "$(date +%s)" -lt "$deadline" ]; do sleep 10; done
+    tail -40 /root/run.log
+    cp /root/run.log /root/facts.txt "$OUT"/
+    if [ -d "$STORE" ]; then
+        tar -C "$STORE" -czf "$OUT/results.tar.gz" .
+        cp "$STORE/matrix/$RUN_ID.json" "$OUT/matrix.json" 2>/dev/null || true
+        cp "$STORE/index.html" "$OUT/index.html" 2>/dev/null || true
+    fi
+    tar -C /root/.cache/farm -czf "$OUT/cell-logs.tar.gz" cell-logs 2>/dev/null || true
+    ;;
+*)
+    echo "usage: docs/gpu/run.sh stage | start | wait [SECONDS]" >&2; exit 2 ;;
+esac
