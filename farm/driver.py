@@ -38,7 +38,7 @@ from farm.cells import Cell, expand
 from farm.errors import JobSpecError, StoreUnavailable
 from farm.execute import CellSettings, engine_environment, farm_home
 from farm.placement import alive_nodes, check_feasible, request_for
-from farm.results import CellResult, Launch, RunManifest, utcnow
+from farm.results import CellResult, CellStatus, ErrorInfo, Launch, RunManifest, utcnow
 from farm.retry import INFRA, decide
 from farm.scheduler import Event, EventFn, Scheduler, Work
 from farm.spec import JobSpec, parse_job
@@ -144,6 +144,8 @@ def run(
         writer.flush()  # results spooled by an earlier session go first, so they count as done
         history = _attempts(store, run_id, writer.spool.results())
     todo = _owed(manifest.cells, history, job, resume)
+    declared = [w for w in todo if job.unsupported_reason(w.cell.axes())]  # recorded, never run
+    todo = [w for w in todo if w not in declared]
     if resume:
         log.info("resuming %s: %d of %d cells to run; the others have a verdict", run_id, len(todo),
                  len(manifest.cells))
@@ -179,6 +181,8 @@ def run(
 
     writer.start()
     try:
+        for work in declared:
+            record(_unsupported(work.cell, job, run_id))
         if todo:
             scheduler = Scheduler(ray, job, CellSettings.from_job(job), run_id, record, parallel=max_parallel,
                                   events=on_event, rebuild_before=time.time() if rebuild_envs else None)
@@ -197,6 +201,13 @@ def run(
     if write_matrix:
         outcome.matrix_key, outcome.page_key = aggregate(store, run_id)
     return outcome
+
+
+def _unsupported(cell: Cell, job: JobSpec, run_id: str) -> CellResult:
+    now = utcnow()
+    reason = job.unsupported_reason(cell.axes()) or ""
+    return CellResult(run_id=run_id, cell_id=cell.id, cell=cell, status=CellStatus.UNSUPPORTED, started_at=now,
+                      finished_at=now, error=ErrorInfo(type="unsupported", message=reason, origin="job"))
 
 
 def _attempts(store: Store, run_id: str, spooled: list[CellResult]) -> dict[str, list[CellResult]]:

@@ -223,6 +223,12 @@ class Rule(StrictModel):
         return all(glob is None or fnmatch.fnmatchcase(axes[axis], glob) for axis, glob in pattern.items())
 
 
+class Unsupported(Rule):
+    """Combinations known not to apply: their cells are recorded as ``unsupported``, with the reason, and never run."""
+
+    reason: str = Field(min_length=1, description="why, for the matrix: e.g. 'vLLM has no LoRA for this architecture'")
+
+
 def _zoo_prompts() -> list[str]:
     from farm.zoo.corpus import SAMPLE_PROMPTS
 
@@ -254,6 +260,12 @@ class JobSpec(StrictModel):
     retries: Retries = Field(default_factory=Retries)
     include: list[Rule] = Field(default_factory=list)
     exclude: list[Rule] = Field(default_factory=list)
+    # Unlike exclude, the cells stay in the matrix: the page shows the combination and why it is not tested.
+    unsupported: list[Unsupported] = Field(default_factory=list)
+
+    def unsupported_reason(self, axes: dict[str, str]) -> str | None:
+        """The reason of the first ``unsupported`` rule that matches a cell's axes, if any."""
+        return next((rule.reason for rule in self.unsupported if rule.matches(axes)), None)
 
     @field_validator("probes")
     @classmethod

@@ -112,3 +112,35 @@ def test_yaml_errors_and_missing_files(tmp_path):
     scalar.write_text("just a string\n")
     with pytest.raises(JobSpecError, match="a job spec is a YAML mapping"):
         load_job(scalar)
+
+
+def test_unsupported_cells_are_recorded_with_their_reason_and_never_run(tmp_path, monkeypatch):
+    from farm.driver import run
+    from farm.results import CellStatus
+    from farm.store import LocalStore, read_results
+
+    job = parse_job(job_with_unsupported := {
+        "name": "declared",
+        "models": [{"name": "m", "variants": [{"quantization": "q", "checkpoint": "fault-injection",
+                                               "engine_args": {"fault": "segfault"}}]}],
+        "engines": [{"name": "fi", "kind": "fault-injection"}],
+        "unsupported": [{"model": "m", "reason": "vLLM has no LoRA for m (upstream #1)"}],
+    })
+    assert job_with_unsupported["unsupported"][0]["reason"] in job.unsupported_reason({"model": "m", "quantization": "q",
+                                                                                      "lora": "none", "engine": "fi"})
+    monkeypatch.setenv("FARM_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr("farm.driver.connect", lambda *a, **k: pytest.fail("no cell runs, so no Ray starts"))
+    store = LocalStore(tmp_path / "store")
+    outcome = run(job, store=store, run_id="d1")
+    (result,) = read_results(store, "d1")
+    assert result.status is CellStatus.UNSUPPORTED and result.error.message == "vLLM has no LoRA for m (upstream #1)"
+    assert result.error.signature is None, "a declared combination is no root cause"
+    matrix = store.get("matrix/d1.json").decode()
+    assert '"unsupported"' in matrix and "upstream #1" in matrix
+    assert outcome.results[0].status is CellStatus.UNSUPPORTED
+
+
+def test_an_unsupported_rule_needs_a_reason():
+    with pytest.raises(JobSpecError, match=r"unsupported\[0\]\.reason"):
+        parse_job({"name": "j", "models": [{"name": "m", "variants": [{"zoo": "qwen2-dense"}]}],
+                   "unsupported": [{"model": "m"}]})
