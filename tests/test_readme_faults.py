@@ -29,4 +29,4 @@ def test_resources_retries_and_faults_are_documented():
     for field in [*Resources.model_fields, *Retries.model_fields, "start_timeout_s", "timeout_s"]:
         assert f"`{field}`" in README, field
     for fault in FAULTS:
-        assert fault in README.split("fault-injection engine")[-1], fault
+        assert fault in README.split("The fault-injection engine (")[-1], fault
