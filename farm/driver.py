@@ -40,7 +40,7 @@ from farm.execute import CellSettings, engine_environment, farm_home
 from farm.placement import alive_nodes, check_feasible, request_for
 from farm.results import CellResult, CellStatus, ErrorInfo, Launch, RunManifest, utcnow
 from farm.retry import INFRA, decide
-from farm.scheduler import Event, EventFn, Scheduler, Work
+from farm.scheduler import Event, EventFn, Scheduler, Work, warm_nodes
 from farm.spec import JobSpec, parse_job
 from farm.store import (
     ResultWriter,
@@ -185,7 +185,8 @@ def run(
             record(_unsupported(work.cell, job, run_id))
         if todo:
             scheduler = Scheduler(ray, job, CellSettings.from_job(job), run_id, record, parallel=max_parallel,
-                                  events=on_event, rebuild_before=time.time() if rebuild_envs else None)
+                                  events=on_event, rebuild_before=time.time() if rebuild_envs else None,
+                                  warm=warm_nodes(a for attempts in history.values() for a in attempts))
             scheduler.run(todo)
             manifest.envs = scheduler.envs.summary()
         manifest.finished_at = utcnow()
@@ -233,7 +234,7 @@ def _owed(cells: list[Cell], history: dict[str, list[CellResult]], job: JobSpec,
         decision = decide(attempts, job.retries, infra_outcomes=0)
         if decision.retry:
             avoid = {a.node_id for a in attempts if a.status in INFRA and a.node_id}
-            todo.append(Work(cell, list(attempts), reason=decision.reason, avoid=avoid))
+            todo.append(Work(cell, list(attempts), reason=decision.reason, avoid=avoid, prefer=decision.prefer_node))
     return todo
 
 

@@ -9,6 +9,12 @@ On a terminal, a live line under them: counts per status, cells running, done/to
 an ETA (the mean time of the attempts so far × what is left ÷ cells at once)::
 
     [3/12] ✓ 2 pass  ☠ 1 crash  · 4 running  ETA 1m05s
+
+The mean leaves cold attempts out (``CellResult.cold_start``: the first engine build of
+an engine on a node, which pays for JIT compilation a warm build does not) once there is
+a warm one: the first wave of a run is all cold, and its minutes would otherwise be
+taken for the pace of every cell after it. Until a warm attempt has ended, the cold ones
+are all there is to go by (an ETA on the high side).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from farm.results import CellResult, CellStatus
+from farm.results import AttemptSummary, CellResult, CellStatus
 from farm.scheduler import Event
 
 
@@ -33,7 +39,7 @@ class Progress:
         self.done = 0
         self.counts: dict[CellStatus, int] = {}
         self.running: dict[tuple[str, int], float] = {}  # (cell id, attempt) → when it started
-        self.durations: list[float] = []
+        self.durations: list[tuple[float, bool]] = []  # (seconds, cold start) per attempt that ended
         self._drawn = False
 
     def __call__(self, event: Event) -> None:
@@ -51,7 +57,7 @@ class Progress:
         assert result is not None
         began = self.running.pop((result.cell_id, result.attempt), None)
         if began is not None:
-            self.durations.append(time.monotonic() - began)
+            self.durations.append((time.monotonic() - began, result.cold_start))
         if event.kind == "done":
             self.done += 1
             self.counts[result.status] = self.counts.get(result.status, 0) + 1
@@ -78,7 +84,9 @@ class Progress:
         if not self.durations:
             return "—"
         left = self.total - self.done
-        seconds = sum(self.durations) / len(self.durations) * math.ceil(left / self.parallel)
+        warm = [seconds for seconds, cold in self.durations if not cold]
+        pace = warm or [seconds for seconds, _ in self.durations]
+        seconds = sum(pace) / len(pace) * math.ceil(left / self.parallel)
         if self.running:  # the cells running now are part-way through
             now = time.monotonic()
             seconds -= min(now - began for began in self.running.values())
@@ -115,10 +123,16 @@ def summary_table(results: list[CellResult]) -> str:
         lines.append("")
         detail = [("cell", "status", "attempts", "why")]
         for result in notable:
-            history = [a.status.value for a in result.previous_attempts] + [result.status.value]
+            history = [_said(a) for a in result.previous_attempts] + [result.status.value]
             detail.append((result.cell.label, result.status.value, " → ".join(history), _why(result)))
         lines += _table(detail)
     return "\n".join(lines)
+
+
+def _said(attempt: AttemptSummary) -> str:
+    """An earlier attempt's status; a cold-start timeout (no verdict, ``farm.retry``) says so."""
+    cold = attempt.cold_start and attempt.status is CellStatus.TIMEOUT
+    return f"{attempt.status.value} (cold start)" if cold else attempt.status.value
 
 
 def _why(result: CellResult) -> str:

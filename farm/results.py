@@ -152,6 +152,7 @@ class AttemptSummary(Document):
     node_id: str | None = None
     hostname: str | None = None
     finished_at: datetime | None = None
+    cold_start: bool = False  # see CellResult.cold_start
 
 
 class CellResult(Document):
@@ -165,6 +166,11 @@ class CellResult(Document):
     retry_reason: str | None = None
     previous_attempts: list[AttemptSummary] = Field(default_factory=list)
     node_id: str | None = None  # the Ray node the attempt ran on, when it got that far
+    # The first engine build of the cell's engine on its node in this run: no attempt of any cell with the same
+    # engine had ended on that node when this one started, so it paid for cold compilation (kernel JIT,
+    # torch.compile, CUDA graphs: 90-120 s on a fresh GPU node even for a tiny model). A timeout of a cold
+    # attempt is no verdict (``farm.retry``), and the ETA leaves cold attempts out (``farm.progress``).
+    cold_start: bool = False
     probes: list[ProbeResult] = Field(default_factory=list)
     error: ErrorInfo | None = None
     env: EnvFacts = Field(default_factory=EnvFacts)
@@ -183,7 +189,8 @@ class CellResult(Document):
             first = next((line for line in self.error.message.splitlines() if line.strip()), "")
             error = f"{self.error.type}: {first}"[:300]
         return AttemptSummary(attempt=self.attempt, status=self.status, error=error, node_id=self.node_id,
-                              hostname=self.env.hostname, finished_at=self.finished_at)
+                              hostname=self.env.hostname, finished_at=self.finished_at,
+                              cold_start=self.cold_start)
 
 
 def utcnow() -> datetime:

@@ -10,8 +10,16 @@ the policy looks at the cell's attempts so far and says whether another one runs
   ``retries.infra_attempts`` such outcomes in this session; then it keeps its status and
   ``farm run`` exits 3. A ``farm run --resume`` starts a fresh budget: a person asked for
   another try.
-- **Verdicts that are not a pass** (``fail``, ``crash``, ``timeout``): the cell ran and did
-  not pass. It runs ``retries.recheck`` more times (default once) to tell a broken
+- **A cold-start timeout**: a ``timeout`` of a cold attempt (``CellResult.cold_start``: the
+  first engine build of its engine on its node in this run) says nothing about the
+  combination either: a first build on a fresh node pays for cold compilation (kernel JIT,
+  torch.compile, CUDA graphs), which a warm build does not. The cell runs again, on the same
+  node where Ray can place it there (its caches are warm now), like an infra outcome: it
+  counts toward ``retries.infra_attempts``, after which the cell keeps its ``timeout``. The
+  retry is warm by definition (an attempt of that engine has ended on that node), even if the
+  killed build left the caches half-filled: a timeout on a warm node is a verdict.
+- **Verdicts that are not a pass** (``fail``, ``crash``, ``timeout`` on a warm node): the cell
+  ran and did not pass. It runs ``retries.recheck`` more times (default once) to tell a broken
   combination from a flaky one: a pass on a recheck makes the cell ``flaky``, a second
   failure confirms the verdict (the latest attempt's status is the cell's).
 
@@ -46,6 +54,7 @@ class Decision:
     retry: bool
     reason: str | None = None
     infra: bool = False  # the retry is for an infra outcome: run it on another node
+    prefer_node: str | None = None  # run it on this node if Ray can (a cold start's retry: its caches are warm)
 
     @classmethod
     def done(cls) -> Decision:
@@ -58,7 +67,8 @@ def decide(attempts: list[CellResult], retries: Retries, infra_outcomes: int) ->
     Args:
         attempts: the cell's attempts in this run, oldest first; the last one just ended.
         retries: the job's policy.
-        infra_outcomes: infra outcomes of this cell in this session, the last one included.
+        infra_outcomes: infra outcomes (cold-start timeouts included) of this cell in this session, the last one
+            included.
     """
     if not attempts:
         return Decision(True, None)
@@ -67,8 +77,13 @@ def decide(attempts: list[CellResult], retries: Retries, infra_outcomes: int) ->
         if infra_outcomes >= retries.infra_attempts:
             return Decision.done()
         return Decision(True, f"infra: attempt {last.attempt} was {_said(last)}; run again elsewhere", infra=True)
+    if cold_timeout(last):
+        if infra_outcomes >= retries.infra_attempts:
+            return Decision.done()
+        return Decision(True, f"cold start: attempt {last.attempt} timed out in the first engine build on its node; "
+                              "compile caches are warm now", prefer_node=last.node_id)
     if last.status in RECHECKED:
-        verdicts = [a for a in attempts if a.status.is_verdict()]
+        verdicts = [a for a in attempts if a.status.is_verdict() and not cold_timeout(a)]
         if len(verdicts) > retries.recheck:
             return Decision.done()
         return Decision(True, f"recheck: attempt {last.attempt} was {_said(last)}; run again to tell flaky from broken")
@@ -78,9 +93,14 @@ def decide(attempts: list[CellResult], retries: Retries, infra_outcomes: int) ->
 def settle(result: CellResult, earlier: list[CellResult]) -> CellResult:
     """Give an attempt its history: the earlier attempts' summaries, and ``flaky`` for a pass after a failure."""
     result.previous_attempts = [a.summary() for a in earlier]
-    if result.status is CellStatus.PASS and any(a.status in RECHECKED for a in earlier):
+    if result.status is CellStatus.PASS and any(a.status in RECHECKED and not cold_timeout(a) for a in earlier):
         result.status = CellStatus.FLAKY
     return result
+
+
+def cold_timeout(result: CellResult) -> bool:
+    """A timeout of a cold attempt (its engine's first build on its node in the run): no verdict, retried."""
+    return result.status is CellStatus.TIMEOUT and result.cold_start
 
 
 def _said(result: CellResult) -> str:

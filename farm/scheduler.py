@@ -26,6 +26,15 @@ An engine env that failed to prepare (``env_error``) is remembered per engine an
 the engine's later cells go to other nodes, and once it failed on ``retries.infra_attempts``
 nodes, or on every node that can hold the cell, its cells get that ``env_error`` at once,
 with no build and no retry (each node's env cache also keeps a failed build: ``farm.envs.cache``).
+
+Cold starts: the loop knows, per engine, the nodes where an attempt of one of its cells has
+ended in this run (whatever its outcome: a build killed at its timeout still leaves caches
+behind, and in any case a node's second build is warm by definition), seeded from the
+attempts a resumed run read back. An attempt that starts on a node where its engine is not
+warm yet is cold (``CellResult.cold_start``; cells that start together on a fresh node are
+all cold). A cold attempt's timeout is retried (``farm.retry``), preferably on the same
+node: a plain actor asks Ray for it with a soft node affinity; a placement group goes where
+there is room.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +60,7 @@ from farm.errors import FarmError
 from farm.execute import CellSettings, farm_home
 from farm.placement import CellRequest
 from farm.results import CellResult, CellStatus, EnvFacts, utcnow
-from farm.retry import INFRA, decide, settle
+from farm.retry import INFRA, cold_timeout, decide, settle
 from farm.spec import JobSpec
 from farm.store import safe_part
 
@@ -98,6 +107,7 @@ class Work:
     reason: str | None = None
     infra_outcomes: int = 0  # in this session (a resume starts a fresh budget)
     avoid: set[str] = field(default_factory=set)  # nodes where the cell met infra outcomes
+    prefer: str | None = None  # the node the next attempt should run on if Ray can (after a cold-start timeout)
 
     @property
     def number(self) -> int:
@@ -124,6 +134,7 @@ class _Attempt:
     placed: float = field(default_factory=time.monotonic)  # when its resources were asked for
     prepared: PreparedEnv | None = None
     prepare_s: float | None = None  # from asking for the node to the env ready (or failed): placement, lock, build
+    cold: bool = False  # the first build of its engine on its node in this run
 
     @property
     def holds_resources(self) -> bool:
@@ -133,7 +144,7 @@ class _Attempt:
 class Scheduler:
     def __init__(self, ray: Any, job: JobSpec, settings: CellSettings, run_id: str,
                  record: Callable[[CellResult], None], *, parallel: int | None = None, events: EventFn | None = None,
-                 rebuild_before: float | None = None):
+                 rebuild_before: float | None = None, warm: Iterable[tuple[str, str]] = ()):
         self.ray = ray
         self.job = job
         self.settings_json = settings.model_dump_json()
@@ -145,6 +156,8 @@ class Scheduler:
         self.reader = ray.remote(read_log)
         self.envs = EnvLauncher(ray, rebuild_before=rebuild_before)
         self.env_failed: dict[str, dict[str, EnvFailure]] = {}  # engine → node id → why its env failed there
+        # (engine, node id): an attempt of a cell with that engine has ended on that node in this run.
+        self.warm: set[tuple[str, str]] = set(warm)
         self.session = secrets.token_hex(3)
         self.in_flight: dict[Any, _Attempt] = {}
         self._requests: list[CellRequest] = []
@@ -230,6 +243,11 @@ class Scheduler:
         options = attempt.request.actor_options(attempt.group)
         if avoid and attempt.group is None:
             options["label_selector"] = avoid
+        elif attempt.group is None and attempt.work.prefer and attempt.work.prefer not in attempt.work.avoid:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            # Soft: on that node if it is alive and can hold the cell, else wherever Ray places it.
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(attempt.work.prefer, soft=True)
         if attempt.prepared is not None:  # the engine's own env: py_executable or image_uri
             options["runtime_env"] = attempt.prepared.runtime_env
         # A dead engine must stay dead: a restart would hide the crash and rerun a broken cell.
@@ -280,6 +298,7 @@ class Scheduler:
             where = json.loads(value)
             attempt.node_id, attempt.hostname = where["node_id"], where["hostname"]
             attempt.started, attempt.started_at = time.monotonic(), utcnow()
+            attempt.cold = (attempt.work.cell.engine.name, attempt.node_id) not in self.warm
             self.events(Event("started", attempt.work.cell, attempt.work.number, node_id=attempt.node_id))
             memory_gb = placement.resources_of(attempt.work.cell, self.job).memory_gb
             limit = int(memory_gb * placement.GIB) if memory_gb else None
@@ -390,6 +409,9 @@ class Scheduler:
             result.env.hostname = attempt.hostname
         if attempt.prepare_s is not None:
             result.timings["env_prepare"] = attempt.prepare_s
+        if attempt.started is not None and attempt.node_id:  # its actor ran there: the engine's next build is warm
+            result.cold_start = attempt.cold
+            self.warm.add((work.cell.engine.name, attempt.node_id))
         settle(result, work.history)
         if result.status is CellStatus.ENV_ERROR and self._env_failed_for_run(work.cell, attempt.request):
             work.infra_outcomes = self.job.retries.infra_attempts  # nowhere left to build it: no retry
@@ -397,13 +419,15 @@ class Scheduler:
             work.infra_outcomes += 1
             if result.node_id:
                 work.avoid.add(result.node_id)
+        elif cold_timeout(result):  # no verdict: retried like an infra outcome, but on the same node if it can
+            work.infra_outcomes += 1
         self.record(result)
         work.history.append(result)
         decision = decide(work.history, self.job.retries, work.infra_outcomes)
         if not decision.retry:
             self.events(Event("done", work.cell, result.attempt, result=result))
             return []
-        work.reason = decision.reason
+        work.reason, work.prefer = decision.reason, decision.prefer_node
         self.events(Event("retry", work.cell, result.attempt, result=result, reason=decision.reason))
         return [work]
 
@@ -445,3 +469,8 @@ def _group_node(group: Any) -> str | None:
 
 def _first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), text)[:500]
+
+
+def warm_nodes(history: Iterable[CellResult]) -> set[tuple[str, str]]:
+    """(engine, node id) for every attempt whose cell ran on its node: a resumed run's warm nodes."""
+    return {(a.cell.engine.name, a.node_id) for a in history if a.node_id and a.status.is_verdict()}

@@ -199,7 +199,8 @@ class Retries(StrictModel):
     """When a cell runs again (see ``farm.retry``); every attempt is its own result."""
 
     infra_attempts: int = Field(
-        3, ge=1, description="attempts per run for infra outcomes (lost node, actor not started, env setup), each elsewhere"
+        3, ge=1, description="attempts per run for infra outcomes (lost node, actor not started, env setup), each "
+        "elsewhere, and cold-start timeouts (the first engine build on a node), on the same node"
     )
     recheck: int = Field(1, ge=0, description="reruns of a fail, crash or timeout, to tell a flaky cell from a broken one")
 
@@ -253,7 +254,10 @@ class JobSpec(StrictModel):
     engine_args: dict[str, Any] = Field(default_factory=dict, description="passed to vllm.LLM for every cell")
     generation: Generation = Field(default_factory=Generation)
     resources: Resources = Field(default_factory=Resources)
-    timeout_s: float = Field(900.0, gt=0, description="per cell, engine build included")
+    timeout_s: float = Field(
+        900.0, gt=0, description="per cell, engine build included; the default leaves room for a cold first build "
+        "(JIT compilation on a fresh GPU node: 90-120 s even for a tiny model), whose timeout is retried, not a verdict"
+    )
     start_timeout_s: float = Field(
         300.0, gt=0, description="for a cell's actor to be placed and started while its node has room; then an infra retry"
     )

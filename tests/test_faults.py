@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from farm.results import CellResult, CellStatus
-from farm.retry import decide
+from farm.retry import cold_timeout, decide
 from farm.spec import parse_job
 from farm.store import open_store, read_manifest, scan_run
 
@@ -101,7 +101,8 @@ def assert_complete(store, run_id: str) -> dict[str, list[CellResult]]:
     for cell_id, attempts in scan.attempts.items():
         assert [a.attempt for a in attempts] == list(range(1, len(attempts) + 1)), attempts
         assert all(a.status.is_terminal() for a in attempts)
-        infra_tail = len(attempts) - max((i + 1 for i, a in enumerate(attempts) if a.status.is_verdict()), default=0)
+        infra_tail = len(attempts) - max((i + 1 for i, a in enumerate(attempts)
+                                          if a.status.is_verdict() and not cold_timeout(a)), default=0)
         # An engine env that failed on every node that can hold it is not built again (farm.scheduler): no more owed.
         everywhere = attempts[-1].status is CellStatus.ENV_ERROR and len({a.node_id for a in attempts}) >= 2
         assert everywhere or not decide(attempts, job.retries, infra_tail).retry, f"{cell_id} still owes an attempt"
@@ -187,7 +188,11 @@ def test_every_fault_kind_has_its_outcome(fault_run):
     assert outcome("segfault") == (["crash", "crash"], "SIGSEGV", None)
     assert outcome("abort") == (["crash", "crash"], "SIGABRT", None)
     assert outcome("exit") == (["crash", "crash"], None, 7)
-    assert outcome("hang") == (["timeout", "timeout"], None, None)
+    # Its first attempt may be its engine's first build on its node (cold: the first wave starts together),
+    # whose timeout is retried; the verdict is two timeouts on a warm node.
+    hang = cells["hang/none"]
+    assert [(a.status.value, a.cold_start) for a in hang[-2:]] == [("timeout", False)] * 2
+    assert [(a.status.value, a.cold_start) for a in hang[:-2]] in ([], [("timeout", True)])
     assert outcome("oom") == (["crash", "crash"], "SIGKILL", None)
     assert outcome("flaky") == (["fail", "flaky"], None, None)
     assert outcome("infra-once") == (["infra_error", "pass"], None, None)
@@ -352,6 +357,60 @@ def test_an_actor_never_started_is_an_infra_outcome_retried_then_reported(cluste
     assert attempts[0].error.message == ("the cell's actor was not started within 3s, with room for it on the cluster "
                                          "({1 CPU, memory 1 GiB})")
     assert attempts[2].retry_reason.startswith("infra: attempt 2 was infra_error (the cell's actor was not started")
+
+
+# ---- a cold first build that times out ----
+
+COLD_JOB = """
+name: cold
+models:
+  - name: c
+    variants:
+      - {quantization: hang-once, checkpoint: fault-injection, engine_args: {fault: hang, times: 1, key: cold-KEY}}
+  - name: w
+    variants:
+      - {quantization: warmup, checkpoint: fault-injection}
+      - {quantization: hang, checkpoint: fault-injection, engine_args: {fault: hang}}
+engines: [{name: cold, kind: fault-injection}, {name: warm, kind: fault-injection}]
+include:
+  - {model: c, engine: cold}
+  - {model: w, engine: warm}
+probes: [load, generate]
+resources: {num_cpus: 1, memory_gb: 1}
+timeout_s: 5
+"""
+
+
+def test_a_cold_first_build_that_times_out_is_retried_not_a_verdict(cluster, tmp_path):
+    """The first build of an engine on a node hangs past timeout_s (``times: 1``: as a cold JIT would): the
+    cell runs again on that node and passes, a plain pass. A hang on a warm node is still a ``timeout``."""
+    from farm.driver import run
+
+    job = parse_job(yaml.safe_load(COLD_JOB.replace("KEY", tmp_path.name)))
+    store = open_store(str(tmp_path / "results"))
+    started = time.monotonic()
+    # One cell at a time, in the job's order: c's cold build, w's warm-up, then w's hang.
+    outcome = run(job, store=store, address=cluster.address, run_id="cold", max_parallel=1)
+    took = time.monotonic() - started
+    cells = assert_complete(store, "cold")
+    first, second = cells["hang-once/none"]
+    assert (first.status, first.cold_start) == (CellStatus.TIMEOUT, True)
+    assert first.error.message.startswith("no result within 5s")
+    assert (second.status, second.cold_start) == (CellStatus.PASS, False), "a pass, not flaky"
+    assert second.retry_reason == ("cold start: attempt 1 timed out in the first engine build on its node; "
+                                   "compile caches are warm now")
+    assert [(a.attempt, a.status, a.cold_start) for a in second.previous_attempts] == [(1, CellStatus.TIMEOUT, True)]
+    assert second.node_id == first.node_id, "the retry prefers the node whose caches it warmed"
+    [warmup] = cells["warmup/none"]
+    assert (warmup.status, warmup.cold_start) == (CellStatus.PASS, True)
+    hang = cells["hang/none"]
+    # Cold only if it landed on the node the warm-up did not warm; then retried there, warm.
+    assert hang[0].cold_start == (hang[0].node_id != warmup.node_id)
+    assert [(a.status, a.cold_start) for a in hang[-2:]] == [(CellStatus.TIMEOUT, False)] * 2
+    assert hang[-1].retry_reason.startswith("recheck: attempt")
+    assert len(hang) == 2 + hang[0].cold_start
+    assert outcome.counts == {"pass": 2, "timeout": 1} and outcome.all_ran
+    assert took < 90, took
 
 
 # ---- a node removed mid-run (last: it leaves the cluster one worker short) ----

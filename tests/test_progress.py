@@ -78,3 +78,28 @@ def test_summary_table_counts_statuses_and_explains_every_cell_that_did_not_simp
     assert "m/b/none/current  flaky   fail → flaky   InjectedFault: boom" in table
     assert "m/c/none/current  crash   crash → crash  SIGSEGV: SIGSEGV happened" in table
     assert "m/a/none/current" not in table
+
+
+def test_eta_leaves_cold_first_builds_out_once_a_warm_attempt_ended(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr("farm.progress.time.monotonic", lambda: clock[0])
+    progress = Progress(stream=io.StringIO(), live=False)
+    progress(Event("plan", total=6, parallel=2))
+    progress(Event("started", cell("a"), 1))
+    progress(Event("started", cell("b"), 1))
+    clock[0] = 120.0  # the first wave pays for cold compilation
+    progress(Event("done", cell("a"), 1, result=result("a", CellStatus.PASS, cold_start=True)))
+    progress(Event("done", cell("b"), 1, result=result("b", CellStatus.PASS, cold_start=True)))
+    assert progress.eta() == "4m00s"  # only cold attempts so far: 120 s × 2 rounds left
+    progress(Event("started", cell("c"), 1))
+    progress(Event("started", cell("d"), 1))
+    clock[0] = 130.0
+    progress(Event("done", cell("c"), 1, result=result("c", CellStatus.PASS)))
+    progress(Event("done", cell("d"), 1, result=result("d", CellStatus.PASS)))
+    assert progress.eta() == "10s"  # warm attempts set the pace: 10 s × 1 round left, not (120+10)/2
+
+
+def test_summary_table_marks_a_cold_start_timeout():
+    passed = result("a", CellStatus.PASS, attempt=2, previous_attempts=[AttemptSummary(
+        attempt=1, status=CellStatus.TIMEOUT, error="timeout: no result within 5s", cold_start=True)])
+    assert "m/a/none/current  pass    timeout (cold start) → pass  timeout: no result within 5s" in summary_table([passed])

@@ -72,3 +72,40 @@ def test_pass_after_failure_is_flaky_and_keeps_the_first_outcome():
 def test_pass_after_infra_is_a_pass():
     assert settle(attempt(2, S.PASS), history(S.INFRA_ERROR)).status is S.PASS
     assert settle(attempt(2, S.FAIL), history(S.CRASH)).status is S.FAIL  # two failures: no flake, the latest says
+
+
+def cold(n: int) -> CellResult:
+    result = attempt(n, S.TIMEOUT, type="timeout")
+    result.cold_start = True
+    return result
+
+
+def test_a_cold_start_timeout_is_no_verdict_and_runs_again_on_its_node():
+    decision = decide([cold(1)], Retries(), 1)
+    assert decision.retry and not decision.infra and decision.prefer_node == "node1"
+    assert decision.reason == ("cold start: attempt 1 timed out in the first engine build on its node; "
+                               "compile caches are warm now")
+    # Then a pass is a pass, not a flake: the cold timeout said nothing about the combination.
+    second = settle(attempt(2, S.PASS), [cold(1)])
+    assert second.status is S.PASS and second.previous_attempts[0].cold_start
+    # A timeout on the warm node is the verdict, rechecked once as any timeout.
+    warm = decide([cold(1), attempt(2, S.TIMEOUT)], Retries(), 1)
+    assert warm.retry and warm.reason.startswith("recheck: attempt 2 was timeout") and warm.prefer_node is None
+    assert not decide([cold(1), attempt(2, S.TIMEOUT), attempt(3, S.TIMEOUT)], Retries(), 1).retry
+    assert settle(attempt(3, S.PASS), [cold(1), attempt(2, S.TIMEOUT)]).status is S.FLAKY
+
+
+def test_cold_start_timeouts_share_the_infra_budget():
+    assert decide([cold(1), cold(2)], Retries(), 2).retry
+    assert not decide([cold(1), cold(2), cold(3)], Retries(), 3).retry  # then the cell keeps its timeout
+    assert decide([cold(1), cold(2), cold(3)], Retries(), 0).retry  # a resume's fresh budget
+    # A warm timeout (cold_start False) is a verdict as before; a cold pass is just a pass.
+    assert decide(history(S.TIMEOUT), Retries(), 0).reason.startswith("recheck:")
+    assert not decide([attempt(1, S.PASS)], Retries(), 0).retry
+
+
+def test_a_resumed_run_knows_its_warm_nodes_from_the_attempts_read_back():
+    from farm.scheduler import warm_nodes
+
+    ran = [attempt(1, S.FAIL), cold(2), attempt(3, S.INFRA_ERROR)]  # node3: never ran a cell there
+    assert warm_nodes(ran) == {(CELL.engine.name, "node1"), (CELL.engine.name, "node2")}
