@@ -1,5 +1,5 @@
 """`farm bisect`: the search with a fake outcome oracle, the arguments' checks, and whole bisections
-through the real driver (the fault-injection seam here; real vLLM versions in tests/test_bisect_versions.py).
+through the real driver (the fault-injection seam here; over the two real vLLM versions in tests/test_two_versions.py).
 """
 
 from __future__ import annotations
