@@ -17,6 +17,10 @@ import pytest
 # Before anything imports Ray: with this, a local Ray (and ray.cluster_utils.Cluster) binds
 # only 127.0.0.1 instead of also the machine's other addresses and 0.0.0.0.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# Token auth needs a token file in ~/.ray, and Ray reads the mode once per process: a test that turned it
+# off for its cluster and back on left later in-process Rays with a GCS that wanted a token the client
+# never sent. The suite's clusters are all loopback-only; one mode for the whole session.
+os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ.pop("RAY_ADDRESS", None)
 
 # boto3 sees only the test servers' credentials: no developer profile, and never the

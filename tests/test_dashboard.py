@@ -25,22 +25,27 @@ from .synthetic import START, Shape, write_runs
 @contextlib.contextmanager
 def farm_dashboard(*store_args: str, cwd: Path) -> Iterator[int]:
     """The real `farm dashboard` on a free port, stopped with Ctrl-C; yields the port."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "farm", "dashboard", *store_args, "--port", "0", "--interval", "0.3"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
-    )
-    try:
-        line = proc.stdout.readline()
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
-        assert match, line + proc.stderr.read() if proc.poll() is not None else line
-        yield int(match.group(1))
-    finally:
-        proc.send_signal(signal.SIGINT)
+    # stderr to a file, not a pipe nobody reads: a full pipe would block the server's last words.
+    with open(cwd / "dashboard.err", "w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "farm", "dashboard", *store_args, "--port", "0", "--interval", "0.3"],
+            stdout=subprocess.PIPE, stderr=err, text=True, cwd=cwd,
+        )
         try:
-            assert proc.wait(timeout=10) == 130  # Ctrl-C: "farm: interrupted"
+            line = proc.stdout.readline()
+            match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+            assert match, line + (cwd / "dashboard.err").read_text()
+            yield int(match.group(1))
         finally:
-            if proc.poll() is None:
-                proc.kill()
+            proc.send_signal(signal.SIGINT)
+            try:
+                code = proc.wait(timeout=30)
+                assert code == 130, (code, (cwd / "dashboard.err").read_text()[-2000:])  # Ctrl-C: "farm: interrupted"
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    pytest.fail("farm dashboard did not stop on Ctrl-C within 30 s; its stderr: "
+                                + (cwd / "dashboard.err").read_text()[-2000:])
 
 
 @pytest.fixture
@@ -125,18 +130,10 @@ def test_serves_an_s3_store_through_the_store_interface(moto_server, tmp_path):
 
 
 def test_an_empty_store_says_what_to_do(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "farm", "dashboard", "--store", str(tmp_path), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        line = proc.stdout.readline()
-        assert "no run yet" in line
-        port = int(re.search(r":(\d+)/", line).group(1))
+    (tmp_path / "empty").mkdir()
+    with farm_dashboard("--store", str(tmp_path / "empty"), cwd=tmp_path) as port:
         status, _, body = get(port, "/")
-        assert status == 404 and b"farm run JOB --store" in body
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=10)
+    assert status == 404 and b"farm run JOB --store" in body
 
 
 def test_a_taken_port_is_one_line(farm_cli, tmp_path):

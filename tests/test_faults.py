@@ -354,9 +354,11 @@ def test_an_actor_never_started_is_an_infra_outcome_retried_then_reported(cluste
     assert not outcome.all_ran and outcome.counts == {"infra_error": 1}
     attempts = assert_complete(open_store(str(tmp_path / "results")), "unplaced")["q0/none"]
     assert [a.status for a in attempts] == [CellStatus.INFRA_ERROR] * 3
-    assert attempts[0].error.message == ("the cell's actor was not started within 3s, with room for it on the cluster "
-                                         "({1 CPU, memory 1 GiB})")
-    assert attempts[2].retry_reason.startswith("infra: attempt 2 was infra_error (the cell's actor was not started")
+    # Ray either keeps the actor pending (the farm's start deadline fires) or, under load, gives up on it first.
+    assert attempts[0].error.message in (
+        "the cell's actor was not started within 3s, with room for it on the cluster ({1 CPU, memory 1 GiB})",
+        "the cell's actor could not be started: ActorDiedError: The actor died unexpectedly before finishing this task.")
+    assert attempts[2].retry_reason.startswith("infra: attempt 2 was infra_error (the cell's actor ")
 
 
 # ---- a cold first build that times out ----
@@ -426,8 +428,10 @@ def test_node_removed_mid_run_its_cells_finish_elsewhere_as_retries(cluster, tmp
     def events(event) -> None:
         if event.kind == "started" and event.attempt == 1:
             started[event.cell.id] = event.node_id
-            if len(started) == 6 and not removed:  # all six run: three on each worker
-                victim = next(w for w in cluster.workers if w.node_id in started.values())
+            # Once both workers run cells (not "all six": on a loaded machine the first may finish before the
+            # sixth starts), the worker that just started one goes down under it.
+            if len(set(started.values())) == 2 and not removed:
+                victim = next(w for w in cluster.workers if w.node_id == event.node_id)
                 removed.append(victim.node_id)
                 threading.Thread(target=cluster.remove_node, args=(victim,), kwargs={"allow_graceful": False}).start()
 

@@ -35,13 +35,10 @@ UNQUANTIZED = {
 
 
 @pytest.fixture(scope="session")
-def zoo_root() -> Path:
-    """The whole zoo in the default cache that `farm run` uses too, so a test session builds each item once.
-
-    Items are content-checked (a stale or foreign item is rebuilt), and the tests below only read it:
-    those that change an item copy it to a temporary directory first.
-    """
-    root = zoo.default_root()
+def zoo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The whole zoo, built once per session (reused across sessions via FARM_ZOO_DIR)."""
+    env = os.environ.get("FARM_ZOO_DIR")
+    root = Path(env) if env else tmp_path_factory.mktemp("zoo")
     zoo.build(root, progress=None)
     return root
 
