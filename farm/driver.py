@@ -37,6 +37,7 @@ from farm.aggregate import aggregate
 from farm.cells import Cell, expand
 from farm.errors import JobSpecError, StoreUnavailable
 from farm.execute import CellSettings, engine_environment, farm_home
+from farm.history import expected_seconds
 from farm.placement import alive_nodes, check_feasible, request_for
 from farm.results import CellResult, CellStatus, ErrorInfo, Launch, RunManifest, utcnow
 from farm.retry import INFRA, decide
@@ -143,7 +144,7 @@ def run(
     if resume:
         writer.flush()  # results spooled by an earlier session go first, so they count as done
         history = _attempts(store, run_id, writer.spool.results())
-    todo = _owed(manifest.cells, history, job, resume)
+    todo = longest_first(_owed(manifest.cells, history, job, resume), expected_seconds(store, job.name))
     declared = [w for w in todo if job.unsupported_reason(w.cell.axes())]  # recorded, never run
     todo = [w for w in todo if w not in declared]
     if resume:
@@ -236,6 +237,15 @@ def _owed(cells: list[Cell], history: dict[str, list[CellResult]], job: JobSpec,
             avoid = {a.node_id for a in attempts if a.status in INFRA and a.node_id}
             todo.append(Work(cell, list(attempts), reason=decision.reason, avoid=avoid, prefer=decision.prefer_node))
     return todo
+
+
+def longest_first(todo: list[Work], expected: dict[str, float]) -> list[Work]:
+    """Cells with a known run time (the job's previous run) longest first; the others, in the job's order, before them.
+
+    Longest-first keeps a long cell from starting last and running alone at the end (bench/RESULTS.md,
+    "makespan"). A cell never run before goes first: it may be the longest, and a new job keeps its order.
+    """
+    return sorted(todo, key=lambda w: (w.cell.id in expected, -expected.get(w.cell.id, 0.0)))
 
 
 def _new_manifest(job: JobSpec, run_id: str) -> RunManifest:

@@ -6,6 +6,7 @@ Any exception from the engine under test becomes the cell's result, never the ca
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import resource
@@ -148,25 +149,33 @@ def _record_probe(result: CellResult, outcome: ProbeResult) -> None:
 
 def env_facts() -> EnvFacts:
     """Versions and device as seen by this process (never copied from the job spec)."""
-    from farm.envs import facts as installed
-
     facts = EnvFacts(
-        vllm=installed.vllm_version(),
-        vllm_commit=installed.vllm_commit(),
-        vllm_dist=installed.vllm_distribution(),
+        **_installed(),
         python=platform.python_version(),
         python_prefix=sys.prefix,
-        ray=installed.dist_version("ray"),
         platform=f"{platform.system()}-{platform.machine()}",
         hostname=socket.gethostname(),
     )
     for module in ("torch", "transformers"):
         imported = sys.modules.get(module)
-        setattr(facts, module, getattr(imported, "__version__", None) if imported else installed.dist_version(module))
+        if imported:
+            setattr(facts, module, getattr(imported, "__version__", None))
     facts.device = _device()
     facts.cuda = _torch_cuda()
     facts.cpu, facts.cpu_features = _cpu()
     return facts
+
+
+@functools.cache
+def _installed() -> dict[str, str | None]:
+    """The installed distributions' versions: read once per process (reading the metadata of every
+    installed dist takes tens of milliseconds, and a process's installed packages do not change)."""
+    from farm.envs import facts as installed
+
+    dist = installed.vllm_distribution()
+    return {"vllm": installed.dist_version(dist) if dist else None, "vllm_dist": dist,
+            "vllm_commit": installed.vllm_commit(), "ray": installed.dist_version("ray"),
+            "torch": installed.dist_version("torch"), "transformers": installed.dist_version("transformers")}
 
 
 # The CPU features that select vLLM's CPU kernels (vllm/platforms/cpu.py and the MoE experts).

@@ -46,6 +46,7 @@ class CellSnapshot(Document):
     column: str
     signature: str | None = None
     vllm: str | None = None
+    seconds: float | None = None  # the attempt's run time (timings.total): the next run's longest-first order
 
 
 class RunSummary(Document):
@@ -140,7 +141,7 @@ def summarize(matrix: Matrix) -> RunSummary:
         counts=matrix.counts,
         cells={
             c.cell_id: CellSnapshot(status=c.status.value, row=c.row, column=c.column, signature=c.signature,
-                                    vllm=c.vllm)
+                                    vllm=c.vllm, seconds=c.timings.get("total"))
             for c in matrix.cells
         },
     )
@@ -166,6 +167,20 @@ def attach_history(store: Store, matrix: Matrix, window: int = HISTORY_WINDOW) -
     runs = [*reversed(previous), current]
     matrix.history = build_history(runs, window)
     matrix.changes = diff(previous[0] if previous else None, current)
+
+
+def expected_seconds(store: Store, job_name: str) -> dict[str, float]:
+    """Cell id → its run time in the job's newest aggregated run (empty for a first run, or if unreadable)."""
+    from farm.store import safe_part
+
+    try:
+        keys = [k for k in store.list(f"history/{safe_part(job_name)}/") if k.endswith(".json")]
+        if not keys:
+            return {}
+        newest = RunSummary.model_validate_json(store.get(max(keys)))
+    except (StoreError, ValidationError):
+        return {}  # without durations the cells keep the job's order
+    return {cell_id: snap.seconds for cell_id, snap in newest.cells.items() if snap.seconds is not None}
 
 
 def build_history(runs: list[RunSummary], window: int = HISTORY_WINDOW) -> History:

@@ -73,15 +73,19 @@ def grouped_columns(columns: Sequence[str], cells: Sequence[MatrixCell], order: 
 
 def engine_groups(manifest: RunManifest, cells: Sequence[MatrixCell], columns: Sequence[str]) -> list[EngineGroup]:
     kinds = {str(e.get("name")): str(e.get("kind", "current")) for e in manifest.job.get("engines", []) if isinstance(e, dict)}
+    by_engine: dict[str, list[MatrixCell]] = {}
+    for cell in cells:
+        by_engine.setdefault(cell.engine, []).append(cell)
     groups = []
     for name in engine_order(manifest, cells):
-        mine = [c for c in cells if c.engine == name]
+        mine = by_engine.get(name, [])
         if not mine:
             continue
+        present = {c.column for c in mine}
         groups.append(EngineGroup(
             engine=name,
             kind=kinds.get(name, "current"),
-            columns=[col for col in columns if any(c.column == col for c in mine)],
+            columns=[col for col in columns if col in present],
             vllm=sorted({c.vllm for c in mine if c.vllm}),
             vllm_commit=sorted({c.vllm_commit for c in mine if c.vllm_commit}),
             vllm_dist=sorted({c.vllm_dist for c in mine if c.vllm_dist}),

