@@ -30,6 +30,9 @@ def farm_dashboard(*store_args: str, cwd: Path) -> Iterator[int]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "farm", "dashboard", *store_args, "--port", "0", "--interval", "0.3"],
             stdout=subprocess.PIPE, stderr=err, text=True, cwd=cwd,
+            # Ctrl-C must reach it however the suite was started: a shell's background job (`make test &`)
+            # ignores SIGINT, and children inherit that, so Python would install no handler for it.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             line = proc.stdout.readline()
