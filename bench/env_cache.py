@@ -78,10 +78,11 @@ def main(argv: list[str] | None = None) -> int:
             again = prepare_here(engine)
             times.append(time.perf_counter() - started)
             assert not isinstance(again, EnvFailure) and (args.tiny or not again.built), "a warm set-up builds nothing"
-        print(f"warm: median {statistics.median(times):.2f} s, min {min(times):.2f} s, max {max(times):.2f} s "
+        warm_ms = statistics.median(times) * 1000
+        print(f"warm: median {warm_ms:.1f} ms, min {min(times) * 1000:.1f} ms, max {max(times) * 1000:.1f} ms "
               f"over {warm} ({load()})")
-        print(f"| env set-up, {engine.name} ({' '.join(getattr(engine, 'requirements', []) or [])}) | cold {cold:.1f} s, "
-              f"warm {statistics.median(times):.2f} s | ratio {cold / statistics.median(times):.0f}× |")
+        print(f"| env set-up, {engine.name} ({' '.join(getattr(engine, 'requirements', []) or [])}) | cold {cold:.1f} s "
+              f"({size}); warm median {warm_ms:.1f} ms of {warm} | {before} |")
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

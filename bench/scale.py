@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -83,6 +84,9 @@ def child(cells: int, real_ray: bool, cpus: int, profile: int) -> None:
         outcome = farm.driver.run(job, store=store)
     seconds = time.perf_counter() - started
     assert outcome.counts == {"pass": cells}, outcome.counts
+    if real_ray:
+        ray.shutdown()
+    shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({"seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
