@@ -15,14 +15,13 @@ and copied every session) and are shared by every run and job on the node.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from farm.envs.registry import EnvVersions
+from farm.filelock import exclusive
 
 MANIFEST = "farm-env.json"
 BUILD_LOG = "build.log"
@@ -101,22 +101,10 @@ def write(manifest: EnvManifest, cache: Path | None = None) -> None:
     temp.replace(target)
 
 
-@contextlib.contextmanager
-def locked(key: str, cache: Path | None = None, on_wait: Callable[[str], Any] | None = None) -> Iterator[None]:
+def locked(key: str, cache: Path | None = None, on_wait: Callable[[str], Any] | None = None) -> AbstractContextManager[None]:
     """Hold env ``key``'s build lock (other envs build in parallel); released on exit or process death."""
-    base = cache or root()
-    base.mkdir(parents=True, exist_ok=True)
-    with open(base / f"{key}.lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait:
-                on_wait(f"env {key}: waiting for another process building it on this node")
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return exclusive((cache or root()) / f"{key}.lock", f"env {key}: waiting for another process building it on this node",
+                     on_wait)
 
 
 def reset(key: str, cache: Path | None = None) -> Path:

@@ -9,16 +9,17 @@ has a manifest, it is complete.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
+
+from farm.filelock import exclusive
 
 MANIFEST = "farm-zoo.json"
 LOCK_FILE = ".zoo.lock"
@@ -48,21 +49,9 @@ def file_digests(item_dir: Path) -> dict[str, str]:
     return out
 
 
-@contextlib.contextmanager
-def locked(root: Path, on_wait: Callable[[str], Any] | None = None) -> Iterator[None]:
+def locked(root: Path, on_wait: Callable[[str], Any] | None = None) -> AbstractContextManager[None]:
     """Hold the root's exclusive build lock; released on exit or process death."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / LOCK_FILE, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait:
-                on_wait(f"zoo: waiting for another process building in {root}")
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return exclusive(root / LOCK_FILE, f"zoo: waiting for another process building in {root}", on_wait)
 
 
 def clean_partial(root: Path) -> None:
