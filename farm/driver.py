@@ -145,8 +145,9 @@ def run(
         writer.flush()  # results spooled by an earlier session go first, so they count as done
         history = _attempts(store, run_id, writer.spool.results())
     todo = longest_first(_owed(manifest.cells, history, job, resume), expected_seconds(store, job.name))
-    declared = [w for w in todo if job.unsupported_reason(w.cell.axes())]  # recorded, never run
-    todo = [w for w in todo if w not in declared]
+    reasons = {w.cell.id: job.unsupported_reason(w.cell.axes()) for w in todo}
+    declared = [(w.cell, reason) for w in todo if (reason := reasons[w.cell.id])]  # recorded, never run
+    todo = [w for w in todo if not reasons[w.cell.id]]
     if resume:
         log.info("resuming %s: %d of %d cells to run; the others have a verdict", run_id, len(todo),
                  len(manifest.cells))
@@ -182,8 +183,8 @@ def run(
 
     writer.start()
     try:
-        for work in declared:
-            record(_unsupported(work.cell, job, run_id))
+        for cell, reason in declared:
+            record(_unsupported(cell, reason, run_id))
         if todo:
             scheduler = Scheduler(ray, job, CellSettings.from_job(job), run_id, record, parallel=max_parallel,
                                   events=on_event, rebuild_before=time.time() if rebuild_envs else None,
@@ -205,9 +206,8 @@ def run(
     return outcome
 
 
-def _unsupported(cell: Cell, job: JobSpec, run_id: str) -> CellResult:
+def _unsupported(cell: Cell, reason: str, run_id: str) -> CellResult:
     now = utcnow()
-    reason = job.unsupported_reason(cell.axes()) or ""
     return CellResult(run_id=run_id, cell_id=cell.id, cell=cell, status=CellStatus.UNSUPPORTED, started_at=now,
                       finished_at=now, error=ErrorInfo(type="unsupported", message=reason, origin="job"))
 
