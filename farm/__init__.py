@@ -6,31 +6,50 @@ The public surface is a few verbs; everything else is implementation:
     cells = farm.expand(job)
     outcome = farm.run(job)                 # local Ray unless RAY_ADDRESS is set
     farm.aggregate(outcome.store, outcome.run_id)
+
+The verbs are imported on first use (PEP 562): every cell's actor process imports
+``farm.cell_actor``, and importing the whole surface there (the page's jinja2, the history,
+the scheduler) cost each cell ~0.25 s of CPU before its engine started (bench/RESULTS.md).
 """
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from farm.aggregate import aggregate, build_matrix, load_matrix  # noqa: E402
-from farm.cells import Cell, expand  # noqa: E402
-from farm.driver import run  # noqa: E402
-from farm.errors import FarmError, JobSpecError, StoreError, ZooError  # noqa: E402
-from farm.render import render_page as render  # noqa: E402
-from farm.spec import load_job  # noqa: E402
-from farm.store import open_store  # noqa: E402
+_EXPORTS = {
+    "Cell": "farm.cells",
+    "FarmError": "farm.errors",
+    "JobSpecError": "farm.errors",
+    "StoreError": "farm.errors",
+    "ZooError": "farm.errors",
+    "aggregate": "farm.aggregate",
+    "build_matrix": "farm.aggregate",
+    "expand": "farm.cells",
+    "load_job": "farm.spec",
+    "load_matrix": "farm.aggregate",
+    "open_store": "farm.store",
+    "render": "farm.render",
+    "run": "farm.driver",
+}
+_RENAMED = {"render": "render_page"}
 
-__all__ = [
-    "Cell",
-    "FarmError",
-    "JobSpecError",
-    "StoreError",
-    "ZooError",
-    "__version__",
-    "aggregate",
-    "build_matrix",
-    "expand",
-    "load_job",
-    "load_matrix",
-    "open_store",
-    "render",
-    "run",
-]
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+if TYPE_CHECKING:
+    from farm.aggregate import aggregate, build_matrix, load_matrix
+    from farm.cells import Cell, expand
+    from farm.driver import run
+    from farm.errors import FarmError, JobSpecError, StoreError, ZooError
+    from farm.render import render_page as render
+    from farm.spec import load_job
+    from farm.store import open_store
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'farm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), _RENAMED.get(name, name))
+    globals()[name] = value
+    return value
