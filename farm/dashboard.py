@@ -72,7 +72,7 @@ class Watcher:
         seen = (newest, len(keys), hashlib.sha256("\n".join(keys).encode()).hexdigest())
         if seen == self._seen:
             return False
-        aggregate(self.store, newest)
+        aggregate(self.store, newest, exports=False)  # the page only: exports are written at the end of a run
         self._seen, self.current = seen, newest
         self.version = seen[2][:16]
         return True

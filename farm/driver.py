@@ -45,6 +45,7 @@ from farm.scheduler import Event, EventFn, Scheduler, Work, warm_nodes
 from farm.spec import JobSpec, parse_job
 from farm.store import (
     ResultWriter,
+    RunScan,
     Spool,
     Store,
     open_store,
@@ -140,10 +141,14 @@ def run(
     assert job is not None
     # Before the manifest: a spool left here for another store stops the run with nothing written.
     writer = ResultWriter(store, Spool(spool_dir(run_id), store.url))
-    history: dict[str, list[CellResult]] = {}
+    # Every attempt of every cell, as the store holds them: read once when resuming, then kept as results come,
+    # so the matrix at the end needs no second read of the store (at 100 000 cells that read was most of the
+    # aggregation, bench/RESULTS.md).
+    scan = RunScan()
     if resume:
         writer.flush()  # results spooled by an earlier session go first, so they count as done
-        history = _attempts(store, run_id, writer.spool.results())
+        scan = _attempts(store, run_id, writer.spool.results())
+    history = scan.attempts
     todo = longest_first(_owed(manifest.cells, history, job, resume), expected_seconds(store, job.name))
     reasons = {w.cell.id: job.unsupported_reason(w.cell.axes()) for w in todo}
     declared = [(w.cell, reason) for w in todo if (reason := reasons[w.cell.id])]  # recorded, never run
@@ -171,6 +176,7 @@ def run(
     def record(result: CellResult) -> None:
         writer.add_result(result)  # on local disk before anything else happens
         latest[result.cell_id] = result
+        scan.attempts.setdefault(result.cell_id, []).append(result)
 
     def on_event(event: Event) -> None:
         nonlocal done
@@ -202,7 +208,7 @@ def run(
         outcome.store_error = str(writer.error) if writer.error else "the store did not take them"
         return outcome
     if write_matrix:
-        outcome.matrix_key, outcome.page_key = aggregate(store, run_id)
+        outcome.matrix_key, outcome.page_key = aggregate(store, run_id, scan)
     return outcome
 
 
@@ -212,16 +218,17 @@ def _unsupported(cell: Cell, reason: str, run_id: str) -> CellResult:
                       finished_at=now, error=ErrorInfo(type="unsupported", message=reason, origin="job"))
 
 
-def _attempts(store: Store, run_id: str, spooled: list[CellResult]) -> dict[str, list[CellResult]]:
+def _attempts(store: Store, run_id: str, spooled: list[CellResult]) -> RunScan:
     """Every attempt of every cell of a run, oldest first: the store's and those still in the spool."""
-    attempts = scan_run(store, run_id, all_attempts=True).attempts
+    scan = scan_run(store, run_id, all_attempts=True)
+    attempts = scan.attempts
     for result in spooled:
         known = attempts.setdefault(result.cell_id, [])
         if all(a.attempt != result.attempt for a in known):
             known.append(result)
     for known in attempts.values():
         known.sort(key=lambda r: r.attempt)
-    return attempts
+    return scan
 
 
 def _owed(cells: list[Cell], history: dict[str, list[CellResult]], job: JobSpec, resume: bool) -> list[Work]:

@@ -37,7 +37,8 @@ def dashboards_dir() -> Path:
 
 def embed(matrix_json: bytes) -> str:
     """``matrix.json`` as the page carries it (``mtime=0``: the same matrix gives the same page)."""
-    return base64.b64encode(gzip.compress(matrix_json, compresslevel=9, mtime=0)).decode("ascii")
+    # Level 6: at 100 000 cells level 9 took 2.1 s of the aggregation for a page a few per cent smaller.
+    return base64.b64encode(gzip.compress(matrix_json, compresslevel=6, mtime=0)).decode("ascii")
 
 
 def embedded_matrix(page: str) -> Matrix:

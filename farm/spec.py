@@ -167,12 +167,29 @@ class EngineSpec(StrictModel):
         return {**data, "name": self.name, "kind": self.kind}
 
 
+# Validated engines by their data's repr: a run has a few engines and a result document carries its cell's,
+# so aggregating 100 000 results validated the same few engines 200 000 times (bench/RESULTS.md).
+# Engines are frozen, so one instance can serve every cell that names it.
+_ENGINES: dict[str, EngineSpec] = {}
+_ENGINES_KEPT = 1024
+
+
 def _engine_of_kind(data: Any) -> Any:
     """Validate an engine with the model its ``kind`` registered (see ``farm.envs``)."""
     if isinstance(data, EngineSpec):
         return data
     if not isinstance(data, dict):
         raise ValueError("an engine is a mapping with at least 'name' and 'kind'")
+    key = repr(data)
+    known = _ENGINES.get(key)
+    if known is None:
+        known = _validate_engine(data)
+        if len(_ENGINES) < _ENGINES_KEPT:
+            _ENGINES[key] = known
+    return known
+
+
+def _validate_engine(data: dict[str, Any]) -> EngineSpec:
     from farm import envs
 
     try:

@@ -93,8 +93,9 @@ def write_runs(store: Store, shape: Shape = Shape(), *, job_name: str = "nightly
 
 
 def _cells(shape: Shape, hostile: bool) -> list[Cell]:
-    rows = [(f"{FAMILIES[i // len(QUANTS) % len(FAMILIES)]}-{['0.5b', '7b'][i // (len(QUANTS) * len(FAMILIES)) % 2]}",
-             QUANTS[i % len(QUANTS)]) for i in range(shape.rows)]
+    distinct = len(QUANTS) * len(FAMILIES) * 2  # rows past these get a numbered model, so every cell id is distinct
+    rows = [(f"{FAMILIES[i // len(QUANTS) % len(FAMILIES)]}-{['0.5b', '7b'][i // (len(QUANTS) * len(FAMILIES)) % 2]}"
+             f"{'' if i < distinct else f'-{i // distinct}'}", QUANTS[i % len(QUANTS)]) for i in range(shape.rows)]
     columns = [(LORAS[i // len(VERSIONS) % len(LORAS)], VERSIONS[i % len(VERSIONS)] +
                 ("" if i < len(LORAS) * len(VERSIONS) else f"-{i}")) for i in range(shape.columns)]
     cells = []

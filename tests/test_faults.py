@@ -28,10 +28,11 @@ import psutil
 import pytest
 import yaml
 
+from farm.aggregate import build_matrix, load_matrix
 from farm.results import CellResult, CellStatus
 from farm.retry import cold_timeout, decide
 from farm.spec import parse_job
-from farm.store import open_store, read_manifest, scan_run
+from farm.store import export_key, open_store, read_manifest, scan_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -107,6 +108,13 @@ def assert_complete(store, run_id: str) -> dict[str, list[CellResult]]:
         everywhere = attempts[-1].status is CellStatus.ENV_ERROR and len({a.node_id for a in attempts}) >= 2
         assert everywhere or not decide(attempts, job.retries, infra_tail).retry, f"{cell_id} still owes an attempt"
     assert manifest.finished_at and sum(manifest.counts.values()) == len(manifest.cells)
+    # The driver builds the matrix from the results it recorded, without reading them back: it must be the
+    # matrix a fresh read of the store gives (resumed runs included, whose earlier attempts it read at the start).
+    stored, rebuilt = load_matrix(store, run_id), build_matrix(manifest, list(scan.latest.values()))
+    assert [c.model_dump() for c in stored.cells] == [c.model_dump() for c in rebuilt.cells]
+    assert stored.signatures == rebuilt.signatures and stored.envs == rebuilt.envs
+    exported = store.get(export_key(run_id, "jsonl")).decode().splitlines()
+    assert len(exported) == sum(len(attempts) for attempts in scan.attempts.values()), "every attempt exported"
     return {attempts[-1].cell.quantization + "/" + attempts[-1].cell.lora: attempts for attempts in scan.attempts.values()}
 
 
