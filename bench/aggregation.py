@@ -8,8 +8,8 @@ Writes one synthetic run (``tests/synthetic.py``: a nightly-like job, every stat
 causes with tracebacks, env facts per version) into a store, then aggregates it in a fresh
 process, two ways:
 
-- **end of ``farm run``**: the driver holds every result it recorded (here: made in the child
-  process, untimed), so ``aggregate(store, run, scan)`` builds the matrix, history and changes
+- **end of ``farm run``**: the driver holds the manifest and every result it recorded (here: made in the child
+  process, untimed), so ``aggregate(store, run, scan, manifest=…)`` builds the matrix, history and changes
   and the page without reading the results back; then the exports (JSONL, Parquet), timed apart.
 - **from the store**: ``aggregate(store, run, exports=False)`` as ``farm dashboard`` and
   ``farm matrix`` run it: list + get + parse every result, then the same matrix and page.
@@ -86,12 +86,12 @@ def aggregate_child(mode: str, url: str, endpoint: str | None, count: int) -> No
 
     imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     store = open_store(url, s3_endpoint=endpoint)
-    scan = None
+    scan = manifest = None
     if mode == "driver":
-        _, results = synthetic_run(count)
+        manifest, results = synthetic_run(count)
         scan = RunScan(attempts={r.cell_id: [r] for r in results})
     started = time.perf_counter()
-    aggregate(store, RUN_ID, scan, exports=False)
+    aggregate(store, RUN_ID, scan, exports=False, manifest=manifest)
     seconds = time.perf_counter() - started
     exports = None
     if scan is not None:

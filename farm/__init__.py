@@ -34,7 +34,22 @@ _EXPORTS = {
 }
 _RENAMED = {"render": "render_page"}
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "Cell",
+    "FarmError",
+    "JobSpecError",
+    "StoreError",
+    "ZooError",
+    "__version__",
+    "aggregate",
+    "build_matrix",
+    "expand",
+    "load_job",
+    "load_matrix",
+    "open_store",
+    "render",
+    "run",
+]
 
 if TYPE_CHECKING:
     from farm.aggregate import aggregate, build_matrix, load_matrix

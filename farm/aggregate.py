@@ -15,7 +15,7 @@ from pydantic import Field
 from farm import versions
 from farm.errors import KeyNotFound
 from farm.history import Changes, History, attach_history
-from farm.results import SCHEMA_VERSION, CellResult, CellStatus, Document, EnvFacts, RunManifest, utcnow
+from farm.results import SCHEMA_VERSION, CellResult, CellStatus, Document, EnvFacts, RunManifest, no_cyclic_gc, utcnow
 from farm.store import RunScan, Store, Unreadable, log_key, matrix_key, read_manifest, result_key, scan_run
 from farm.versions import EngineGroup, VersionChange
 
@@ -251,12 +251,7 @@ def _details(result: CellResult, envs: dict[str, EnvFacts], env_ids: dict[str, s
             not has_traceback or result.status in (CellStatus.CRASH, CellStatus.TIMEOUT)):
         excerpt = "\n".join(result.log_tail.rstrip().splitlines()[-LOG_EXCERPT_LINES:])[-LOG_EXCERPT_CHARS:]
     return {
-        "probe_results": [
-            _trusted(ProbeSummary,
-                name=p.name, passed=p.passed, skipped=p.skipped, detail=p.detail, metrics=p.metrics,
-                evidence=p.evidence if p.failed and p.evidence and len(json.dumps(p.evidence)) <= EVIDENCE_CHARS else {})
-            for p in result.probes
-        ],
+        "probe_results": [_probe_summary(p.__dict__) for p in result.probes],
         "error_probe": result.error.probe if result.error else None,
         "error_wrapper": result.error.wrapper if result.error else None,
         "env_id": env_id,
@@ -265,33 +260,50 @@ def _details(result: CellResult, envs: dict[str, EnvFacts], env_ids: dict[str, s
     }
 
 
-def aggregate(store: Store, run_id: str, scan: RunScan | None = None, *, exports: bool = True) -> tuple[str, str]:
+def _probe_summary(probe: dict[str, Any]) -> ProbeSummary:
+    """A ProbeResult's fields (its ``__dict__``) as the page shows them: a quarter of a million at 100 000 cells."""
+    evidence = probe["evidence"]
+    if not evidence or probe["passed"] or probe["skipped"] or len(json.dumps(evidence)) > EVIDENCE_CHARS:
+        evidence = {}  # only a failed probe's, and only if small: the whole evidence stays in the result
+    return _trusted(ProbeSummary, name=probe["name"], passed=probe["passed"], skipped=probe["skipped"],
+                    detail=probe["detail"], metrics=probe["metrics"], evidence=evidence)
+
+
+def aggregate(store: Store, run_id: str, scan: RunScan | None = None, *, exports: bool = True,
+              manifest: RunManifest | None = None) -> tuple[str, str]:
     """Read a run's results from the store; write its matrix, exports, and (for the newest run)
     ``matrix/latest.json`` and the page. Returns the keys of the matrix and the page.
 
-    ``scan``: every attempt of the run's cells, when the caller already holds them (the driver at the end of
-    its run keeps each result it recorded): the store is then not read for them. ``exports``: the JSONL and
-    Parquet exports too (every attempt of every cell), which the page and ``farm matrix`` do not need.
+    ``scan`` and ``manifest``: every attempt of the run's cells and the run's manifest, when the caller holds
+    them (the driver at the end of its run keeps each result it recorded and the manifest it wrote last): the
+    store is then not read for them. ``exports``: the JSONL and Parquet exports too (every attempt of every
+    cell), which the page and ``farm matrix`` do not need.
 
     The matrix carries the job's history (earlier runs read from the store) and the
     changes since the previous run; see ``farm.history``.
     """
+    with no_cyclic_gc():
+        return _aggregate(store, run_id, scan, exports, manifest)
+
+
+def _aggregate(store: Store, run_id: str, scan: RunScan | None, exports: bool,
+               manifest: RunManifest | None) -> tuple[str, str]:
     from farm.export import export
     from farm.render import render_page
 
-    manifest = read_manifest(store, run_id)
+    manifest = manifest or read_manifest(store, run_id)
     if scan is None:  # one listing and one read of each document serve the matrix and the exports
         scan = scan_run(store, run_id, all_attempts=exports)
     matrix = build_matrix(manifest, list(scan.latest.values()), scan.unreadable)
     attach_history(store, matrix)
-    data = matrix.model_dump_json(indent=1).encode()
+    data = matrix.model_dump_json().encode()  # compact: for programs (the page, farm matrix); ~100 MB at 100 000 cells
     key = matrix_key(run_id)
     store.put(key, data, overwrite=True)
     if exports:
         export(store, run_id, scan)
     if _is_newest(store, matrix):
         store.put(matrix_key(), data, overwrite=True)
-        store.put(PAGE_KEY, render_page(matrix).encode(), overwrite=True)
+        store.put(PAGE_KEY, render_page(matrix, data).encode(), overwrite=True)
     else:
         log.warning("%s is not the newest run in %s: matrix/latest.json and the page stay as they are",
                     run_id, store.url)

@@ -208,7 +208,7 @@ def run(
         outcome.store_error = str(writer.error) if writer.error else "the store did not take them"
         return outcome
     if write_matrix:
-        outcome.matrix_key, outcome.page_key = aggregate(store, run_id, scan)
+        outcome.matrix_key, outcome.page_key = aggregate(store, run_id, scan, manifest=manifest)
     return outcome
 
 

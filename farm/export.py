@@ -16,6 +16,7 @@ import json
 import logging
 from typing import Any
 
+from farm.results import no_cyclic_gc
 from farm.store import RunScan, Store, export_key, result_key
 
 log = logging.getLogger("farm.export")
@@ -108,6 +109,11 @@ def parquet_schema() -> Any:
 
 def export(store: Store, run_id: str, scan: RunScan) -> list[str]:
     """Write the run's JSONL and (with pyarrow) Parquet exports; return their keys."""
+    with no_cyclic_gc():
+        return _export(store, run_id, scan)
+
+
+def _export(store: Store, run_id: str, scan: RunScan) -> list[str]:
     keys = [export_key(run_id, "jsonl")]
     store.put(keys[0], to_jsonl(scan), overwrite=True)
     try:

@@ -26,3 +26,7 @@ def test_cell_actor_imports_no_page_or_aggregation() -> None:
             "if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_all_names_every_lazy_export() -> None:
+    assert sorted(farm.__all__) == sorted([*farm._EXPORTS, "__version__"])

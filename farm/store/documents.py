@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from farm.errors import KeyExists, KeyNotFound, StoreError
-from farm.results import CellResult, RunManifest
+from farm.results import CellResult, RunManifest, no_cyclic_gc
 from farm.store.base import Store, cells_prefix, log_key, manifest_key, result_key
 
 log = logging.getLogger("farm.store")
@@ -70,6 +70,11 @@ def scan_run(store: Store, run_id: str, *, all_attempts: bool = False) -> RunSca
     By default only the latest readable attempt of each cell is read (an unreadable one
     falls back to the attempt before it); ``all_attempts`` reads every attempt (exports).
     """
+    with no_cyclic_gc():
+        return _scan_run(store, run_id, all_attempts)
+
+
+def _scan_run(store: Store, run_id: str, all_attempts: bool) -> RunScan:
     by_cell: dict[str, list[tuple[int, str]]] = {}
     for key in store.list(cells_prefix(run_id)):
         match = _RESULT.search(key)
