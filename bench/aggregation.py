@@ -14,7 +14,7 @@ process, two ways:
 - **from the store**: ``aggregate(store, run, exports=False)`` as ``farm dashboard`` and
   ``farm matrix`` run it: list + get + parse every result, then the same matrix and page.
 
-Reported: wall time and the process's peak resident memory (``ru_maxrss``; the interpreter
+Reported: wall time and the process's peak resident memory (VmHWM; the interpreter
 and the farm's imports included, measured on their own too). The moto server (the store tests'
 S3, ``tests/s3_servers.py``) runs on 127.0.0.1 and is stopped at the end.
 """
@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.machine import facts, load  # noqa: E402
+from bench.machine import facts, load, peak_rss_mb  # noqa: E402
 
 THREADS = 16
 RUN_ID = "nightly-bench"
@@ -78,13 +78,11 @@ def aggregate_child(mode: str, url: str, endpoint: str | None, count: int) -> No
     (made here, untimed), so the matrix, page and exports need no read of the store.
     ``store``: what ``farm dashboard`` and ``farm matrix`` do: list and read every result, matrix and page.
     """
-    import resource
-
     from farm.aggregate import aggregate, load_matrix
     from farm.export import export
     from farm.store import RunScan, open_store
 
-    imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    imported = peak_rss_mb()
     store = open_store(url, s3_endpoint=endpoint)
     scan = manifest = None
     if mode == "driver":
@@ -98,7 +96,7 @@ def aggregate_child(mode: str, url: str, endpoint: str | None, count: int) -> No
         started = time.perf_counter()
         export(store, RUN_ID, scan)
         exports = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     matrix = load_matrix(store, RUN_ID)
     page = len(store.get("index.html"))
     print(json.dumps({"seconds": seconds, "exports": exports, "peak_mb": peak, "imports_mb": imported,

@@ -27,3 +27,20 @@ def facts() -> str:
         pass
     return (f"{os.cpu_count()} CPUs ({model}), {memory} RAM, {platform.system()} {platform.release()}, "
             f"Python {platform.python_version()}; {load()}")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB: VmHWM, which starts afresh at exec.
+
+    ``ru_maxrss`` does not: Linux keeps it across execve, so a child started by a parent
+    holding a gigabyte reports the parent's gigabyte (seen in bench.aggregation).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -15,7 +15,7 @@ vLLM, answers at once), so what is measured is the farm itself. Two paths:
   as ``farm run`` does: Ray's per-cell process start and teardown come on top.
 
 Each runs in a fresh process; reported: cells per second (the whole ``run()``, from the
-job to the page) and that process's peak resident memory (``ru_maxrss``).
+job to the page) and that process's peak resident memory (VmHWM).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.machine import facts, load  # noqa: E402
+from bench.machine import facts, load, peak_rss_mb  # noqa: E402
 
 PER_MODEL = 100
 
@@ -54,8 +54,6 @@ def job_of(cells: int, build_s: float = 0.0):  # type: ignore[no-untyped-def]
 
 
 def child(cells: int, real_ray: bool, cpus: int, profile: int) -> None:
-    import resource
-
     import farm.driver
     from bench.inprocess_ray import InProcessRay
     from farm.store import LocalStore
@@ -87,7 +85,7 @@ def child(cells: int, real_ray: bool, cpus: int, profile: int) -> None:
     if real_ray:
         ray.shutdown()
     shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({"seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_rss_mb()}))
 
 
 def measure(cells: int, real_ray: bool, cpus: int, profile: int) -> str:
