@@ -88,12 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         bare_cmd = [sys.executable, "-c", BARE, str(job)]
         # A Ray already running on this machine (127.0.0.1), as a user who keeps one up, or any cluster, has it:
         # `farm run --address` connects instead of starting (and stopping) a Ray of its own.
+        # Before importing ray, which reads them: loopback only, and no token (as farm run's own local Ray).
+        os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled", FARM_HOME=env["FARM_HOME"])
+        env["RAY_AUTH_MODE"] = "disabled"
         import ray
 
-        os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", FARM_HOME=env["FARM_HOME"])
         ray.init(address="local", num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", include_dashboard=False,
                  log_to_driver=False)
         address = ray.get_runtime_context().gcs_address
+        assert address.startswith("127.0.0.1:"), f"Ray listens on {address}, not on loopback"
         sides: dict[str, list[float]] = {"bare": [], "own": [], "running": []}
         ratios: dict[str, list[float]] = {"own": [], "running": []}
         try:
