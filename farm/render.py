@@ -37,7 +37,7 @@ def dashboards_dir() -> Path:
 
 def embed(matrix_json: bytes) -> str:
     """``matrix.json`` as the page carries it (``mtime=0``: the same matrix gives the same page)."""
-    # Level 6: at 100 000 cells level 9 took 2.1 s of the aggregation for a page a few per cent smaller.
+    # Level 6: at 100 000 cells level 9 took 2.4 s instead of 1.1 s for a page 6 % smaller (8.5 vs 9.0 MB gzipped).
     return base64.b64encode(gzip.compress(matrix_json, compresslevel=6, mtime=0)).decode("ascii")
 
 
