@@ -19,6 +19,7 @@ What is lost if the driver itself dies: only the cells in flight, which
 from __future__ import annotations
 
 import getpass
+import ipaddress
 import json
 import logging
 import os
@@ -300,9 +301,10 @@ def spool_report(outcome: RunOutcome) -> str:
 def connect(address: str | None = None) -> Any:
     """Join the given cluster (or RAY_ADDRESS, e.g. under `ray job submit`), else start a local Ray."""
     address = address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        # Without this, a local Ray also listens on the machine's other addresses and 0.0.0.0.
-        # Never set when joining a real cluster, whose nodes must reach each other.
+    if not address or _is_loopback(address):
+        # Without this, a local Ray also listens on the machine's other addresses and 0.0.0.0, and
+        # ray.init rewrites a 127.0.0.1 address to the machine's other address, where a Ray started on
+        # loopback does not listen. Never set when joining a real cluster, whose nodes must reach each other.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
@@ -329,6 +331,17 @@ def connect(address: str | None = None) -> Any:
             log_to_driver=False,
         )
     return ray
+
+
+def _is_loopback(address: str) -> bool:
+    """``127.0.0.1:6379``, ``localhost:6379``, ``ray://[::1]:10001``: a Ray on this machine's loopback."""
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, or "auto"
+        return False
 
 
 def _job_runtime_env() -> dict[str, Any]:

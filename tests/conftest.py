@@ -150,7 +150,10 @@ def large_store(tmp_path_factory):
 
 @pytest.fixture
 def ray_head(tmp_path, monkeypatch):
-    """A Ray head node with a dashboard (the job server), every port on 127.0.0.1 chosen free."""
+    """A Ray head node with a dashboard (the job server), every port on 127.0.0.1 chosen free.
+
+    Yields the job server's URL, the head's process, its log, and the GCS address (what ``--address`` joins).
+    """
     # Token auth would need a token file in ~/.ray; a loopback-only test cluster has no use for it.
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     dashboard = free_port()
@@ -167,7 +170,7 @@ def ray_head(tmp_path, monkeypatch):
     with open(tmp_path / "head.log", "wb") as log:
         head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        yield f"http://127.0.0.1:{dashboard}", head, tmp_path / "head.log"
+        yield f"http://127.0.0.1:{dashboard}", head, tmp_path / "head.log", f"127.0.0.1:{ports['port']}"
     finally:
         head.terminate()  # `ray start --block` stops the processes of its node on SIGTERM
         try:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 def _client(ray_head, timeout: float = 120):  # type: ignore[no-untyped-def]
     from ray.job_submission import JobSubmissionClient
 
-    address, head, log = ray_head
+    address, head, log, _ = ray_head
     deadline = time.monotonic() + timeout
     while True:
         assert head.poll() is None, f"the Ray head exited: {log.read_text()[-2000:]}"
@@ -72,3 +72,30 @@ def test_farm_run_as_a_ray_job_writes_results_to_s3(ray_head, moto_server, tmp_p
     manifest = read_manifest(store, "rj")
     assert manifest.finished_at and manifest.counts == {"pass": 3}
     assert store.exists("matrix/rj.json") and store.exists("exports/parquet/rj.parquet")
+
+
+def test_farm_run_joins_a_ray_on_loopback_by_its_127_address(ray_head, tmp_path):
+    """Given 127.0.0.1:PORT, ray.init would rewrite it to the machine's other address, where a Ray started
+    with --node-ip-address=127.0.0.1 does not listen: the farm keeps it on loopback (README, bench.cell_overhead)."""
+    import os
+    import subprocess
+
+    _client(ray_head)  # the head is up
+    gcs = ray_head[3]
+    (tmp_path / "job.yaml").write_text(fault_job("joined", cells=2))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
+    env["FARM_HOME"] = str(tmp_path / "home")
+    done = subprocess.run([sys.executable, "-m", "farm", "run", "job.yaml", "--store", "results", "--run-id", "joined",
+                           "--address", gcs], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert read_manifest(open_store(str(tmp_path / "results")), "joined").counts == {"pass": 2}
+
+
+@pytest.mark.parametrize(("address", "loopback"), [
+    ("127.0.0.1:6379", True), ("localhost:6379", True), ("ray://127.0.0.1:10001", True), ("[::1]:6379", True),
+    ("10.0.0.5:6379", False), ("head.example:6379", False), ("auto", False), ("ray://head:10001", False),
+])
+def test_which_addresses_are_loopback(address: str, loopback: bool) -> None:
+    from farm.driver import _is_loopback
+
+    assert _is_loopback(address) is loopback

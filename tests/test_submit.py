@@ -39,7 +39,7 @@ def test_submit_runs_the_job_on_the_cluster_and_the_results_reach_the_store(
 ):
     import sys
 
-    address, head, log = ray_head
+    address, head, log, _ = ray_head
     _wait_for_job_server(address, head, log)
     workdir = tmp_path / "laptop"
     workdir.mkdir()
