@@ -170,7 +170,7 @@ def build_matrix(
                 timings=result.timings if result else {},
                 peak_rss_mb=result.peak_rss_mb if result else None,
                 result_key=result_key(manifest.run_id, cell_id, result.attempt) if result else None,
-                **(_details(result, envs, env_ids) if result else _NO_DETAILS),
+                **(_details(result, envs, env_ids) if result else _no_details()),
             )
         )
         if error and error.signature:
@@ -229,8 +229,10 @@ def _trusted(model_class: type[_M], /, **values: Any) -> _M:
     return instance
 
 
-_NO_DETAILS: dict[str, Any] = {"probe_results": [], "error_probe": None, "error_wrapper": None, "env_id": None,
-                                "log_key": None, "log_excerpt": None}
+def _no_details() -> dict[str, Any]:
+    """A pending cell's detail fields (a fresh list each: cells never share a mutable value)."""
+    return {"probe_results": [], "error_probe": None, "error_wrapper": None, "env_id": None, "log_key": None,
+            "log_excerpt": None}
 
 
 def _details(result: CellResult, envs: dict[str, EnvFacts], env_ids: dict[str, str]) -> dict[str, Any]:
