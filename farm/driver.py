@@ -301,10 +301,11 @@ def spool_report(outcome: RunOutcome) -> str:
 def connect(address: str | None = None) -> Any:
     """Join the given cluster (or RAY_ADDRESS, e.g. under `ray job submit`), else start a local Ray."""
     address = address or os.environ.get("RAY_ADDRESS")
-    if not address or _is_loopback(address):
+    if not address or _loopback_only(address):
         # Without this, a local Ray also listens on the machine's other addresses and 0.0.0.0, and
         # ray.init rewrites a 127.0.0.1 address to the machine's other address, where a Ray started on
-        # loopback does not listen. Never set when joining a real cluster, whose nodes must reach each other.
+        # loopback does not listen. Never set when joining a real cluster, whose nodes must reach each other
+        # (and reach this driver, which would then say it is at 127.0.0.1).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
@@ -331,6 +332,41 @@ def connect(address: str | None = None) -> Any:
             log_to_driver=False,
         )
     return ray
+
+
+def _loopback_only(address: str) -> bool:
+    """A Ray on this machine that answers on the loopback address given but not on the machine's outward
+    address, which ``ray.init`` would rewrite it to: one started with ``--node-ip-address=127.0.0.1``.
+
+    A head started the usual way answers on both, and keeps Ray's behaviour: its other nodes must reach
+    this driver at the machine's real address.
+    """
+    if not _is_loopback(address):
+        return False
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not port.isdigit() or not _accepts(host.strip("[]"), int(port)):
+        return False  # nothing there: ray.init says so in its own words
+    outward = _outward_ip()
+    return outward is None or not _accepts(outward, int(port))
+
+
+def _outward_ip() -> str | None:
+    """The address ``ray.init`` rewrites 127.0.0.1 to: the source of a route outwards (a UDP connect sends nothing)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("8.8.8.8", 80))
+            ip = str(probe.getsockname()[0])
+    except OSError:  # no route outwards: nothing to rewrite to
+        return None
+    return None if ip.startswith("127.") else ip
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def _is_loopback(address: str) -> bool:

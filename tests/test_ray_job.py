@@ -99,3 +99,18 @@ def test_which_addresses_are_loopback(address: str, loopback: bool) -> None:
     from farm.driver import _is_loopback
 
     assert _is_loopback(address) is loopback
+
+
+def test_only_a_ray_listening_on_loopback_alone_gets_loopback_mode(tmp_path):
+    """The farm keeps Ray's rewrite of 127.0.0.1 for a head that also listens on the machine's address (its other
+    nodes must reach the driver there); here only loopback listeners can be made, so that side is the refusal."""
+    import socket
+
+    from farm.driver import _loopback_only
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        assert _loopback_only(f"127.0.0.1:{port}")
+        assert _loopback_only(f"localhost:{port}")
+        assert not _loopback_only(f"10.0.0.5:{port}")  # not this machine's loopback: never
+    assert not _loopback_only(f"127.0.0.1:{port}")  # nothing listens: ray.init reports it
