@@ -171,12 +171,10 @@ def run(
             manifest.ray_address = ray.get_runtime_context().gcs_address
         write_manifest(store, manifest, create=True)  # an existing run is never replaced: it says to --resume
 
-    latest = {cell_id: attempts[-1] for cell_id, attempts in history.items() if attempts}
     done = 0
 
     def record(result: CellResult) -> None:
         writer.add_result(result)  # on local disk before anything else happens
-        latest[result.cell_id] = result
         scan.attempts.setdefault(result.cell_id, []).append(result)
 
     def on_event(event: Event) -> None:
@@ -199,11 +197,11 @@ def run(
             scheduler.run(todo)
             manifest.envs = scheduler.envs.summary()
         manifest.finished_at = utcnow()
-        manifest.counts = _counts(list(latest.values()))
+        manifest.counts = _counts(list(scan.latest.values()))
         writer.add_manifest(manifest)
     finally:
         pending = writer.close()  # also on Ctrl-C: what was recorded reaches the store or stays spooled
-    outcome = RunOutcome(run_id, list(latest.values()), None, None, store, manifest.counts, ran=len(todo),
+    outcome = RunOutcome(run_id, list(scan.latest.values()), None, None, store, manifest.counts, ran=len(todo),
                          spooled=pending, spool_dir=writer.spool.dir)
     if pending:
         outcome.store_error = str(writer.error) if writer.error else "the store did not take them"
@@ -341,13 +339,11 @@ def _loopback_only(address: str) -> bool:
     A head started the usual way answers on both, and keeps Ray's behaviour: its other nodes must reach
     this driver at the machine's real address.
     """
-    if not _is_loopback(address):
-        return False
-    host, _, port = address.split("://", 1)[-1].rpartition(":")
-    if not port.isdigit() or not _accepts(host.strip("[]"), int(port)):
-        return False  # nothing there: ray.init says so in its own words
+    host, port = _host_port(address)
+    if not _is_loopback(address) or port is None or not _accepts(host, port):
+        return False  # not this machine's loopback; or nothing there, and ray.init says so in its own words
     outward = _outward_ip()
-    return outward is None or not _accepts(outward, int(port))
+    return outward is None or not _accepts(outward, port)
 
 
 def _outward_ip() -> str | None:
@@ -369,9 +365,17 @@ def _accepts(host: str, port: int) -> bool:
         return False
 
 
+def _host_port(address: str) -> tuple[str, int | None]:
+    """``ray://[::1]:10001`` → ``("::1", 10001)``; ``auto`` → ``("auto", None)``."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host:  # no port at all
+        return address.split("://", 1)[-1].strip("[]"), None
+    return host.strip("[]"), int(port) if port.isdigit() else None
+
+
 def _is_loopback(address: str) -> bool:
     """``127.0.0.1:6379``, ``localhost:6379``, ``ray://[::1]:10001``: a Ray on this machine's loopback."""
-    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    host, _ = _host_port(address)
     if host == "localhost":
         return True
     try:
