@@ -42,7 +42,7 @@ RUN_ID = "nightly-bench"
 
 def synthetic_run(count: int):  # type: ignore[no-untyped-def]
     """The manifest and results of one synthetic run of about ``count`` cells (a few are 'not run': no result)."""
-    from farm.results import RunManifest
+    from farm.model.results import RunManifest
     from tests import synthetic
 
     columns = 200 if count >= 20_000 else 20
@@ -78,8 +78,8 @@ def aggregate_child(mode: str, url: str, endpoint: str | None, count: int) -> No
     (made here, untimed), so the matrix, page and exports need no read of the store.
     ``store``: what ``farm dashboard`` and ``farm matrix`` do: list and read every result, matrix and page.
     """
-    from farm.aggregate import aggregate, load_matrix
-    from farm.export import export
+    from farm.report.aggregate import aggregate, load_matrix
+    from farm.report.export import export
     from farm.store import RunScan, open_store
 
     imported = peak_rss_mb()

@@ -4,8 +4,8 @@
     python -m bench.cell_overhead --sets 7 --probes load,generate,determinism
     python -m bench.cell_overhead --tiny       # the fault-injection seam instead of vLLM, 1 set (CI)
 
-- **bare**: a fresh ``python`` that sets the engine's environment (``farm.execute.engine_environment``)
-  and calls ``farm.execute.execute_cell`` on the cell: import vLLM, build the engine, run the
+- **bare**: a fresh ``python`` that sets the engine's environment (``farm.cell.execute.engine_environment``)
+  and calls ``farm.cell.execute.execute_cell`` on the cell: import vLLM, build the engine, run the
   probes, in one process. That is what any hand-written vLLM script does, plus the probes.
 - **farm run, its own Ray**: ``farm run JOB --store DIR`` for the same one-cell job: the CLI, a
   local Ray started on 127.0.0.1 (and stopped), the cell's actor (its own process: the same
@@ -39,10 +39,10 @@ from bench.machine import facts, load  # noqa: E402
 
 BARE = """
 import os, sys, time
-from farm.cells import expand
-from farm.execute import CellSettings, engine_environment, execute_cell, farm_home
-from farm.spec import load_job
-os.environ.update(engine_environment(farm_home()))
+from farm.model.cells import expand
+from farm.cell.execute import CellSettings, engine_environment, execute_cell
+from farm.model.spec import load_job
+os.environ.update(engine_environment())
 job = load_job(sys.argv[1])
 result = execute_cell(expand(job)[0], CellSettings.from_job(job), "bare")
 assert result.status.value == "pass", result.model_dump_json(indent=1)

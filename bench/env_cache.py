@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from farm.envs import EnvFailure, cache
     from farm.envs.node import prepare_here
-    from farm.spec import load_job, parse_job
+    from farm.model.spec import load_job, parse_job
 
     if args.tiny:
         import yaml

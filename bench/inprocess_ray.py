@@ -51,8 +51,8 @@ class _Actor:
 
     def _run(self, cell_json: str, settings_json: str, run_id: str, attempt: int, log_path: str,
              timeout_s: float, memory_limit: int | None) -> str:
-        from farm.cells import Cell
-        from farm.execute import CellSettings, execute_cell
+        from farm.cell.execute import CellSettings, execute_cell
+        from farm.model.cells import Cell
 
         result = execute_cell(Cell.model_validate_json(cell_json), CellSettings.model_validate_json(settings_json),
                               run_id, attempt, Path(log_path))
@@ -82,7 +82,7 @@ class InProcessRay:
         self.cpus = cpus
 
     def remote(self, thing: Any) -> Any:
-        from farm.cell_actor import CellActor
+        from farm.cell.actor import CellActor
 
         if thing is CellActor:
             return _ActorClass()

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from farm.aggregate import aggregate, load_matrix
+from farm.report.aggregate import aggregate, load_matrix
 from farm.store import LocalStore
 from tests.chromium import Chromium
 from tests.synthetic import Shape, write_runs

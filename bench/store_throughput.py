@@ -36,9 +36,9 @@ THREADS = 16
 
 def synthetic(run_id: str, count: int):  # type: ignore[no-untyped-def]
     """A manifest and ``count`` results shaped like a real run's (80 % pass, failures in 20 groups)."""
-    from farm.cells import Cell
-    from farm.results import CellResult, CellStatus, EnvFacts, ErrorInfo, ProbeResult, RunManifest, utcnow
-    from farm.spec import Engine
+    from farm.model.cells import Cell
+    from farm.model.results import CellResult, CellStatus, EnvFacts, ErrorInfo, ProbeResult, RunManifest, utcnow
+    from farm.model.spec import Engine
 
     engines = [Engine(name=f"v0.{i}", kind="current") for i in range(5)]
     cells = []
@@ -78,9 +78,9 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def bench_backend(name: str, url: str, endpoint: str | None, ops: int, results: int) -> dict[str, str]:
-    from farm.aggregate import aggregate, build_matrix
-    from farm.export import export
-    from farm.render import render_page
+    from farm.report.aggregate import aggregate, build_matrix
+    from farm.report.export import export
+    from farm.report.render import render_page
     from farm.store import open_store, put_result, read_manifest, scan_run, write_manifest
 
     store = open_store(url, s3_endpoint=endpoint)

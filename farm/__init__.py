@@ -5,10 +5,10 @@ The public surface is a few verbs; everything else is implementation:
     job = farm.load_job("jobs/smoke.yaml")
     cells = farm.expand(job)
     outcome = farm.run(job)                 # local Ray unless RAY_ADDRESS is set
-    farm.aggregate(outcome.store, outcome.run_id)
+    farm.report.aggregate(outcome.store, outcome.run_id)
 
 The verbs are imported on first use (PEP 562): every cell's actor process imports
-``farm.cell_actor``, and importing the whole surface there (the page's jinja2, the history,
+``farm.cell.actor``, and importing the whole surface there (the page's jinja2, the history,
 the scheduler) cost each cell ~0.25 s of CPU before its engine started (bench/RESULTS.md).
 """
 
@@ -18,19 +18,19 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Cell": "farm.cells",
+    "Cell": "farm.model.cells",
     "FarmError": "farm.errors",
     "JobSpecError": "farm.errors",
     "StoreError": "farm.errors",
     "ZooError": "farm.errors",
-    "aggregate": "farm.aggregate",
-    "build_matrix": "farm.aggregate",
-    "expand": "farm.cells",
-    "load_job": "farm.spec",
-    "load_matrix": "farm.aggregate",
+    "aggregate": "farm.report.aggregate",
+    "build_matrix": "farm.report.aggregate",
+    "expand": "farm.model.cells",
+    "load_job": "farm.model.spec",
+    "load_matrix": "farm.report.aggregate",
     "open_store": "farm.store",
-    "render": "farm.render",
-    "run": "farm.driver",
+    "render": "farm.report.render",
+    "run": "farm.run.driver",
 }
 _RENAMED = {"render": "render_page"}
 
@@ -52,12 +52,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from farm.aggregate import aggregate, build_matrix, load_matrix
-    from farm.cells import Cell, expand
-    from farm.driver import run
     from farm.errors import FarmError, JobSpecError, StoreError, ZooError
-    from farm.render import render_page as render
-    from farm.spec import load_job
+    from farm.model.cells import Cell, expand
+    from farm.model.spec import load_job
+    from farm.report.aggregate import aggregate, build_matrix, load_matrix
+    from farm.report.render import render_page as render
+    from farm.run.driver import run
     from farm.store import open_store
 
 

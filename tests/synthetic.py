@@ -17,10 +17,10 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from farm.aggregate import aggregate
-from farm.cells import Cell
-from farm.results import CellResult, CellStatus, EnvFacts, ErrorInfo, ProbeResult, RunManifest
-from farm.spec import Engine
+from farm.model.cells import Cell
+from farm.model.results import CellResult, CellStatus, EnvFacts, ErrorInfo, ProbeResult, RunManifest
+from farm.model.spec import Engine
+from farm.report.aggregate import aggregate
 from farm.store import Store, manifest_key, put_result
 
 HOSTILE = [
@@ -247,7 +247,7 @@ def _traceback(kind: str, message: str, frame: str, function: str) -> str:
     path, line = frame.rsplit(":", 1) if ":" in frame else (frame, "1")
     return (
         "Traceback (most recent call last):\n"
-        '  File "/opt/farm/farm/execute.py", line 78, in execute_cell\n'
+        '  File "/opt/farm/farm/cell/execute.py", line 78, in execute_cell\n'
         "    with build_engine(cell, settings.engine_args) as engine:\n"
         '  File "/opt/venv/lib/python3.12/site-packages/vllm/entrypoints/llm.py", line 297, in __init__\n'
         "    self.llm_engine = LLMEngine.from_engine_args(engine_args=engine_args)\n"

@@ -1,7 +1,8 @@
-"""build_matrix makes its cells without validating them again (farm.aggregate._trusted): they must be valid."""
+"""build_matrix makes its cells without validating them again (farm.report.aggregate._trusted): they must be valid."""
 
-from farm.aggregate import MatrixCell, ProbeSummary, build_matrix, load_matrix
-from farm.results import RunManifest
+from farm.model.matrix import MatrixCell, ProbeSummary
+from farm.model.results import RunManifest
+from farm.report.aggregate import build_matrix, load_matrix
 from farm.store import LocalStore, manifest_key, read_manifest, read_results
 from tests.synthetic import Shape, write_runs
 

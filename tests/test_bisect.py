@@ -10,11 +10,11 @@ import math
 import pytest
 import yaml
 
-from farm.bisect import Observation, Outcome, bisect, commit_engines, read_commits, search, single_cell_job
-from farm.cells import expand
 from farm.errors import BisectError
-from farm.results import CellResult, CellStatus, ErrorInfo, utcnow
-from farm.spec import parse_job
+from farm.model.cells import expand
+from farm.model.results import CellResult, CellStatus, ErrorInfo, utcnow
+from farm.model.spec import parse_job
+from farm.ops.bisect import Observation, Outcome, bisect, commit_engines, read_commits, search, single_cell_job
 from farm.store import open_store, put_result
 
 PASS = Outcome("pass")
@@ -161,7 +161,7 @@ def test_bad_arguments_are_one_line(farm_cli, write_job, tmp_path, args, message
 
 @pytest.fixture(scope="module")
 def local_ray():
-    from farm.driver import connect
+    from farm.run.driver import connect
 
     ray = connect()
     yield ray

@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 
-from farm.cells import expand
-from farm.spec import load_job, parse_job
+from farm.model.cells import expand
+from farm.model.spec import load_job, parse_job
 
 from .conftest import REPO
 
@@ -68,7 +68,8 @@ def test_ids_depend_only_on_the_combination():
 
 def test_ids_are_stable_across_processes():
     """A fresh interpreter (another hash seed) computes the same ids: nothing depends on hash()."""
-    code = "from farm.spec import load_job; from farm.cells import expand; print(' '.join(c.id for c in expand(load_job('jobs/smoke.yaml'))))"
+    code = ("from farm.model.spec import load_job; from farm.model.cells import expand; "
+            "print(' '.join(c.id for c in expand(load_job('jobs/smoke.yaml'))))")
     here = " ".join(c.id for c in expand(load_job(REPO / "jobs" / "smoke.yaml")))
     env_seeds = [{"PYTHONHASHSEED": "1"}, {"PYTHONHASHSEED": "12345"}]
     for env in env_seeds:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from farm.compare import compare_outputs
-from farm.engine import Completion
+from farm.cell.compare import compare_outputs
+from farm.cell.types import Completion
 
 
 def completion(tokens, tops):

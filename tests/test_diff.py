@@ -7,12 +7,13 @@ from datetime import timedelta
 
 import pytest
 
-from farm.aggregate import aggregate
-from farm.cells import Cell
-from farm.diff import diff_key, record_diff, summary
-from farm.envs.current import CurrentEngine
-from farm.results import CellResult, CellStatus, ErrorInfo, RunManifest, utcnow
+from farm.model.cells import Cell
+from farm.model.engines import CurrentEngine
+from farm.model.results import CellResult, CellStatus, ErrorInfo, RunManifest, utcnow
+from farm.report.aggregate import aggregate
+from farm.report.diff import record_diff, summary
 from farm.store import open_store, put_result, write_manifest
+from farm.store.layout import diff_key
 
 from .conftest import REPO
 from .webhook_server import WebhookServer
@@ -80,7 +81,7 @@ def test_the_diff_is_in_the_store_next_to_the_run(two_nights):
     stored = json.loads(two_nights.get("runs/night-2/diff.json"))
     assert stored["previous_run"] == "night-1" and stored["counts"]["regressions"] == 1
     assert stored["previous_matrix_key"] == "matrix/night-1.json" and stored["matrix_key"] == "matrix/night-2.json"
-    # The same comparison the page shows: matrix.json's changes (farm.history).
+    # The same comparison the page shows: matrix.json's changes (farm.report.history).
     matrix = json.loads(two_nights.get("matrix/night-2.json"))
     assert [c["cell_id"] for c in matrix["changes"]["regressions"]] == [c["cell_id"] for c in stored["regressions"]]
     # Recorded again (a resumed run): replaced, against the same previous run, never against itself.

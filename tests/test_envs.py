@@ -22,13 +22,16 @@ from typing import Literal
 import pytest
 
 from farm import envs
-from farm.cells import expand
-from farm.envs import cache, facts
-from farm.envs.build import FARM_CELL_DISTRIBUTIONS, FARM_CELL_REQUIREMENTS, BuiltEnv, PackageEngine, farm_code
+from farm.cell import facts
+from farm.envs import cache
+from farm.envs.build import BuiltEnv, farm_code
 from farm.envs.node import node_context, prepare_here
 from farm.envs.registry import EnvFailure, NodeContext, PreparedEnv, register
 from farm.errors import JobSpecError
-from farm.spec import parse_job
+from farm.model.cells import expand
+from farm.model.engines import ENGINE_SPECS, PackageEngine
+from farm.model.spec import parse_job
+from farm.settings import FARM_CELL_DISTRIBUTIONS, FARM_CELL_REQUIREMENTS
 
 from .conftest import REPO
 
@@ -143,7 +146,7 @@ def test_farm_code_snapshot_is_content_addressed(tmp_path):
     first = farm_code(tmp_path)
     assert (first / "farm" / "envs" / "build.py").read_text() == Path(envs.__file__).with_name("build.py").read_text()
     assert farm_code(tmp_path) == first and not list(first.rglob("__pycache__"))
-    out = subprocess.run([sys.executable, "-c", "import farm.envs.facts as f; print(f.__file__)"], capture_output=True,
+    out = subprocess.run([sys.executable, "-c", "import farm.cell.facts as f; print(f.__file__)"], capture_output=True,
                          text=True, env={**os.environ, "PYTHONPATH": str(first)}, check=True, cwd=tmp_path)
     assert out.stdout.strip().startswith(str(first))
 
@@ -185,7 +188,8 @@ def env_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FARM_HOME", str(tmp_path / "home"))
     register(Linked)
     yield tmp_path / "envs"
-    registry._KINDS.pop(Linked.name, None)
+    registry.ENV_KINDS.unregister(Linked.name)
+    ENGINE_SPECS.unregister(Linked.name)
 
 
 def _prepare_in_child(engine_json: str, out: str) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
-from farm.aggregate import aggregate, load_matrix
-from farm.history import CellSnapshot, RunSummary, diff, summary_key
+from farm.model.matrix import CellSnapshot, RunSummary
+from farm.report.aggregate import aggregate, load_matrix
+from farm.report.history import diff
 from farm.store import LocalStore
+from farm.store.layout import summary_key
 
 from .synthetic import Shape, write_runs
 

@@ -8,10 +8,9 @@ import shlex
 
 import yaml
 
-from farm import cli_ops
-from farm.bisect import bisect_key
-from farm.cli import _parser
-from farm.diff import diff_key
+from farm.cli import ops as cli_ops
+from farm.cli.app import _parser
+from farm.store.layout import bisect_key, diff_key
 
 from .conftest import REPO
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from farm import outcomes, watchdog
-from farm.outcomes import crash_error, stacks, timeout_error
+from farm.cell import watchdog
+from farm.run import outcomes
+from farm.run.outcomes import crash_error, stacks, timeout_error
 
 
 def stderr_of(code: str) -> tuple[int, str]:
@@ -57,7 +58,7 @@ def test_a_vllm_frame_is_the_crash_frame():
     log = ('Fatal Python error: Aborted\n\nCurrent thread 0x00007f00 (most recent call first):\n'
            '  File "/site-packages/torch/ops.py", line 10 in __call__\n'
            '  File "/site-packages/vllm/model_executor/layers/fused_moe/layer.py", line 452 in forward\n'
-           '  File "/site-packages/farm/execute.py", line 90 in execute_cell\n')
+           '  File "/site-packages/farm/cell/execute.py", line 90 in execute_cell\n')
     error = crash_error("", log)
     assert error.frame == "vllm/model_executor/layers/fused_moe/layer.py:452"
     other = crash_error("", log.replace("line 452", "line 460"))

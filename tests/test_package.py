@@ -19,10 +19,10 @@ def test_unknown_name_is_an_attribute_error() -> None:
 
 
 def test_cell_actor_imports_no_page_or_aggregation() -> None:
-    # Every cell's process imports farm.cell_actor before its engine starts; the page's
+    # Every cell's process imports farm.cell.actor before its engine starts; the page's
     # templates and the aggregation are the driver's business (bench/RESULTS.md, cell overhead).
-    code = ("import sys, farm.cell_actor; "
-            "print(sorted(m for m in ('jinja2', 'farm.aggregate', 'farm.render', 'farm.history', 'farm.scheduler') "
+    code = ("import sys, farm.cell.actor; "
+            "print(sorted(m for m in ('jinja2', 'farm.report.aggregate', 'farm.report.render', 'farm.report.history', 'farm.run.scheduler') "
             "if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

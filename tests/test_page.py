@@ -9,8 +9,8 @@ import base64
 import hashlib
 import re
 
-from farm.aggregate import load_matrix
-from farm.render import embedded_matrix
+from farm.report.aggregate import load_matrix
+from farm.report.render import embedded_matrix
 from farm.store import LocalStore
 
 from .synthetic import HOSTILE, Shape, write_runs

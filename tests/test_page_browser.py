@@ -17,7 +17,8 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from farm.aggregate import Matrix, load_matrix
+from farm.model.matrix import Matrix
+from farm.report.aggregate import load_matrix
 from farm.store import LocalStore
 
 from .chromium import Chromium

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from farm.cells import expand
 from farm.errors import ResourceError
-from farm.placement import GIB, capacity, check_feasible, nodes_for, request_for
-from farm.spec import parse_job
+from farm.model.cells import expand
+from farm.model.spec import parse_job
+from farm.run.placement import GIB, capacity, check_feasible, nodes_for, request_for
 
 
 def job(resources: dict, engine_args: dict | None = None, variant: dict | None = None):

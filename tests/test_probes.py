@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from farm import zoo
-from farm.results import CellStatus
+from farm.model.results import CellStatus
 from farm.store import LocalStore, read_results
 
 pytestmark = pytest.mark.slow

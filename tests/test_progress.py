@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import io
 
-from farm.cells import Cell
-from farm.progress import Progress, summary_table
-from farm.results import AttemptSummary, CellResult, CellStatus, ErrorInfo
-from farm.scheduler import Event
+from farm.model.cells import Cell
+from farm.model.results import AttemptSummary, CellResult, CellStatus, ErrorInfo
+from farm.run.progress import Progress, summary_table
+from farm.run.scheduler import Event
 
 
 def cell(name: str) -> Cell:
@@ -82,7 +82,7 @@ def test_summary_table_counts_statuses_and_explains_every_cell_that_did_not_simp
 
 def test_eta_leaves_cold_first_builds_out_once_a_warm_attempt_ended(monkeypatch):
     clock = [0.0]
-    monkeypatch.setattr("farm.progress.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("farm.run.progress.time.monotonic", lambda: clock[0])
     progress = Progress(stream=io.StringIO(), live=False)
     progress(Event("plan", total=6, parallel=2))
     progress(Event("started", cell("a"), 1))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
-from farm import cli
-from farm.fault_injection import FAULTS
-from farm.results import CellStatus
-from farm.spec import Resources, Retries
+from farm.cell.fault_injection import FAULTS
+from farm.cli import app as cli
+from farm.model.results import CellStatus
+from farm.model.spec import Resources, Retries
 
 from .conftest import REPO
 

@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from farm.cli import _parser
+from farm.cli.app import _parser
 from farm.store import export_key, log_key, manifest_key, matrix_key, result_key
 
 from .conftest import REPO
@@ -31,7 +31,7 @@ def test_the_layout_in_the_readme_is_the_one_the_store_writes():
 
 
 def test_the_pyarrow_example_runs(tmp_path):
-    from farm.aggregate import aggregate
+    from farm.report.aggregate import aggregate
     from farm.store import open_store, put_result, write_manifest
 
     from .test_store_contract import make_cell, make_manifest, make_result

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from farm.cells import Cell
-from farm.results import SCHEMA_VERSION, CellResult, CellStatus, EnvFacts, ErrorInfo, ProbeResult, utcnow
+from farm.model.cells import Cell
+from farm.model.results import SCHEMA_VERSION, CellResult, CellStatus, EnvFacts, ErrorInfo, ProbeResult, utcnow
 
 CELL = Cell(model="m", quantization="gptq-int4", model_source="zoo:qwen2-dense-gptq4", lora="attn",
             lora_source="zoo:qwen2-dense-lora-attn", max_lora_rank=8)

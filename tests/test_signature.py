@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from farm.signature import engine_frame, error_info, normalise_message
+from farm.cell.signature import engine_frame, error_info, normalise_message
 
 
 def raise_inside_vllm(message: str):
@@ -95,7 +95,7 @@ def test_root_cause_from_a_captured_multiprocess_log():
     the worker raised, EngineCore wrapped it, the caller got 'Engine core initialization failed'."""
     from pathlib import Path
 
-    from farm.signature import parse_tracebacks, root_cause_from_log
+    from farm.cell.signature import parse_tracebacks, root_cause_from_log
 
     log = (Path(__file__).parent / "data" / "multiproc_engine_core_failure.log").read_text()
     types = [error_type for error_type, _, _ in parse_tracebacks(log)]
@@ -125,7 +125,7 @@ def test_same_root_cause_in_process_and_from_log_share_a_signature():
     """A failure seen in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0) and from a subprocess log groups together."""
     from pathlib import Path
 
-    from farm.signature import root_cause_from_log, signature_of
+    from farm.cell.signature import root_cause_from_log, signature_of
 
     log = (Path(__file__).parent / "data" / "multiproc_engine_core_failure.log").read_text()
     from_log = root_cause_from_log(log)

@@ -8,12 +8,12 @@ from datetime import timedelta
 
 import pytest
 
-from farm.aggregate import aggregate, load_matrix
-from farm.cells import Cell
 from farm.errors import KeyExists, KeyNotFound, StoreError
-from farm.render import embedded_matrix
-from farm.results import CellResult, CellStatus, ErrorInfo, ProbeResult, RunManifest, utcnow
-from farm.spec import Engine
+from farm.model.cells import Cell
+from farm.model.results import CellResult, CellStatus, ErrorInfo, ProbeResult, RunManifest, utcnow
+from farm.model.spec import Engine
+from farm.report.aggregate import aggregate, load_matrix
+from farm.report.render import embedded_matrix
 from farm.store import (
     MARKER_KEY,
     put_result,
@@ -188,7 +188,7 @@ def test_manifest_is_created_once_and_completed(store):
 
 
 def test_aggregate_writes_matrix_page_and_exports(store):
-    from farm.export import read_parquet_rows
+    from farm.report.export import read_parquet_rows
 
     cells = [make_cell("a"), make_cell("b"), make_cell("c")]
     write_manifest(store, make_manifest("run-1", cells), create=True)

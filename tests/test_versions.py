@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from farm.aggregate import build_matrix, format_table
-from farm.cells import expand
-from farm.results import CellResult, CellStatus, EnvFacts, ErrorInfo, RunManifest, utcnow
-from farm.spec import parse_job
+from farm.model.cells import expand
+from farm.model.results import CellResult, CellStatus, EnvFacts, ErrorInfo, RunManifest, utcnow
+from farm.model.spec import parse_job
+from farm.report.aggregate import build_matrix, format_table
 
 JOB = {
     "name": "versions",

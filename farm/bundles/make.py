@@ -63,7 +63,7 @@ def make_bundle(
     say: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
     """Make the bundle of ``vllm==version`` in ``out``; returns its manifest (also ``out/bundle.json``)."""
-    from farm.envs.build import FARM_CELL_REQUIREMENTS
+    from farm.settings import FARM_CELL_REQUIREMENTS
 
     started = time.monotonic()
     target = Target(python, platform_tag)

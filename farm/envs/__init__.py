@@ -2,7 +2,7 @@
 
     kind             the cell's actor runs in                      prepared on its node
     current          the driver's own environment                  nothing
-    fault-injection  the driver's env, with a fake engine (a test seam, see farm.fault_injection)
+    fault-injection  the driver's env, with a fake engine (a test seam, see farm.cell.fault_injection)
     venv             a pre-built virtualenv at a path on every node   checked (Python, Ray, farm's needs)
     pip / uv         requirements, built once per node into the env cache (farm.envs.cache)
     bundle           an offline bundle (farm bundle), unpacked once per node into the env cache, on a given Python
@@ -17,6 +17,7 @@ returns how the cell's actor starts there (Ray ``runtime_env``: ``py_executable`
 
 from farm.envs import bundle, cache, current, image, pip, uv, venv  # noqa: F401  (register the built-in kinds)
 from farm.envs.registry import (
+    ENV_KINDS,
     EnvFailure,
     EnvKind,
     EnvVersions,
@@ -26,7 +27,6 @@ from farm.envs.registry import (
     kind_of,
     names,
     register,
-    spec_class,
 )
 from farm.errors import EnvBuildError
 
@@ -34,6 +34,7 @@ __all__ = [
     "EnvBuildError",
     "EnvFailure",
     "EnvKind",
+    "ENV_KINDS",
     "EnvVersions",
     "NodeContext",
     "PreparedEnv",
@@ -42,5 +43,4 @@ __all__ = [
     "kind_of",
     "names",
     "register",
-    "spec_class",
 ]

@@ -22,21 +22,14 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
-
-from pydantic import Field
+from typing import Any
 
 from farm.envs import cache, interpreter
 from farm.envs.registry import EnvKind, EnvVersions, NodeContext, PreparedEnv, Stopwatch
 from farm.errors import EnvBuildError
-from farm.spec import EngineSpec
+from farm.model.engines import EngineSpec, PackageEngine
+from farm.settings import FARM_CELL_DISTRIBUTIONS, FARM_CELL_REQUIREMENTS, code_dir
 
-# What the farm's code needs in a cell's env besides vLLM (which brings torch and transformers):
-# result models, YAML, the memory sampler, PEFT for the zoo's adapters and the LoRA reference,
-# and Jinja2 because importing `farm` imports the page renderer. Kept in step with pyproject.toml
-# (tests/test_envs.py checks); Ray is added pinned to the cluster's version.
-FARM_CELL_REQUIREMENTS: tuple[str, ...] = ("pydantic>=2.7,<3", "pyyaml>=6", "jinja2>=3.1", "psutil>=5.9", "peft>=0.17")
-FARM_CELL_DISTRIBUTIONS: tuple[str, ...] = ("pydantic", "pyyaml", "jinja2", "psutil", "peft")
 LOG_TAIL_CHARS = 6000
 
 
@@ -62,12 +55,6 @@ def farm_code(root: Path) -> Path:
     return target
 
 
-def code_root() -> Path:
-    from farm.execute import farm_home
-
-    return farm_home() / "code"
-
-
 def actor_env_vars(code_dir: Path, *site: Path) -> dict[str, str]:
     # Replaces the cluster's PYTHONPATH for this actor: the env's own site-packages and the farm, nothing else
     # (a bundle adds its site folder, after the farm's code so that the snapshot always wins).
@@ -78,29 +65,6 @@ def clean_build_environ() -> dict[str, str]:
     """The environment for install commands: nothing of the driver's Python leaks into the new env."""
     drop = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONSTARTUP")
     return {k: v for k, v in os.environ.items() if k not in drop}
-
-
-class PackageEngine(EngineSpec):
-    """Fields shared by the ``pip`` and ``uv`` kinds: what to install, from where, what to remove after."""
-
-    requirements: list[str] = Field(
-        default_factory=list, description="pip requirement lines: vllm==0.11.0, a wheel URL or path, extra packages"
-    )
-    index_url: str | None = Field(None, description="replaces the default package index")
-    extra_index_urls: list[str] = Field(default_factory=list, description="e.g. a torch index for a CUDA build")
-    find_links: list[str] = Field(default_factory=list, description="directories or pages with wheels")
-    pre: bool = Field(False, description="allow pre-releases (nightlies)")
-    uninstall: list[str] = Field(
-        default_factory=list, description="removed after install: e.g. torchvision/torchaudio/torchcodec broken on CPU torch"
-    )
-    build_timeout_s: float = Field(3600, gt=0, description="one build on one node; past it the build is killed")
-    max_age_h: float | None = Field(None, gt=0, description="rebuild an env older than this (unpinned specs, nightlies)")
-
-    NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset({"build_timeout_s", "max_age_h"})
-
-    def install_spec(self) -> dict[str, Any]:
-        """What the env's bytes depend on, for the cache key (the name and policies are not)."""
-        return {k: v for k, v in self.identity().items() if k != "name"}
 
 
 class BuiltEnv(EnvKind):
@@ -167,7 +131,7 @@ class BuiltEnv(EnvKind):
             found.engines.append(engine.name)
             with contextlib.suppress(OSError):  # the names are for listings only
                 cache.write(found)
-        code = farm_code(code_root())
+        code = farm_code(code_dir())
         return PreparedEnv(
             engine=engine.name,
             kind=engine.kind,

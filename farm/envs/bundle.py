@@ -27,34 +27,17 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
-
-from pydantic import Field, field_validator
+from typing import Any
 
 from farm.bundles import pack
 from farm.envs import cache, interpreter
-from farm.envs.build import FARM_CELL_DISTRIBUTIONS, actor_env_vars, code_root, farm_code
+from farm.envs.build import actor_env_vars, farm_code
 from farm.envs.registry import EnvKind, NodeContext, PreparedEnv, Stopwatch, register
 from farm.errors import EnvBuildError
-from farm.spec import EngineSpec
+from farm.model.engines import BundleEngine, EngineSpec
+from farm.settings import FARM_CELL_DISTRIBUTIONS, code_dir
 
 UNPACKED = "bundle"  # under the env's cache directory; its site/ goes on PYTHONPATH
-
-
-class BundleEngine(EngineSpec):
-    kind: Literal["bundle"] = "bundle"
-    path: str = Field(description="the bundle's bundle.json (or its directory), the same on every node")
-    python: str = Field(description="the node's interpreter the bundle is layered on (it has torch)")
-    build_timeout_s: float = Field(1800, gt=0, description="verifying and unpacking on one node")
-
-    NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset({"build_timeout_s"})
-
-    @field_validator("path", "python")
-    @classmethod
-    def _absolute(cls, value: str) -> str:
-        if not Path(value).expanduser().is_absolute():
-            raise ValueError(f"{value!r}: give an absolute path (nodes do not share the driver's working directory)")
-        return value
 
 
 @register
@@ -87,7 +70,7 @@ class Bundle(EnvKind):
             found.engines.append(engine.name)
             cache.write(found)
         site = cache.env_dir(key) / UNPACKED / pack.SITE
-        env_vars = {**actor_env_vars(farm_code(code_root()), site), **document.get("env", {})}
+        env_vars = {**actor_env_vars(farm_code(code_dir()), site), **document.get("env", {})}
         return PreparedEnv(
             engine=engine.name,
             kind=engine.kind,

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from farm.envs.registry import EnvVersions
 from farm.filelock import exclusive
+from farm.settings import env_cache_dir
 
 MANIFEST = "farm-env.json"
 BUILD_LOG = "build.log"
@@ -42,11 +43,7 @@ FAILED_RETRY_AFTER_S = 6 * 3600
 
 def root() -> Path:
     """``$FARM_ENV_CACHE``, else ``$FARM_HOME/envs`` (``FARM_HOME`` defaulting to ``~/.cache/farm``)."""
-    if os.environ.get("FARM_ENV_CACHE"):
-        return Path(os.environ["FARM_ENV_CACHE"]).expanduser()
-    from farm.execute import farm_home
-
-    return farm_home() / "envs"
+    return env_cache_dir()
 
 
 class EnvManifest(BaseModel):

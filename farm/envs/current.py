@@ -2,22 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from farm.envs.registry import EnvKind, register
-from farm.spec import EngineSpec
-
-
-class CurrentEngine(EngineSpec):
-    """The vLLM installed where the driver (and every node's default worker) runs."""
-
-    kind: Literal["current"] = "current"
-
-
-class FaultInjectionEngine(EngineSpec):
-    """A TEST SEAM, not a vLLM: see ``farm.fault_injection``; tests and benchmarks about the farm use it."""
-
-    kind: Literal["fault-injection"] = "fault-injection"
+from farm.model.engines import CurrentEngine, EngineSpec, FaultInjectionEngine
 
 
 @register

@@ -17,23 +17,14 @@ from __future__ import annotations
 import shutil
 import socket
 from pathlib import Path
-from typing import Any, ClassVar, Literal
-
-from pydantic import Field
+from typing import Any
 
 from farm.envs import interpreter
-from farm.envs.build import FARM_CELL_DISTRIBUTIONS, FARM_CELL_REQUIREMENTS, farm_code
+from farm.envs.build import farm_code
 from farm.envs.registry import EnvKind, NodeContext, PreparedEnv, Stopwatch, register
 from farm.errors import EnvBuildError
-from farm.spec import EngineSpec
-
-
-class ImageEngine(EngineSpec):
-    kind: Literal["image"] = "image"
-    image: str = Field(min_length=1, description="a container image with vLLM, the cluster's Python and Ray, and farm's requirements")
-    pull_timeout_s: float = Field(1800, gt=0, description="pulling and checking the image on one node")
-
-    NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset({"pull_timeout_s"})
+from farm.model.engines import EngineSpec, ImageEngine
+from farm.settings import FARM_CELL_DISTRIBUTIONS, FARM_CELL_REQUIREMENTS
 
 
 def ray_temp_dir() -> Path:

@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from farm.envs import facts
+from farm.cell import facts
 from farm.envs.registry import EnvVersions, NodeContext
 from farm.errors import EnvBuildError
 
@@ -18,7 +18,7 @@ FACTS_SOURCE = Path(facts.__file__).read_text()
 
 def probe(command: Sequence[str], *, required: Sequence[str] = (), timeout: float = PROBE_TIMEOUT_S,
           pythonpath: Sequence[str] = ()) -> EnvVersions:
-    """Run ``farm.envs.facts`` with ``command`` (an interpreter, or e.g. ``podman run … python``).
+    """Run ``farm.cell.facts`` with ``command`` (an interpreter, or e.g. ``podman run … python``).
 
     ``required`` names distributions whose absence the result lists in ``missing``; ``pythonpath``
     is what the cell's actor will have on PYTHONPATH (a bundle's site folder), nothing else.

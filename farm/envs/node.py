@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from farm.envs.registry import EnvFailure, NodeContext, PreparedEnv, Stopwatch, kind_of
 from farm.errors import EnvBuildError
-from farm.spec import Engine, EngineSpec
+from farm.model.engines import Engine, EngineSpec
 
 _ENGINE = TypeAdapter(Engine)
 

@@ -14,30 +14,11 @@ and picks the highest version, so it may install a newer release instead of the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import model_validator
-
-from farm.envs.build import BuiltEnv, PackageEngine
+from farm.envs.build import BuiltEnv
 from farm.envs.registry import NodeContext, register
-
-
-class PipEngine(PackageEngine):
-    kind: Literal["pip"] = "pip"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _commit_needs_uv(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "commit" in data:
-            raise ValueError("'commit' needs kind: uv: pip merges vLLM's per-commit wheel index with PyPI and may "
-                             "install a newer release instead; or give the commit's wheel URL in 'requirements'")
-        return data
-
-    @model_validator(mode="after")
-    def _something_to_install(self) -> PipEngine:
-        if not self.requirements:
-            raise ValueError("a pip engine needs 'requirements', e.g. [vllm==0.11.0]")
-        return self
+from farm.model.engines import PackageEngine, PipEngine
 
 
 @register

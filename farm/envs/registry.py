@@ -1,7 +1,7 @@
 """The registry of engine environment kinds. Built-in kinds register exactly as a plug-in would:
 
     from farm.envs.registry import EnvKind, NodeContext, PreparedEnv, register
-    from farm.spec import EngineSpec
+    from farm.model.engines import EngineSpec
 
     class CondaEngine(EngineSpec):
         kind: Literal["conda"] = "conda"
@@ -27,8 +27,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from farm.errors import FarmError, did_you_mean
-from farm.spec import EngineSpec
+from farm.model.engines import ENGINE_SPECS, EngineSpec
+from farm.registry import Registry
 
 
 class _Doc(BaseModel):
@@ -37,7 +37,7 @@ class _Doc(BaseModel):
 
 
 class EnvVersions(_Doc):
-    """What an env holds, read from its installed metadata (see ``farm.envs.facts``)."""
+    """What an env holds, read from its installed metadata (see ``farm.cell.facts``)."""
 
     python: str | None = None
     python_executable: str | None = None
@@ -117,43 +117,32 @@ class EnvKind:
         return self.name
 
 
-_KINDS: dict[str, EnvKind] = {}
+# Filled by farm.envs (one module a kind) on first lookup; plug-in packages declare entry points.
+ENV_KINDS: Registry[EnvKind] = Registry("engine kind", builtins="farm.envs", group="farm.env_kinds")
 
 
 def register(cls: type[EnvKind]) -> type[EnvKind]:
-    """Class decorator: make an engine kind available to job files under ``cls.name``."""
-    if cls.name in _KINDS:
-        raise FarmError(f"engine kind {cls.name!r} is registered twice; pick another name for the new one")
-    _KINDS[cls.name] = cls()
+    """Class decorator: make an engine kind available to job files under ``cls.name``.
+
+    Registers the kind's preparation here and, unless it is there already, its engine model in
+    ``farm.model.engines.ENGINE_SPECS`` (where the built-in kinds' models are).
+    """
+    if cls.name not in ENGINE_SPECS or ENGINE_SPECS.get(cls.name) is not cls.spec:
+        ENGINE_SPECS.register(cls.name, cls.spec)
+    ENV_KINDS.register(cls.name, cls())
     return cls
 
 
 def names() -> list[str]:
-    _load_builtins()
-    return sorted(_KINDS)
+    return ENV_KINDS.names()
 
 
 def get(name: str) -> EnvKind:
-    _load_builtins()
-    if name not in _KINDS:
-        raise FarmError(f"unknown engine kind {name!r}.{did_you_mean(name, _KINDS)}")
-    return _KINDS[name]
-
-
-def spec_class(name: str) -> type[EngineSpec]:
-    """The model that validates engines of kind ``name``; ValueError (for pydantic) if unknown."""
-    _load_builtins()
-    if name not in _KINDS:
-        raise ValueError(f"unknown engine kind {name!r}.{did_you_mean(name, _KINDS)}")
-    return _KINDS[name].spec
+    return ENV_KINDS.get(name)
 
 
 def kind_of(engine: EngineSpec) -> EnvKind:
-    return get(engine.kind)
-
-
-def _load_builtins() -> None:
-    import farm.envs  # noqa: F401  (its __init__ imports the built-in kinds, which register)
+    return ENV_KINDS.get(engine.kind)
 
 
 class Stopwatch:

@@ -18,53 +18,14 @@ in the driver's env (``pip install uv``).
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, field_validator, model_validator
-
-from farm.envs.build import BuiltEnv, PackageEngine
+from farm.envs.build import BuiltEnv
 from farm.envs.registry import EnvVersions, NodeContext, register
 from farm.errors import EnvBuildError
-
-VLLM_WHEELS = "https://wheels.vllm.ai"
-NIGHTLY = "nightly"
-NIGHTLY_MAX_AGE_H = 20.0  # a nightly env is rebuilt once a day unless the job says otherwise
-
-
-class UvEngine(PackageEngine):
-    kind: Literal["uv"] = "uv"
-    commit: str | None = Field(None, description="a full vLLM commit sha on vLLM's per-commit wheel index, or 'nightly'")
-    variant: str | None = Field(None, description="the wheel index's variant subdirectory, e.g. cpu, cu130")
-    torch_backend: str | None = Field(None, description="uv's --torch-backend: auto, cpu, cu128 …")
-
-    @field_validator("commit")
-    @classmethod
-    def _full_sha(cls, value: str | None) -> str | None:
-        if value is not None and value != NIGHTLY and not re.fullmatch(r"[0-9a-f]{40}", value):
-            raise ValueError(f"commit {value!r}: give the full 40-character sha of a vLLM main-branch commit, or 'nightly'")
-        return value
-
-    @model_validator(mode="before")
-    @classmethod
-    def _nightly_is_rebuilt(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("commit") == NIGHTLY and "max_age_h" not in data:
-            return {**data, "max_age_h": NIGHTLY_MAX_AGE_H}
-        return data
-
-    @model_validator(mode="after")
-    def _something_to_install(self) -> UvEngine:
-        if not self.requirements and self.commit is None:
-            raise ValueError("a uv engine needs 'requirements' (e.g. [vllm==0.11.0]) or a vLLM 'commit'")
-        return self
-
-    @property
-    def commit_index(self) -> str | None:
-        if self.commit is None:
-            return None
-        return f"{VLLM_WHEELS}/{self.commit}" + (f"/{self.variant}" if self.variant else "")
+from farm.model.engines import NIGHTLY, PackageEngine, UvEngine
 
 
 def uv_command() -> list[str]:

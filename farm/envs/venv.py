@@ -15,27 +15,14 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import Field, field_validator
+from typing import Any
 
 from farm.envs import interpreter
-from farm.envs.build import FARM_CELL_DISTRIBUTIONS, FARM_CELL_REQUIREMENTS, actor_env_vars, code_root, farm_code
+from farm.envs.build import actor_env_vars, farm_code
 from farm.envs.registry import EnvKind, NodeContext, PreparedEnv, Stopwatch, register
 from farm.errors import EnvBuildError
-from farm.spec import EngineSpec
-
-
-class VenvEngine(EngineSpec):
-    kind: Literal["venv"] = "venv"
-    path: str = Field(description="the virtualenv's directory, the same on every node")
-
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, value: str) -> str:
-        if not Path(value).expanduser().is_absolute():
-            raise ValueError(f"path {value!r}: give an absolute path (nodes do not share the driver's working directory)")
-        return value
+from farm.model.engines import EngineSpec, VenvEngine
+from farm.settings import FARM_CELL_DISTRIBUTIONS, FARM_CELL_REQUIREMENTS, code_dir
 
 
 @register
@@ -62,7 +49,7 @@ class Venv(EnvKind):
             engine=engine.name,
             kind=engine.kind,
             hostname=socket.gethostname(),
-            runtime_env={"py_executable": str(python), "env_vars": actor_env_vars(farm_code(code_root()))},
+            runtime_env={"py_executable": str(python), "env_vars": actor_env_vars(farm_code(code_dir()))},
             path=engine.path,
             versions=versions,
             seconds=clock(),

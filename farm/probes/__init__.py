@@ -1,5 +1,23 @@
-"""Probes: checks run against a built engine. See ``farm.probes.registry``."""
+"""Probes: checks run against a built engine, one module each (see ``farm.probes.registry``).
 
-from farm.probes.registry import Probe, ProbeContext, get, names, register
+Importing this package registers the built-in probes into ``farm.registry.PROBES``; the
+registry imports it on first lookup.
+"""
 
-__all__ = ["Probe", "ProbeContext", "get", "names", "register"]
+from farm.probes import (  # noqa: F401  (each import registers a probe)
+    base_after_lora,
+    determinism,
+    generate,
+    load,
+    lora,
+    lora_reference,
+    lora_unused,
+    perf,
+    reference,
+)
+from farm.probes.registry import register
+
+BUILTIN_PROBES = ("load", "generate", "lora", "determinism", "reference", "lora_reference", "lora_unused",
+                  "base_after_lora", "perf")
+
+__all__ = ["BUILTIN_PROBES", "register"]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from farm.compare import compare_outputs
+from farm.cell.compare import compare_outputs
+from farm.model.results import ProbeResult
 from farm.probes.registry import ProbeContext, register
 from farm.probes.support import SAME_WEIGHTS_TOLERANCE, engine_outputs
-from farm.results import ProbeResult
 
 
 @register("base_after_lora", applies=lambda cell: cell.lora_source is not None)

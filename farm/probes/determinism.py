@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from farm.model.results import ProbeResult
 from farm.probes.registry import ProbeContext, register
-from farm.results import ProbeResult
 
 
 @register("determinism")

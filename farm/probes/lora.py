@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
+from farm.model.results import ProbeResult
 from farm.probes.registry import ProbeContext, register
-from farm.results import ProbeResult
 
 
 @register("lora", applies=lambda cell: cell.lora_source is not None)

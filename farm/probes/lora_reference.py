@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from farm.compare import compare_outputs
+from farm.cell.compare import compare_outputs
+from farm.model.results import ProbeResult
 from farm.probes.registry import Deferred, ProbeContext, register
 from farm.probes.support import engine_outputs, reference_for
-from farm.results import ProbeResult
 
 
 @register("lora_reference", applies=lambda cell: cell.lora_source is not None)
@@ -18,8 +18,8 @@ def lora_reference(ctx: ProbeContext) -> Deferred:
     assert adapter is not None
 
     def compare() -> ProbeResult:
-        from farm.engine import resolve_source
-        from farm.reference import reference_generate
+        from farm.cell.engine import resolve_source
+        from farm.cell.reference import reference_generate
 
         try:
             expected = reference_generate(

@@ -10,10 +10,10 @@ afford that leave this probe out.
 
 from __future__ import annotations
 
-from farm.compare import compare_outputs
+from farm.cell.compare import compare_outputs
+from farm.model.results import ProbeResult
 from farm.probes.registry import Deferred, ProbeContext, register
 from farm.probes.support import SAME_WEIGHTS_TOLERANCE, engine_outputs
-from farm.results import ProbeResult
 
 
 @register("lora_unused", applies=lambda cell: cell.lora_source is not None)
@@ -23,7 +23,7 @@ def lora_unused(ctx: ProbeContext) -> Deferred:
     engine_args = ctx.engine_args
 
     def compare() -> ProbeResult:
-        from farm.engine import build_engine
+        from farm.cell.engine import build_engine
 
         generation = ctx.generation
         with build_engine(ctx.cell, engine_args, enable_lora=False) as plain:

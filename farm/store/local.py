@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from farm.errors import KeyExists, KeyNotFound, StoreError
-from farm.store.base import READ_WORKERS, Store, check_key, check_prefix, register_backend
+from farm.store.base import READ_WORKERS, Store, register_backend
+from farm.store.layout import check_key, check_prefix
 
 
 class LocalStore(Store):

@@ -18,7 +18,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from farm.errors import KeyExists, KeyNotFound, StoreError, StoreUnavailable
-from farm.store.base import READ_WORKERS, Store, check_key, check_prefix, register_backend
+from farm.store.base import READ_WORKERS, Store, register_backend
+from farm.store.layout import check_key, check_prefix
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _MISSING = ("NoSuchKey", "NotFound", "404")

@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 
 from farm.errors import StoreError
-from farm.results import CellResult, RunManifest
-from farm.store.base import Store, manifest_key
+from farm.model.results import CellResult, RunManifest
+from farm.store.base import Store
 from farm.store.documents import put_result
+from farm.store.layout import manifest_key
 
 log = logging.getLogger("farm.store")
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.errors import ZooError
+from farm.settings import zoo_dir
 from farm.zoo import archs as _archs  # noqa: F401  (registers the built-in architectures)
 from farm.zoo import cache, parallel, pipeline, registry
 from farm.zoo import compressed as _compressed  # noqa: F401  (registers ct-w4a16, ct-w8a8 and their references)
@@ -67,11 +68,7 @@ def default_root() -> Path:
     Returns:
         ``$FARM_ZOO_DIR`` if set, else ``$FARM_HOME/zoo``, else ``~/.cache/farm/zoo``.
     """
-    if os.environ.get("FARM_ZOO_DIR"):
-        return Path(os.environ["FARM_ZOO_DIR"]).expanduser()
-    if os.environ.get("FARM_HOME"):
-        return Path(os.environ["FARM_HOME"]).expanduser() / "zoo"
-    return Path.home() / ".cache" / "farm" / "zoo"
+    return zoo_dir()
 
 
 def names() -> list[str]:

@@ -1,0 +1,92 @@
+"""A cell's Ray actor: one process per attempt, and what surrounds the engine in it.
+
+The actor lives for exactly one attempt and is killed when it is done. Around the engine:
+
+- **Its log.** stdout and stderr, C level included, go to a file on the actor's node
+  (``$FARM_HOME/cell-logs/<run>/<cell>.attempt-N.log``), so a process that dies leaves its last
+  words behind. The driver reads a dead actor's log back through ``read_log``, a task pinned
+  to that node.
+- **faulthandler**, so SIGSEGV, SIGABRT, SIGBUS, SIGFPE and SIGILL print "Fatal Python
+  error: …" and every thread's stack into that log (``farm.run.outcomes`` turns it into the crash's
+  signal and frame), and so that just before the cell's timeout every thread's stack is
+  dumped there too: a timeout says where the engine hung.
+- **The memory watchdog** (``farm.cell.watchdog``), a separate small process that kills the
+  cell's process tree past ``resources.memory_gb``.
+
+``where`` answers as soon as the process runs: the driver learns the node and pid, and that
+the actor was placed and started, before the cell's own clock starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from farm.cell.execute import CellSettings, capture_output, execute_cell, log_tail
+from farm.model.cells import Cell
+
+# Enough of a log to find the fatal signal's or the timeout's stack dump (every thread's) at its end.
+LOG_READ_BYTES = 200_000
+
+
+class CellActor:
+    """Lives for exactly one attempt of one cell, in its own worker process."""
+
+    def where(self) -> str:
+        import ray
+
+        return json.dumps({"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                           "hostname": socket.gethostname()})
+
+    def run(self, cell_json: str, settings_json: str, run_id: str, attempt: int, log_path: str,
+            timeout_s: float, memory_limit: int | None) -> str:
+        import ray
+
+        path = Path(log_path)
+        with capture_output(path), _fault_handler(timeout_s), _memory_watchdog(memory_limit, path):
+            result = execute_cell(
+                Cell.model_validate_json(cell_json), CellSettings.model_validate_json(settings_json), run_id, attempt, path
+            )
+        result.node_id = ray.get_runtime_context().get_node_id()
+        result.log_tail = log_tail(path)
+        return result.model_dump_json()
+
+
+@contextlib.contextmanager
+def _fault_handler(timeout_s: float) -> Iterator[None]:
+    """Fatal signals, and the cell's timeout, print every thread's stack to the log (fd 2 is the log here)."""
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    # Just before the driver kills the actor at the timeout, so the log shows where the engine hung.
+    faulthandler.dump_traceback_later(timeout_s, exit=False, file=sys.stderr)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+@contextlib.contextmanager
+def _memory_watchdog(limit: int | None, log_path: Path) -> Iterator[None]:
+    if not limit:
+        yield
+        return
+    script = Path(__file__).with_name("watchdog.py")
+    # -I: the script's directory (farm/) does not shadow anything, and the user's site is not read.
+    watcher = subprocess.Popen([sys.executable, "-I", str(script), str(os.getpid()), str(limit), str(log_path)],
+                               stdin=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        watcher.kill()
+        watcher.wait()
+
+
+def read_log(log_path: str, limit: int = LOG_READ_BYTES) -> str:
+    """The end of a cell's log on this node; the body of the task pinned to a dead actor's node."""
+    return log_tail(Path(log_path), limit)

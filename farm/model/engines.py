@@ -1,0 +1,222 @@
+"""Engines in a job file: which vLLM a cell gets and how, one pydantic model per engine kind.
+
+``EngineSpec`` has the fields every kind has; ``ENGINE_SPECS`` maps each ``kind:`` to its
+model. The built-in kinds' models are here, beside the rest of the job model, so that
+validating a job or unpickling a cell imports no env builder: the *preparation* of each
+kind (building a venv, pulling an image) lives in ``farm.envs`` and registers into
+``farm.envs.registry.ENV_KINDS`` under the same name. A plug-in kind registers both: its
+model here (``ENGINE_SPECS.register``) and its preparation there.
+
+Each model names the engine builder its cells use (``engine_builder``, ``module:function``):
+every kind but the fault-injection test seam builds a ``vllm.LLM``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BeforeValidator, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+
+from farm.errors import JobSpecError, did_you_mean
+from farm.model.base import NAME_PATTERN, NestedError, StrictModel
+from farm.registry import Registry
+
+VLLM_WHEELS = "https://wheels.vllm.ai"
+NIGHTLY = "nightly"
+NIGHTLY_MAX_AGE_H = 20.0  # a nightly env is rebuilt once a day unless the job says otherwise
+
+
+class EngineSpec(StrictModel):
+    """A vLLM version and how a cell gets it: the fields every engine kind has.
+
+    ``name`` is the matrix's column label; ``kind`` picks the model from ``ENGINE_SPECS``
+    (``current``, ``venv``, ``pip``, ``uv``, ``bundle``, ``image``, and the ``fault-injection``
+    test seam), which adds that kind's fields.
+    """
+
+    name: str = Field("current", pattern=NAME_PATTERN, description="the column label")
+    kind: str = "current"
+
+    # Fields that say how to get an env but not which vLLM it is (timeouts, cache policy):
+    # they never split a cell's id.
+    NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset()
+    # What builds this kind's engine in the cell's process (``module:function``, imported there).
+    engine_builder: ClassVar[str] = "farm.cell.engine:build_vllm_engine"
+
+    def identity(self) -> dict[str, Any]:
+        """What a cell's id hashes of its engine: name, kind and every field given a non-default value.
+
+        Leaving defaults out keeps ids stable when a kind grows a new optional field.
+        """
+        data = self.model_dump(mode="json", exclude_defaults=True, exclude=set(self.NOT_IDENTITY))
+        return {**data, "name": self.name, "kind": self.kind}
+
+
+# The model of each engine kind, by its `kind:`; plug-ins register theirs (or declare entry points).
+ENGINE_SPECS: Registry[type[EngineSpec]] = Registry("engine kind", group="farm.engine_specs", error=JobSpecError)
+
+
+# Validated engines by their data's repr: a run has a few engines and a result document carries its cell's,
+# so aggregating 100 000 results validated the same few engines 200 000 times (bench/RESULTS.md).
+# Engines are frozen, so one instance can serve every cell that names it.
+_ENGINES: dict[str, EngineSpec] = {}
+_ENGINES_KEPT = 1024
+
+
+def _engine_of_kind(data: Any) -> Any:
+    """Validate an engine with the model its ``kind`` registered in ``ENGINE_SPECS``."""
+    if isinstance(data, EngineSpec):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError("an engine is a mapping with at least 'name' and 'kind'")
+    key = repr(data)
+    known = _ENGINES.get(key)
+    if known is None:
+        known = _validate_engine(data)
+        if len(_ENGINES) < _ENGINES_KEPT:
+            _ENGINES[key] = known
+    return known
+
+
+def _validate_engine(data: dict[str, Any]) -> EngineSpec:
+    kind = str(data.get("kind", "current"))
+    if kind not in ENGINE_SPECS:
+        raise NestedError(("kind",), f"unknown engine kind {kind!r}.{did_you_mean(kind, ENGINE_SPECS.names())}")
+    spec_class = ENGINE_SPECS.get(kind)
+    try:
+        return spec_class.model_validate(data)
+    except ValidationError as exc:
+        raise NestedError.of(exc) from None
+
+
+# An engine field: validated by its kind's model, serialized with all of that model's fields.
+Engine = Annotated[SerializeAsAny[EngineSpec], BeforeValidator(_engine_of_kind)]
+
+
+class CurrentEngine(EngineSpec):
+    """The vLLM installed where the driver (and every node's default worker) runs."""
+
+    kind: Literal["current"] = "current"
+
+
+class FaultInjectionEngine(EngineSpec):
+    """A TEST SEAM, not a vLLM: see ``farm.cell.fault_injection``; tests and benchmarks about the farm use it."""
+
+    kind: Literal["fault-injection"] = "fault-injection"
+    engine_builder: ClassVar[str] = "farm.cell.fault_injection:build_fault_injection_engine"
+
+
+class VenvEngine(EngineSpec):
+    kind: Literal["venv"] = "venv"
+    path: str = Field(description="the virtualenv's directory, the same on every node")
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not Path(value).expanduser().is_absolute():
+            raise ValueError(f"path {value!r}: give an absolute path (nodes do not share the driver's working directory)")
+        return value
+
+
+class PackageEngine(EngineSpec):
+    """Fields shared by the ``pip`` and ``uv`` kinds: what to install, from where, what to remove after."""
+
+    requirements: list[str] = Field(
+        default_factory=list, description="pip requirement lines: vllm==0.11.0, a wheel URL or path, extra packages"
+    )
+    index_url: str | None = Field(None, description="replaces the default package index")
+    extra_index_urls: list[str] = Field(default_factory=list, description="e.g. a torch index for a CUDA build")
+    find_links: list[str] = Field(default_factory=list, description="directories or pages with wheels")
+    pre: bool = Field(False, description="allow pre-releases (nightlies)")
+    uninstall: list[str] = Field(
+        default_factory=list, description="removed after install: e.g. torchvision/torchaudio/torchcodec broken on CPU torch"
+    )
+    build_timeout_s: float = Field(3600, gt=0, description="one build on one node; past it the build is killed")
+    max_age_h: float | None = Field(None, gt=0, description="rebuild an env older than this (unpinned specs, nightlies)")
+
+    NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset({"build_timeout_s", "max_age_h"})
+
+    def install_spec(self) -> dict[str, Any]:
+        """What the env's bytes depend on, for the cache key (the name and policies are not)."""
+        return {k: v for k, v in self.identity().items() if k != "name"}
+
+
+class PipEngine(PackageEngine):
+    kind: Literal["pip"] = "pip"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _commit_needs_uv(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "commit" in data:
+            raise ValueError("'commit' needs kind: uv: pip merges vLLM's per-commit wheel index with PyPI and may "
+                             "install a newer release instead; or give the commit's wheel URL in 'requirements'")
+        return data
+
+    @model_validator(mode="after")
+    def _something_to_install(self) -> PipEngine:
+        if not self.requirements:
+            raise ValueError("a pip engine needs 'requirements', e.g. [vllm==0.11.0]")
+        return self
+
+
+class UvEngine(PackageEngine):
+    kind: Literal["uv"] = "uv"
+    commit: str | None = Field(None, description="a full vLLM commit sha on vLLM's per-commit wheel index, or 'nightly'")
+    variant: str | None = Field(None, description="the wheel index's variant subdirectory, e.g. cpu, cu130")
+    torch_backend: str | None = Field(None, description="uv's --torch-backend: auto, cpu, cu128 …")
+
+    @field_validator("commit")
+    @classmethod
+    def _full_sha(cls, value: str | None) -> str | None:
+        if value is not None and value != NIGHTLY and not re.fullmatch(r"[0-9a-f]{40}", value):
+            raise ValueError(f"commit {value!r}: give the full 40-character sha of a vLLM main-branch commit, or 'nightly'")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nightly_is_rebuilt(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("commit") == NIGHTLY and "max_age_h" not in data:
+            return {**data, "max_age_h": NIGHTLY_MAX_AGE_H}
+        return data
+
+    @model_validator(mode="after")
+    def _something_to_install(self) -> UvEngine:
+        if not self.requirements and self.commit is None:
+            raise ValueError("a uv engine needs 'requirements' (e.g. [vllm==0.11.0]) or a vLLM 'commit'")
+        return self
+
+    @property
+    def commit_index(self) -> str | None:
+        if self.commit is None:
+            return None
+        return f"{VLLM_WHEELS}/{self.commit}" + (f"/{self.variant}" if self.variant else "")
+
+
+class BundleEngine(EngineSpec):
+    kind: Literal["bundle"] = "bundle"
+    path: str = Field(description="the bundle's bundle.json (or its directory), the same on every node")
+    python: str = Field(description="the node's interpreter the bundle is layered on (it has torch)")
+    build_timeout_s: float = Field(1800, gt=0, description="verifying and unpacking on one node")
+
+    NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset({"build_timeout_s"})
+
+    @field_validator("path", "python")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not Path(value).expanduser().is_absolute():
+            raise ValueError(f"{value!r}: give an absolute path (nodes do not share the driver's working directory)")
+        return value
+
+
+class ImageEngine(EngineSpec):
+    kind: Literal["image"] = "image"
+    image: str = Field(min_length=1, description="a container image with vLLM, the cluster's Python and Ray, and farm's requirements")
+    pull_timeout_s: float = Field(1800, gt=0, description="pulling and checking the image on one node")
+
+    NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset({"pull_timeout_s"})
+
+
+for _spec in (CurrentEngine, FaultInjectionEngine, VenvEngine, PipEngine, UvEngine, BundleEngine, ImageEngine):
+    ENGINE_SPECS.register(_spec.model_fields["kind"].default, _spec)

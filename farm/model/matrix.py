@@ -1,0 +1,228 @@
+"""The aggregated matrix as a document: what ``matrix.json`` holds, and the page and ``farm matrix`` read.
+
+Rows are model × quantization, columns LoRA × engine; failures are grouped by signature;
+a run's history strips and its changes against the previous run, and the version groups
+and first changes along the engines, ride along. Built by ``farm.report.aggregate``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from farm.model.results import SCHEMA_VERSION, CellStatus, Document, EnvFacts
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class EngineGroup(_Doc):
+    """One engine's columns, side by side with the other versions'."""
+
+    engine: str
+    kind: str = "current"
+    columns: list[str] = Field(default_factory=list)
+    vllm: list[str] = Field(default_factory=list)  # the versions its cells measured (one, unless nodes differ)
+    vllm_commit: list[str] = Field(default_factory=list)
+    vllm_dist: list[str] = Field(default_factory=list)
+
+
+class VersionChange(_Doc):
+    """A combination whose outcome changed between two engines next to each other in the job's order."""
+
+    row: str
+    lora: str
+    model: str
+    quantization: str
+    engine: str  # the first engine, in the job's order, where the outcome differs from the one before
+    previous_engine: str
+    before: str  # statuses
+    after: str
+    before_signature: str | None = None
+    after_signature: str | None = None
+    before_vllm: str | None = None
+    after_vllm: str | None = None
+    changes: int = 1  # how many times the outcome changed along all the engines
+
+
+HISTORY_WINDOW = 10  # runs per strip: ten nightlies fit a glance and keep a 2000-cell page light
+
+
+class CellSnapshot(Document):
+    """One cell in one run, as much as history and diffs need."""
+
+    status: str  # a str, not CellStatus: a summary written by a newer farm may hold a status this one lacks
+    row: str
+    column: str
+    signature: str | None = None
+    vllm: str | None = None
+    seconds: float | None = None  # the attempt's run time (timings.total): the next run's longest-first order
+
+
+class RunSummary(Document):
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    job_name: str
+    started_at: str
+    finished_at: str | None = None
+    matrix_key: str = ""
+    counts: dict[str, int] = Field(default_factory=dict)
+    cells: dict[str, CellSnapshot] = Field(default_factory=dict)
+
+    def versions(self) -> dict[str, list[str]]:
+        """Engine column → the vLLM versions its cells measured in this run (usually one)."""
+        found: dict[str, set[str]] = {}
+        for snap in self.cells.values():
+            if snap.vllm:
+                found.setdefault(snap.column.rsplit(" · ", 1)[-1], set()).add(snap.vllm)
+        return {engine: sorted(versions) for engine, versions in sorted(found.items())}
+
+
+class HistoryRun(Document):
+    run_id: str
+    started_at: str
+    finished_at: str | None = None
+    matrix_key: str = ""
+    counts: dict[str, int] = Field(default_factory=dict)
+    versions: dict[str, list[str]] = Field(default_factory=dict)  # engine → vLLM versions measured
+
+
+class History(Document):
+    """The last runs of a job, oldest first; the last one is this run.
+
+    ``cells`` maps each cell of this run to its strip: one status symbol per run in
+    ``runs`` (see the matrix's ``legend``), a space where that run did not have the cell.
+    ``signature_since`` maps each failure signature of this run to the first run of the
+    unbroken streak of runs in which it appears.
+    """
+
+    window: int = HISTORY_WINDOW
+    runs: list[HistoryRun] = Field(default_factory=list)
+    cells: dict[str, str] = Field(default_factory=dict)
+    signature_since: dict[str, str] = Field(default_factory=dict)
+
+
+class Change(Document):
+    cell_id: str
+    row: str
+    column: str
+    before: str | None = None  # status in the previous run; None: that run did not have the cell
+    after: str | None = None  # status in this run; None: this run does not have the cell
+    before_signature: str | None = None
+    after_signature: str | None = None
+    before_vllm: str | None = None
+    after_vllm: str | None = None
+
+
+class Changes(Document):
+    """This run against the previous run of the same job.
+
+    A regression goes down the verdict ladder pass → flaky → fail/crash/timeout, a fix
+    up it. ``other`` holds every other status change: one failure for another (or the
+    same status with a new signature), or to or from a status that is no verdict
+    (not run, infra or env error, unsupported).
+    """
+
+    previous_run: str | None = None
+    previous_started_at: str | None = None
+    regressions: list[Change] = Field(default_factory=list)
+    fixes: list[Change] = Field(default_factory=list)
+    other: list[Change] = Field(default_factory=list)
+    added: list[Change] = Field(default_factory=list)
+    removed: list[Change] = Field(default_factory=list)
+
+
+class ProbeSummary(Document):
+    """One probe of a cell as the page shows it: outcome, one line of detail, metrics (outputs stay in the result)."""
+
+    name: str
+    passed: bool
+    skipped: bool = False  # could not judge: neither passes nor fails the cell
+    detail: str = ""
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    evidence: dict[str, Any] = Field(default_factory=dict)  # failed probes only; the full evidence is in the result
+
+
+class StatusInfo(Document):
+    """A legend entry, so the page's legend follows the statuses the farm knows."""
+
+    status: str
+    symbol: str
+    meaning: str
+
+
+class MatrixCell(Document):
+    cell_id: str
+    row: str
+    column: str
+    model: str
+    quantization: str
+    lora: str
+    engine: str
+    status: CellStatus
+    symbol: str
+    attempt: int = 1
+    vllm: str | None = None
+    vllm_commit: str | None = None
+    vllm_dist: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    frame: str | None = None
+    signature: str | None = None
+    failed_probes: list[str] = Field(default_factory=list)
+    probes: dict[str, bool] = Field(default_factory=dict)
+    timings: dict[str, float] = Field(default_factory=dict)
+    peak_rss_mb: float | None = None
+    result_key: str | None = None
+    probe_results: list[ProbeSummary] = Field(default_factory=list)
+    error_probe: str | None = None  # the probe that was running when the cell failed; None: engine build
+    error_wrapper: str | None = None  # what the caller saw, when the root cause came from a subprocess's log
+    env_id: str | None = None  # key into Matrix.envs: env facts are stored once per distinct environment
+    log_key: str | None = None
+    log_excerpt: str | None = None  # last lines of the log, for cells that died without a traceback
+
+
+class SignatureGroup(Document):
+    signature: str
+    error_type: str
+    frame: str | None
+    message: str
+    cells: list[str]
+    traceback_tail: str = ""
+
+
+class UnreadableDocument(Document):
+    """A result object in the store that could not be read (truncated, corrupt, misplaced)."""
+
+    key: str
+    reason: str
+
+
+class Matrix(Document):
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    job_name: str
+    generated_at: str
+    rows: list[str]
+    columns: list[str]
+    cells: list[MatrixCell]
+    signatures: list[SignatureGroup] = Field(default_factory=list)
+    counts: dict[str, int] = Field(default_factory=dict)
+    expected_cells: int = 0
+    started_at: str | None = None  # the run's start, so an older run aggregated later never becomes "latest"
+    unreadable: list[UnreadableDocument] = Field(default_factory=list)
+    # The version axis (farm.report.versions): a column group per engine, in the job's order, and per
+    # combination the first engine where its outcome changed.
+    engines: list[EngineGroup] = Field(default_factory=list)
+    version_changes: list[VersionChange] = Field(default_factory=list)
+    matrix_key: str = ""
+    finished_at: str | None = None
+    legend: list[StatusInfo] = Field(default_factory=list)
+    envs: dict[str, EnvFacts] = Field(default_factory=dict)
+    history: History | None = None  # this combination's last runs of the same job (farm.report.history)
+    changes: Changes | None = None  # regressions and fixes since the previous run of the same job
+
+    def at(self, row: str, column: str) -> MatrixCell | None:
+        return next((c for c in self.cells if c.row == row and c.column == column), None)

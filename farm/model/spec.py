@@ -1,0 +1,248 @@
+"""Job specs: YAML validated by pydantic.
+
+A job names the axes of the matrix (models with their quantized variants, LoRA
+adapters per model, engine versions) and how each cell is tested (probes,
+engine arguments, resources, timeout). ``load_job`` turns a YAML file into a
+``JobSpec`` or raises ``JobSpecError`` with one line that names the field and
+what would be valid.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from farm.errors import JobSpecError, did_you_mean
+from farm.model.base import NAME_PATTERN, NO_LORA, StrictModel, one_line, require_unique
+from farm.model.engines import CurrentEngine, Engine, EngineSpec
+from farm.registry import PROBES
+
+
+class Resources(StrictModel):
+    """What one cell reserves on one node (see ``farm.run.placement``).
+
+    CPUs and GPUs are per engine worker: a cell with ``tensor_parallel_size: N`` on GPUs
+    reserves N bundles of them on one node. ``memory_gb`` is per cell: Ray schedules with it
+    and the cell's process tree is killed past it (a ``crash``), so a runaway engine costs one
+    cell, never its node.
+    """
+
+    # A GPU cell must also say num_cpus: a Ray GPU actor otherwise takes 1 CPU silently.
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per engine worker (per cell on a CPU platform)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per engine worker; 0 on a CPU platform")
+    memory_gb: float | None = Field(
+        None, gt=0, description="host memory per cell in GiB: reserved in Ray and enforced (killed past it)"
+    )
+
+
+class Variant(StrictModel):
+    """One quantization of a model: where its weights are and how vLLM loads them."""
+
+    quantization: str = Field("none", pattern=NAME_PATTERN, description="axis label, e.g. none, gptq-int4, ct-w4a16")
+    zoo: str | None = Field(None, description="a farm zoo item, built on demand on the node")
+    checkpoint: str | None = Field(None, description="a local path or a hub id (GPU job files only)")
+    vllm_quantization: str | None = Field(None, description="vLLM's `quantization=` argument; None lets vLLM detect it")
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="vllm.LLM arguments for this variant only")
+    reference: str | None = Field(
+        None, description="what `reference` compares against: a zoo item or a checkpoint; default the zoo's own reference"
+    )
+    reference_tolerance: float | None = Field(
+        None, gt=0, description="max chosen-token logprob difference (nats); default per the reference's kind"
+    )
+    # What the job gives every cell, except where a variant needs more (or less): a bigger model, a longer build.
+    resources: Resources | None = Field(None, description="overrides the fields of the job's resources it sets")
+    timeout_s: float | None = Field(None, gt=0, description="overrides the job's timeout_s for this variant's cells")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Variant:
+        if (self.zoo is None) == (self.checkpoint is None):
+            raise ValueError("give exactly one of 'zoo' (a zoo item name) or 'checkpoint' (a path or hub id)")
+        if self.zoo is not None:
+            from farm import zoo
+
+            if self.zoo not in zoo.names():
+                raise ValueError(f"unknown zoo item {self.zoo!r}.{did_you_mean(self.zoo, zoo.names())}")
+        return self
+
+    @property
+    def source(self) -> str:
+        return f"zoo:{self.zoo}" if self.zoo is not None else str(self.checkpoint)
+
+
+class Adapter(StrictModel):
+    """A LoRA adapter for one model (applies to all of its variants)."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    zoo: str | None = None
+    path: str | None = None
+    reference: str | None = Field(None, description="adapter `lora_reference` applies with PEFT; default this one")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value == NO_LORA:
+            raise ValueError(f"{NO_LORA!r} is the built-in no-adapter column; give the adapter another name")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Adapter:
+        if (self.zoo is None) == (self.path is None):
+            raise ValueError("give exactly one of 'zoo' (a zoo adapter name) or 'path' (a PEFT adapter dir)")
+        if self.zoo is not None:
+            from farm import zoo
+
+            if self.zoo not in zoo.names():
+                raise ValueError(f"unknown zoo item {self.zoo!r}.{did_you_mean(self.zoo, zoo.names())}")
+        return self
+
+    @property
+    def source(self) -> str:
+        return f"zoo:{self.zoo}" if self.zoo is not None else str(self.path)
+
+
+class Model(StrictModel):
+    name: str = Field(pattern=NAME_PATTERN)
+    variants: list[Variant] = Field(min_length=1)
+    loras: list[Adapter] = Field(default_factory=list)
+    max_lora_rank: int = Field(8, ge=1, description="vLLM's max_lora_rank for this model's LoRA cells")
+
+    @model_validator(mode="after")
+    def _unique(self) -> Model:
+        require_unique([v.quantization for v in self.variants], "variants[].quantization")
+        require_unique([a.name for a in self.loras], "loras[].name")
+        return self
+
+
+def _default_engines() -> list[EngineSpec]:
+    return [CurrentEngine()]
+
+
+class Retries(StrictModel):
+    """When a cell runs again (see ``farm.run.retry``); every attempt is its own result."""
+
+    infra_attempts: int = Field(
+        3, ge=1, description="attempts per run for infra outcomes (lost node, actor not started, env setup), each "
+        "elsewhere, and cold-start timeouts (the first engine build on a node), on the same node"
+    )
+    recheck: int = Field(1, ge=0, description="reruns of a fail, crash or timeout, to tell a flaky cell from a broken one")
+
+
+class Rule(StrictModel):
+    """Matches cells by glob on any of the axes; every given axis must match."""
+
+    model: str | None = None
+    quantization: str | None = None
+    lora: str | None = None
+    engine: str | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Rule:
+        if not any((self.model, self.quantization, self.lora, self.engine)):
+            raise ValueError("a rule needs at least one of model, quantization, lora, engine")
+        return self
+
+    def matches(self, axes: dict[str, str]) -> bool:
+        pattern = {"model": self.model, "quantization": self.quantization, "lora": self.lora, "engine": self.engine}
+        return all(glob is None or fnmatch.fnmatchcase(axes[axis], glob) for axis, glob in pattern.items())
+
+
+class Unsupported(Rule):
+    """Combinations known not to apply: their cells are recorded as ``unsupported``, with the reason, and never run."""
+
+    reason: str = Field(min_length=1, description="why, for the matrix: e.g. 'vLLM has no LoRA for this architecture'")
+
+
+def _zoo_prompts() -> list[str]:
+    from farm.zoo.corpus import SAMPLE_PROMPTS
+
+    return list(SAMPLE_PROMPTS)
+
+
+class Generation(StrictModel):
+    # The zoo's models are confident on their own domain, so these prompts give peaked outputs.
+    prompts: list[str] = Field(default_factory=_zoo_prompts, min_length=1)
+    max_tokens: int = Field(16, ge=1, le=4096)
+    top_logprobs: int = Field(5, ge=1, le=20, description="top-k compared at the first divergence")
+    repeats: int = Field(3, ge=2, description="`determinism`: generations compared in one engine")
+
+
+class JobSpec(StrictModel):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    models: list[Model] = Field(min_length=1)
+    engines: list[Engine] = Field(default_factory=_default_engines, min_length=1)
+    base: bool = Field(True, description="include the no-adapter column 'none'")
+    probes: list[str] = Field(default_factory=lambda: ["load", "generate", "lora"], min_length=1)
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="passed to vllm.LLM for every cell")
+    generation: Generation = Field(default_factory=Generation)
+    resources: Resources = Field(default_factory=Resources)
+    timeout_s: float = Field(
+        900.0, gt=0, description="per cell, engine build included; the default leaves room for a cold first build "
+        "(JIT compilation on a fresh GPU node: 90-120 s even for a tiny model), whose timeout is retried, not a verdict"
+    )
+    start_timeout_s: float = Field(
+        300.0, gt=0, description="for a cell's actor to be placed and started while its node has room; then an infra retry"
+    )
+    retries: Retries = Field(default_factory=Retries)
+    include: list[Rule] = Field(default_factory=list)
+    exclude: list[Rule] = Field(default_factory=list)
+    # Unlike exclude, the cells stay in the matrix: the page shows the combination and why it is not tested.
+    unsupported: list[Unsupported] = Field(default_factory=list)
+
+    def unsupported_reason(self, axes: dict[str, str]) -> str | None:
+        """The reason of the first ``unsupported`` rule that matches a cell's axes, if any."""
+        return next((rule.reason for rule in self.unsupported if rule.matches(axes)), None)
+
+    @field_validator("probes")
+    @classmethod
+    def _known_probes(cls, probes: list[str]) -> list[str]:
+        for name in probes:
+            if name not in PROBES:
+                raise ValueError(f"unknown probe {name!r}.{did_you_mean(name, PROBES.names())}")
+        require_unique(probes, "probes")
+        return probes
+
+    @model_validator(mode="after")
+    def _unique(self) -> JobSpec:
+        require_unique([m.name for m in self.models], "models[].name")
+        require_unique([e.name for e in self.engines], "engines[].name")
+        return self
+
+
+def load_job(path: str | Path) -> JobSpec:
+    """Read and validate a job spec.
+
+    Raises:
+        JobSpecError: one line naming the file, the field and what would be valid.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise JobSpecError(f"{path}: no such job file; the shipped jobs are in jobs/ (e.g. jobs/smoke.yaml)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise JobSpecError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_job(data, origin=str(path))
+
+
+def parse_job(data: Any, origin: str = "<job>") -> JobSpec:
+    """Validate an already-parsed job document (see ``load_job``)."""
+    if not isinstance(data, dict):
+        raise JobSpecError(f"{origin}: a job spec is a YAML mapping with at least 'name' and 'models'")
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise JobSpecError(f"{origin}: {one_line(exc)}") from None
+
+

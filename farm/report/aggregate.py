@@ -1,0 +1,283 @@
+"""Results → matrix: rows model × quantization, columns LoRA × engine, failures grouped by signature.
+
+``matrix.json`` is the only input of the page and of ``farm matrix``: whatever they
+show must be in it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, TypeVar
+
+from farm.errors import KeyNotFound
+from farm.model.matrix import Matrix, MatrixCell, ProbeSummary, SignatureGroup, StatusInfo, UnreadableDocument
+from farm.model.results import CellResult, CellStatus, Document, EnvFacts, RunManifest, no_cyclic_gc, utcnow
+from farm.report import versions
+from farm.report.history import attach_history
+from farm.store import RunScan, Store, Unreadable, log_key, matrix_key, read_manifest, result_key, scan_run
+from farm.store.layout import PAGE_KEY
+
+log = logging.getLogger("farm.report.aggregate")
+
+TRACEBACK_LINES_SHOWN = 4  # of each root cause's representative traceback, in the terminal table
+# Statuses whose cell died without a traceback: the log's last lines are the only "why".
+_LOG_EXCERPT_STATUSES = (CellStatus.CRASH, CellStatus.TIMEOUT, CellStatus.INFRA_ERROR, CellStatus.ENV_ERROR)
+LOG_EXCERPT_LINES, LOG_EXCERPT_CHARS = 25, 2000
+EVIDENCE_CHARS = 4000  # a failed probe's evidence (e.g. both sides at the first divergence), if it is this small
+
+
+def build_matrix(
+    manifest: RunManifest, results: list[CellResult], unreadable: list[Unreadable] | None = None
+) -> Matrix:
+    by_id = {r.cell_id: r for r in results}
+    rows: list[str] = []
+    columns: list[str] = []
+    seen_rows: set[str] = set()
+    seen_columns: set[str] = set()
+    cells: list[MatrixCell] = []
+    groups: dict[str, SignatureGroup] = {}
+    envs: dict[str, EnvFacts] = {}
+    env_ids: dict[str, str] = {}
+    # _trusted: every value below comes from documents already validated (the manifest, the results); validating
+    # 100 000 MatrixCells again, or model_construct's loop over the fields, cost seconds (bench/RESULTS.md).
+    for cell, cell_id in zip(manifest.cells, manifest.cell_ids, strict=True):  # the job's order of axes
+        row, column = cell.row, cell.column
+        rows += [row] if row not in seen_rows else []
+        columns += [column] if column not in seen_columns else []
+        seen_rows.add(row)
+        seen_columns.add(column)
+        result = by_id.get(cell_id)
+        status = result.status if result else CellStatus.PENDING
+        error = result.error if result else None
+        cells.append(
+            _trusted(MatrixCell,
+                cell_id=cell_id,
+                row=row,
+                column=column,
+                model=cell.model,
+                quantization=cell.quantization,
+                lora=cell.lora,
+                engine=cell.engine.name,
+                status=status,
+                symbol=status.symbol,
+                attempt=result.attempt if result else 1,
+                vllm=result.env.vllm if result else None,
+                vllm_commit=result.env.vllm_commit if result else None,
+                vllm_dist=result.env.vllm_dist if result else None,
+                error_type=error.type if error else None,
+                error_message=error.message[:500] if error else None,
+                frame=error.frame if error else None,
+                signature=error.signature if error else None,
+                failed_probes=[p.name for p in result.probes if p.failed] if result else [],
+                probes={p.name: p.passed for p in result.probes} if result else {},
+                timings=result.timings if result else {},
+                peak_rss_mb=result.peak_rss_mb if result else None,
+                result_key=result_key(manifest.run_id, cell_id, result.attempt) if result else None,
+                **(_details(result, envs, env_ids) if result else _no_details()),
+            )
+        )
+        if error and error.signature:
+            group = groups.setdefault(
+                error.signature,
+                SignatureGroup(
+                    signature=error.signature,
+                    error_type=error.type,
+                    frame=error.frame,
+                    message=error.normalized_message or error.message,
+                    cells=[],
+                    traceback_tail=error.traceback_tail,
+                ),
+            )
+            group.cells.append(cell_id)
+    counts: dict[str, int] = {}
+    for matrix_cell in cells:
+        counts[matrix_cell.status.value] = counts.get(matrix_cell.status.value, 0) + 1
+    order = versions.engine_order(manifest, cells)
+    columns = versions.grouped_columns(columns, cells, order)
+    return Matrix(
+        engines=versions.engine_groups(manifest, cells, columns),
+        version_changes=versions.first_changes(cells, order),
+        run_id=manifest.run_id,
+        job_name=manifest.job_name,
+        generated_at=utcnow().isoformat(timespec="seconds"),
+        rows=rows,
+        columns=columns,
+        cells=cells,
+        signatures=sorted(groups.values(), key=lambda g: (-len(g.cells), g.signature)),
+        counts=counts,
+        expected_cells=len(manifest.cells),
+        started_at=manifest.started_at.isoformat(timespec="seconds"),
+        unreadable=[UnreadableDocument(key=u.key, reason=u.reason) for u in unreadable or []],
+        matrix_key=matrix_key(manifest.run_id),
+        finished_at=manifest.finished_at.isoformat(timespec="seconds") if manifest.finished_at else None,
+        legend=[StatusInfo(status=s.value, symbol=s.symbol, meaning=s.meaning) for s in CellStatus],
+        envs=envs,
+    )
+
+
+_M = TypeVar("_M", bound=Document)
+
+
+def _trusted(model_class: type[_M], /, **values: Any) -> _M:
+    """An instance of ``model_class`` from values already validated, every field given (tests re-validate the results).
+
+    What ``model_construct`` does without its per-field loop: ~1 µs instead of ~18 µs, and a 100 000-cell
+    matrix makes 100 000 cells and several probe summaries each.
+    """
+    instance = model_class.__new__(model_class)
+    object.__setattr__(instance, "__dict__", values)
+    object.__setattr__(instance, "__pydantic_fields_set__", set(values))
+    object.__setattr__(instance, "__pydantic_extra__", None)
+    object.__setattr__(instance, "__pydantic_private__", None)
+    return instance
+
+
+def _no_details() -> dict[str, Any]:
+    """A pending cell's detail fields (a fresh list each: cells never share a mutable value)."""
+    return {"probe_results": [], "error_probe": None, "error_wrapper": None, "env_id": None, "log_key": None,
+            "log_excerpt": None}
+
+
+def _details(result: CellResult, envs: dict[str, EnvFacts], env_ids: dict[str, str]) -> dict[str, Any]:
+    """What the page's cell detail needs beyond the grid: probes with metrics, env facts, log."""
+    env_id = None
+    facts = result.env.__dict__  # the fields' values: plain data (str, numbers, lists, dicts)
+    if any(facts.values()):  # a cell that died before measuring has no facts
+        env_key = repr(facts)  # a few distinct environments in a run; repr is ~10x cheaper than model_dump_json
+        if env_key not in env_ids:
+            env_ids[env_key] = f"e{len(env_ids)}"
+            envs[env_ids[env_key]] = result.env
+        env_id = env_ids[env_key]
+    excerpt = None
+    # A died or hung process's stack is read out of its log, so the log's last lines stay the evidence
+    # (the fatal signal line, what ran before); for the other statuses a traceback says it all.
+    has_traceback = bool(result.error and result.error.traceback_tail)
+    if result.status in _LOG_EXCERPT_STATUSES and result.log_tail and (
+            not has_traceback or result.status in (CellStatus.CRASH, CellStatus.TIMEOUT)):
+        excerpt = "\n".join(result.log_tail.rstrip().splitlines()[-LOG_EXCERPT_LINES:])[-LOG_EXCERPT_CHARS:]
+    return {
+        "probe_results": [_probe_summary(p.__dict__) for p in result.probes],
+        "error_probe": result.error.probe if result.error else None,
+        "error_wrapper": result.error.wrapper if result.error else None,
+        "env_id": env_id,
+        "log_key": log_key(result.run_id, result.cell_id, result.attempt) if result.log_tail else None,
+        "log_excerpt": excerpt,
+    }
+
+
+def _probe_summary(probe: dict[str, Any]) -> ProbeSummary:
+    """A ProbeResult's fields (its ``__dict__``) as the page shows them: a quarter of a million at 100 000 cells."""
+    evidence = probe["evidence"]
+    if not evidence or probe["passed"] or probe["skipped"] or len(json.dumps(evidence)) > EVIDENCE_CHARS:
+        evidence = {}  # only a failed probe's, and only if small: the whole evidence stays in the result
+    return _trusted(ProbeSummary, name=probe["name"], passed=probe["passed"], skipped=probe["skipped"],
+                    detail=probe["detail"], metrics=probe["metrics"], evidence=evidence)
+
+
+def aggregate(store: Store, run_id: str, scan: RunScan | None = None, *, exports: bool = True,
+              manifest: RunManifest | None = None) -> tuple[str, str]:
+    """Read a run's results from the store; write its matrix, exports, and (for the newest run)
+    ``matrix/latest.json`` and the page. Returns the keys of the matrix and the page.
+
+    ``scan`` and ``manifest``: every attempt of the run's cells and the run's manifest, when the caller holds
+    them (the driver at the end of its run keeps each result it recorded and the manifest it wrote last): the
+    store is then not read for them. ``exports``: the JSONL and Parquet exports too (every attempt of every
+    cell), which the page and ``farm matrix`` do not need.
+
+    The matrix carries the job's history (earlier runs read from the store) and the
+    changes since the previous run; see ``farm.report.history``.
+    """
+    with no_cyclic_gc():
+        return _aggregate(store, run_id, scan, exports, manifest)
+
+
+def _aggregate(store: Store, run_id: str, scan: RunScan | None, exports: bool,
+               manifest: RunManifest | None) -> tuple[str, str]:
+    from farm.report.export import export
+    from farm.report.render import render_page
+
+    manifest = manifest or read_manifest(store, run_id)
+    if scan is None:  # one listing and one read of each document serve the matrix and the exports
+        scan = scan_run(store, run_id, all_attempts=exports)
+    matrix = build_matrix(manifest, list(scan.latest.values()), scan.unreadable)
+    attach_history(store, matrix)
+    data = matrix.model_dump_json().encode()  # compact: for programs (the page, farm matrix); ~100 MB at 100 000 cells
+    key = matrix_key(run_id)
+    store.put(key, data, overwrite=True)
+    if exports:
+        export(store, run_id, scan)
+    if _is_newest(store, matrix):
+        store.put(matrix_key(), data, overwrite=True)
+        store.put(PAGE_KEY, render_page(matrix, data).encode(), overwrite=True)
+    else:
+        log.warning("%s is not the newest run in %s: matrix/latest.json and the page stay as they are",
+                    run_id, store.url)
+    return key, PAGE_KEY
+
+
+class _MatrixHead(Document):
+    """What ``_is_newest`` reads of the current latest.json: parsing a whole 100 000-cell matrix took seconds."""
+
+    run_id: str
+    started_at: str | None = None
+
+
+def _is_newest(store: Store, matrix: Matrix) -> bool:
+    try:
+        current = _MatrixHead.model_validate_json(store.get(matrix_key()))
+    except KeyNotFound:
+        return True
+    except ValueError:  # an unreadable latest.json is replaced, not kept
+        return True
+    if current.run_id == matrix.run_id or not current.started_at or not matrix.started_at:
+        return True
+    return matrix.started_at >= current.started_at
+
+
+def load_matrix(store: Store, run_id: str | None = None) -> Matrix:
+    return Matrix.model_validate_json(store.get(matrix_key(run_id)))
+
+
+def format_table(matrix: Matrix) -> str:
+    """The matrix as a plain-text table for the terminal, then the signature groups."""
+    header = ["model · quantization", *matrix.columns]
+    body: list[list[str]] = []
+    for row in matrix.rows:
+        line = [row]
+        for column in matrix.columns:
+            cell = matrix.at(row, column)
+            if cell is None:
+                line.append("")
+            elif cell.signature:
+                line.append(f"{cell.symbol} {cell.status.value} [{cell.signature}]")
+            elif cell.failed_probes:
+                line.append(f"{cell.symbol} {cell.status.value} ({','.join(cell.failed_probes)})")
+            else:
+                line.append(f"{cell.symbol} {cell.status.value}")
+        body.append(line)
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    lines = [versions.group_header(matrix.engines, matrix.columns, widths)] if len(matrix.engines) > 1 else []
+    lines += [_table_line(header, widths), _table_line(["-" * w for w in widths], widths)]
+    lines += [_table_line(r, widths) for r in body]
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(matrix.counts.items()))
+    lines.append(f"\n{len(matrix.cells)} cells: {counts}")
+    if len(matrix.engines) > 1:
+        lines.append("\nFirst version where the outcome changed:" if matrix.version_changes
+                     else "\nNo combination changed its outcome between versions.")
+        lines += versions.format_changes(matrix.version_changes)
+    labels = {c.cell_id: f"{c.model}/{c.quantization}/{c.lora}/{c.engine}" for c in matrix.cells}
+    if matrix.signatures:
+        lines.append("\nRoot causes:")
+    for group in matrix.signatures:
+        where = f" at {group.frame}" if group.frame else ""
+        lines.append(f"[{group.signature}] {group.error_type}{where}: {group.message[:160]} — {len(group.cells)} cell(s)")
+        lines += [f"    {labels.get(cell_id, cell_id)}" for cell_id in group.cells]
+        lines += [f"    | {line}" for line in group.traceback_tail.splitlines()[-TRACEBACK_LINES_SHOWN:]]
+    for document in matrix.unreadable:
+        lines.append(f"unreadable: {document.key}: {document.reason}")
+    return "\n".join(lines)
+
+
+def _table_line(cells: list[str], widths: list[int]) -> str:
+    return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()

@@ -1,0 +1,410 @@
+"""The Ray driver: one actor per cell, bounded concurrency, every outcome recorded.
+
+Results travel from the actor back to the driver, and only the driver writes to
+the store, also under ``ray job submit`` with an ``s3://`` store. Why not let each
+actor write its own result:
+
+- The driver must write the results of cells whose actor died (crash, timeout, lost
+  node) anyway; one writer keeps one path for create-once attempts and spooling.
+- Only the driver's node needs the store's credentials, endpoint and network route;
+  GPU workers need no S3 access at all.
+- The spool that keeps results through a store outage sits on the driver's disk, not
+  scattered over worker nodes that an autoscaler may remove with it.
+- A result is a few KB (16 KB of log tail at most): the return trip costs nothing.
+
+What is lost if the driver itself dies: only the cells in flight, which
+``farm run --resume RUN_ID`` runs again; everything recorded was spooled to disk first.
+"""
+
+from __future__ import annotations
+
+import getpass
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from farm import __version__, settings
+from farm.cell.execute import CellSettings, engine_environment
+from farm.errors import JobSpecError, StoreUnavailable
+from farm.model.cells import Cell, expand
+from farm.model.results import CellResult, CellStatus, ErrorInfo, Launch, RunManifest, utcnow
+from farm.model.spec import JobSpec, parse_job
+from farm.report.aggregate import aggregate
+from farm.report.history import expected_seconds
+from farm.run.placement import alive_nodes, check_feasible, request_for
+from farm.run.retry import INFRA, decide
+from farm.run.scheduler import Event, EventFn, Scheduler, Work, warm_nodes
+from farm.settings import farm_home
+from farm.store import (
+    ResultWriter,
+    RunScan,
+    Spool,
+    Store,
+    open_store,
+    read_manifest,
+    safe_part,
+    scan_run,
+    write_manifest,
+)
+
+log = logging.getLogger("farm.run.driver")
+
+# Where the driver keeps results until the store has them (see farm.store.spool).
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    results: list[CellResult]  # the latest result of every cell that has one, this session's and earlier ones
+    matrix_key: str | None  # None while results are still spooled (the store was unreachable at the end)
+    page_key: str | None
+    store: Store
+    counts: dict[str, int] = field(default_factory=dict)
+    ran: int = 0  # cells run by this call (a resume skips cells whose verdict is settled)
+    spooled: list[Path] = field(default_factory=list)  # documents still waiting for the store
+    spool_dir: Path | None = None
+    store_error: str | None = None  # why the store could not take them
+
+    @property
+    def all_ran(self) -> bool:
+        """Every cell ran, whatever its verdict (pass, flaky, fail, crash, timeout); infra and env errors mean some could not."""
+        return not any(r.status in INFRA for r in self.results)
+
+
+ProgressFn = Callable[[int, int, CellResult], None]
+
+
+def make_run_id(job_name: str) -> str:
+    return f"{safe_part(job_name)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def spool_dir(run_id: str) -> Path:
+    return settings.spool_dir() / safe_part(run_id)
+
+
+def run(
+    job: JobSpec | None = None,
+    *,
+    store: Store | None = None,
+    address: str | None = None,
+    run_id: str | None = None,
+    resume: bool = False,
+    max_parallel: int | None = None,
+    progress: ProgressFn | None = None,
+    events: EventFn | None = None,
+    rebuild_envs: bool = False,
+    write_matrix: bool = True,
+) -> RunOutcome:
+    """Run every cell of ``job`` on Ray and aggregate the results into the store.
+
+    Args:
+        job: a validated job spec (see ``load_job``); with ``resume``, optional (the run's own is used).
+        store: where results go; default ``$FARM_STORE``, else ``./farm-results``.
+        address: a Ray cluster to join; default ``RAY_ADDRESS``, else a local Ray on 127.0.0.1.
+        run_id: defaults to ``<job>-<timestamp>-<random>``; required with ``resume``.
+        resume: continue run ``run_id``: flush its spooled results, skip cells whose verdict is settled,
+            run the rest (no result, an infra or env error, or a failure not yet rechecked) as new attempts.
+        max_parallel: cells at once; default what the live nodes hold (see ``farm.run.placement``).
+        progress: called when a cell has its final result, with (done, total, result).
+        events: called for every attempt that starts, every retry, every cell done (the live display).
+        rebuild_envs: rebuild the job's pip/uv envs on each node once, even if cached (failed ones included).
+        write_matrix: False leaves the matrix, exports and page alone (a bisection's one-cell steps: results only).
+
+    Raises:
+        StoreError: the store cannot be written when the run starts (nothing has run then).
+        ResourceError: some cell asks for more than any node of the cluster has (nothing has run then).
+    """
+    store = store or open_store()
+    try:
+        store.check()  # unreachable, no bucket, bad credentials: say so before any compute is spent
+    except StoreUnavailable as exc:
+        raise StoreUnavailable(f"{exc}; nothing has run: check the endpoint and network, then run again") from None
+    if resume:
+        if not run_id:
+            raise JobSpecError("resuming needs the run id: farm run --resume RUN_ID")
+        manifest = read_manifest(store, run_id)
+        job = _resumed_job(manifest, job)
+    else:
+        if job is None:
+            raise JobSpecError("give a job spec to run, or --resume RUN_ID")
+        run_id = run_id or make_run_id(job.name)
+        manifest = _new_manifest(job, run_id)
+    assert job is not None
+    # Before the manifest: a spool left here for another store stops the run with nothing written.
+    writer = ResultWriter(store, Spool(spool_dir(run_id), store.url))
+    # Every attempt of every cell, as the store holds them: read once when resuming, then kept as results come,
+    # so the matrix at the end needs no second read of the store (at 100 000 cells that read was most of the
+    # aggregation, bench/RESULTS.md).
+    scan = RunScan()
+    if resume:
+        writer.flush()  # results spooled by an earlier session go first, so they count as done
+        scan = _attempts(store, run_id, writer.spool.results())
+    history = scan.attempts
+    todo = longest_first(_owed(manifest.cells, history, job, resume), expected_seconds(store, job.name))
+    reasons = {w.cell.id: job.unsupported_reason(w.cell.axes()) for w in todo}
+    declared = [(w.cell, reason) for w in todo if (reason := reasons[w.cell.id])]  # recorded, never run
+    todo = [w for w in todo if not reasons[w.cell.id]]
+    if resume:
+        log.info("resuming %s: %d of %d cells to run; the others have a verdict", run_id, len(todo),
+                 len(manifest.cells))
+
+    ray = connect(address) if todo else None
+    if ray is not None:
+        # Before the manifest: a request no node can hold is the job's error, and nothing has run.
+        check_feasible([request_for(w.cell, job) for w in todo], alive_nodes(ray), job.name)
+    if resume:
+        manifest.resumes.append(_launch(ray))
+        manifest.finished_at = None
+        write_manifest(store, manifest)
+    else:
+        if ray is not None:
+            manifest.ray_address = ray.get_runtime_context().gcs_address
+        write_manifest(store, manifest, create=True)  # an existing run is never replaced: it says to --resume
+
+    done = 0
+
+    def record(result: CellResult) -> None:
+        writer.add_result(result)  # on local disk before anything else happens
+        scan.attempts.setdefault(result.cell_id, []).append(result)
+
+    def on_event(event: Event) -> None:
+        nonlocal done
+        if event.kind == "done" and event.result is not None:
+            done += 1
+            if progress:
+                progress(done, len(todo), event.result)
+        if events:
+            events(event)
+
+    writer.start()
+    try:
+        for cell, reason in declared:
+            record(_unsupported(cell, reason, run_id))
+        if todo:
+            scheduler = Scheduler(ray, job, CellSettings.from_job(job), run_id, record, parallel=max_parallel,
+                                  events=on_event, rebuild_before=time.time() if rebuild_envs else None,
+                                  warm=warm_nodes(a for attempts in history.values() for a in attempts))
+            scheduler.run(todo)
+            manifest.envs = scheduler.envs.summary()
+        manifest.finished_at = utcnow()
+        manifest.counts = _counts(list(scan.latest.values()))
+        writer.add_manifest(manifest)
+    finally:
+        pending = writer.close()  # also on Ctrl-C: what was recorded reaches the store or stays spooled
+    outcome = RunOutcome(run_id, list(scan.latest.values()), None, None, store, manifest.counts, ran=len(todo),
+                         spooled=pending, spool_dir=writer.spool.dir)
+    if pending:
+        outcome.store_error = str(writer.error) if writer.error else "the store did not take them"
+        return outcome
+    if write_matrix:
+        outcome.matrix_key, outcome.page_key = aggregate(store, run_id, scan, manifest=manifest)
+    return outcome
+
+
+def _unsupported(cell: Cell, reason: str, run_id: str) -> CellResult:
+    now = utcnow()
+    return CellResult(run_id=run_id, cell_id=cell.id, cell=cell, status=CellStatus.UNSUPPORTED, started_at=now,
+                      finished_at=now, error=ErrorInfo(type="unsupported", message=reason, origin="job"))
+
+
+def _attempts(store: Store, run_id: str, spooled: list[CellResult]) -> RunScan:
+    """Every attempt of every cell of a run, oldest first: the store's and those still in the spool."""
+    scan = scan_run(store, run_id, all_attempts=True)
+    attempts = scan.attempts
+    for result in spooled:
+        known = attempts.setdefault(result.cell_id, [])
+        if all(a.attempt != result.attempt for a in known):
+            known.append(result)
+    for known in attempts.values():
+        known.sort(key=lambda r: r.attempt)
+    return scan
+
+
+def _owed(cells: list[Cell], history: dict[str, list[CellResult]], job: JobSpec, resume: bool) -> list[Work]:
+    """The cells that owe an attempt: no result yet, or the retry policy wants another (a resume's fresh budget)."""
+    todo = []
+    for cell in cells:
+        attempts = history.get(cell.id, [])
+        if not attempts:
+            todo.append(Work(cell, reason="resumed: no result from the session that died" if resume else None))
+            continue
+        decision = decide(attempts, job.retries, infra_outcomes=0)
+        if decision.retry:
+            avoid = {a.node_id for a in attempts if a.status in INFRA and a.node_id}
+            todo.append(Work(cell, list(attempts), reason=decision.reason, avoid=avoid, prefer=decision.prefer_node))
+    return todo
+
+
+def longest_first(todo: list[Work], expected: dict[str, float]) -> list[Work]:
+    """Cells with a known run time (the job's previous run) longest first; the others, in the job's order, before them.
+
+    Longest-first keeps a long cell from starting last and running alone at the end (bench/RESULTS.md,
+    "makespan"). A cell never run before goes first: it may be the longest, and a new job keeps its order.
+    """
+    return sorted(todo, key=lambda w: (w.cell.id in expected, -expected.get(w.cell.id, 0.0)))
+
+
+def _new_manifest(job: JobSpec, run_id: str) -> RunManifest:
+    launch = _launch(None)
+    return RunManifest(
+        run_id=run_id,
+        job_name=job.name,
+        job=job.model_dump(mode="json"),
+        cells=expand(job),
+        launched_by=launch.launched_by,
+        farm_version=launch.farm_version,
+        git_sha=launch.git_sha,
+        started_at=launch.at,
+    )
+
+
+def _resumed_job(manifest: RunManifest, job: JobSpec | None) -> JobSpec:
+    """The run's own job spec; a job given with --resume must expand to the same cells."""
+    own = parse_job(manifest.job, origin=f"run {manifest.run_id}'s manifest")
+    if job is not None and [c.id for c in expand(job)] != [c.id for c in manifest.cells]:
+        raise JobSpecError(f"job {job.name!r} does not expand to the cells of run {manifest.run_id}; "
+                           f"resume without a job file (farm run --resume {manifest.run_id}) to use the run's own")
+    return own
+
+
+def _launch(ray: Any) -> Launch:
+    return Launch(
+        launched_by=f"{getpass.getuser()}@{socket.gethostname()}",
+        at=utcnow(),
+        farm_version=__version__,
+        git_sha=_git_sha(),
+        ray_address=ray.get_runtime_context().gcs_address if ray is not None else None,
+    )
+
+
+def spool_report(outcome: RunOutcome) -> str:
+    """What is spooled where, and how to get it into the store: for a run that ended with the store away."""
+    results = sum(1 for p in outcome.spooled if p.name != "manifest.json")
+    manifest = " and the run's manifest" if any(p.name == "manifest.json" for p in outcome.spooled) else ""
+    return (f"{results} result(s){manifest} of run {outcome.run_id} are spooled in {outcome.spool_dir}, "
+            f"not yet in {outcome.store.url} ({outcome.store_error}); once the store is reachable, "
+            f"`farm run --resume {outcome.run_id}` with the same --store flushes them (from this machine)")
+
+
+def connect(address: str | None = None) -> Any:
+    """Join the given cluster (or RAY_ADDRESS, e.g. under `ray job submit`), else start a local Ray."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or _loopback_only(address):
+        # Without this, a local Ray also listens on the machine's other addresses and 0.0.0.0, and
+        # ray.init rewrites a 127.0.0.1 address to the machine's other address, where a Ray started on
+        # loopback does not listen. Never set when joining a real cluster, whose nodes must reach each other
+        # (and reach this driver, which would then say it is at 127.0.0.1).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    env_vars = {"FARM_HOME": str(farm_home()), **engine_environment()}
+    if os.environ.get("FARM_ZOO_DIR"):
+        env_vars["FARM_ZOO_DIR"] = os.environ["FARM_ZOO_DIR"]
+    # Under `ray job submit`, Ray merges this with the job's runtime_env and refuses a variable
+    # set by both (even to the same value): the job's own settings win, and they are in our env already.
+    job_env = _job_runtime_env().get("env_vars") or {}
+    runtime_env = {"env_vars": {k: v for k, v in env_vars.items() if k not in job_env}}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+    else:
+        ray.init(
+            # "local": always a Ray of our own. Without an address, ray.init joins the newest Ray
+            # already started on this machine (another user's, another test's), whose workers run other code.
+            address="local",
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            # A cell's log goes to its own file (and the store), not interleaved on the terminal.
+            log_to_driver=False,
+        )
+    return ray
+
+
+def _loopback_only(address: str) -> bool:
+    """A Ray on this machine that answers on the loopback address given but not on the machine's outward
+    address, which ``ray.init`` would rewrite it to: one started with ``--node-ip-address=127.0.0.1``.
+
+    A head started the usual way answers on both, and keeps Ray's behaviour: its other nodes must reach
+    this driver at the machine's real address.
+    """
+    host, port = _host_port(address)
+    if not _is_loopback(address) or port is None or not _accepts(host, port):
+        return False  # not this machine's loopback; or nothing there, and ray.init says so in its own words
+    outward = _outward_ip()
+    return outward is None or not _accepts(outward, port)
+
+
+def _outward_ip() -> str | None:
+    """The address ``ray.init`` rewrites 127.0.0.1 to: the source of a route outwards (a UDP connect sends nothing)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("8.8.8.8", 80))
+            ip = str(probe.getsockname()[0])
+    except OSError:  # no route outwards: nothing to rewrite to
+        return None
+    return None if ip.startswith("127.") else ip
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _host_port(address: str) -> tuple[str, int | None]:
+    """``ray://[::1]:10001`` → ``("::1", 10001)``; ``auto`` → ``("auto", None)``."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host:  # no port at all
+        return address.split("://", 1)[-1].strip("[]"), None
+    return host.strip("[]"), int(port) if port.isdigit() else None
+
+
+def _is_loopback(address: str) -> bool:
+    """``127.0.0.1:6379``, ``localhost:6379``, ``ray://[::1]:10001``: a Ray on this machine's loopback."""
+    host, _ = _host_port(address)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, or "auto"
+        return False
+
+
+def _job_runtime_env() -> dict[str, Any]:
+    """The runtime_env of the Ray job this driver runs in (empty outside `ray job submit`)."""
+    try:
+        # Ray's job supervisor hands the entrypoint its job config in this variable (ray 2.x).
+        return dict(json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {})
+    except (ValueError, AttributeError):
+        return {}
+
+
+def _counts(results: list[CellResult]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result.status.value] = counts.get(result.status.value, 0) + 1
+    return counts
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
