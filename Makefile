@@ -25,7 +25,8 @@ demo: setup
 	$(VENV)/bin/farm zoo build --for-job jobs/smoke.yaml
 	$(VENV)/bin/farm run jobs/smoke.yaml
 
-test: setup browser
+# Lint first: a layering back-edge or a type error fails the tests as CI runs them.
+test: setup browser lint
 	$(PY) -m pytest -q
 
 # The page's tests drive Debian's chromium, headless. A clean CI machine (root) installs it here;
@@ -68,9 +69,11 @@ bench-aggregation: setup
 bench-envs: setup
 	$(PY) -m bench.env_cache
 
+# ruff, mypy, and the package's layers (.importlinter): an import upwards fails the lint.
 lint: setup
 	$(VENV)/bin/ruff check farm tests bench
 	$(VENV)/bin/mypy farm
+	$(VENV)/bin/lint-imports
 
 check: lint test
 

@@ -5,7 +5,7 @@ The public surface is a few verbs; everything else is implementation:
     job = farm.load_job("jobs/smoke.yaml")
     cells = farm.expand(job)
     outcome = farm.run(job)                 # local Ray unless RAY_ADDRESS is set
-    farm.report.aggregate(outcome.store, outcome.run_id)
+    farm.aggregate(outcome.store, outcome.run_id)
 
 The verbs are imported on first use (PEP 562): every cell's actor process imports
 ``farm.cell.actor``, and importing the whole surface there (the page's jinja2, the history,
@@ -15,7 +15,7 @@ the scheduler) cost each cell ~0.25 s of CPU before its engine started (bench/RE
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from farm.version import __version__
 
 _EXPORTS = {
     "Cell": "farm.model.cells",

@@ -151,7 +151,7 @@ def test_a_taken_port_is_one_line(farm_cli, tmp_path):
 
 
 def test_the_readme_documents_the_command_and_shows_the_page():
-    from farm.cli.app import _parser
+    from farm.cli import build_parser as _parser
 
     from .conftest import REPO
 

@@ -8,8 +8,8 @@ import shlex
 
 import yaml
 
+from farm.cli import build_parser as _parser
 from farm.cli import ops as cli_ops
-from farm.cli.app import _parser
 from farm.store.layout import bisect_key, diff_key
 
 from .conftest import REPO

@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from farm.cli.app import _parser
+from farm.cli import build_parser as _parser
 from farm.store import export_key, log_key, manifest_key, matrix_key, result_key
 
 from .conftest import REPO

@@ -35,9 +35,7 @@ LOG_TAIL_CHARS = 6000
 
 def farm_code(root: Path) -> Path:
     """A read-only snapshot of the running ``farm`` package under ``root``; the directory to put on PYTHONPATH."""
-    import farm
-
-    source = Path(farm.__file__).parent
+    source = Path(__file__).parents[1]  # the farm package
     files = sorted(p for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
     digest = hashlib.sha256()
     for path in files:

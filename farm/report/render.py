@@ -20,8 +20,8 @@ from pathlib import Path
 
 import jinja2
 
-from farm import __version__
 from farm.model.matrix import Matrix
+from farm.version import __version__
 
 TEMPLATE = "index.html.j2"
 ASSETS = ("style.css", "app.js")

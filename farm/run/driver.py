@@ -33,7 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from farm import __version__, settings
+from farm import settings
 from farm.cell.execute import CellSettings, engine_environment
 from farm.errors import JobSpecError, StoreUnavailable
 from farm.model.cells import Cell, expand
@@ -56,6 +56,7 @@ from farm.store import (
     scan_run,
     write_manifest,
 )
+from farm.version import __version__
 
 log = logging.getLogger("farm.run.driver")
 
