@@ -20,7 +20,7 @@ import pytest
 from farm.bundles import pack
 from farm.bundles.make import check_left_out, make_bundle
 from farm.bundles.resolve import Package, Plan, Target, plan
-from farm.envs import facts
+from farm.cell import facts
 from farm.envs.node import prepare_here
 from farm.envs.registry import EnvFailure, PreparedEnv
 from farm.errors import BundleError
