@@ -6,8 +6,8 @@ import io
 
 from farm.model.cells import Cell
 from farm.model.results import AttemptSummary, CellResult, CellStatus, ErrorInfo
+from farm.run.attempt import Event, EventKind
 from farm.run.progress import Progress, summary_table
-from farm.run.scheduler import Event
 
 
 def cell(name: str) -> Cell:
@@ -22,14 +22,14 @@ def result(name: str, status: CellStatus, attempt: int = 1, error: str | None = 
 
 
 def feed(progress: Progress) -> None:
-    progress(Event("plan", total=3, parallel=2))
-    progress(Event("started", cell("a"), 1))
-    progress(Event("started", cell("b"), 1))
-    progress(Event("done", cell("a"), 1, result=result("a", CellStatus.PASS)))
-    progress(Event("retry", cell("b"), 1, result=result("b", CellStatus.CRASH, error="SIGSEGV"),
+    progress(Event(EventKind.PLAN, total=3, parallel=2))
+    progress(Event(EventKind.STARTED, cell("a"), 1))
+    progress(Event(EventKind.STARTED, cell("b"), 1))
+    progress(Event(EventKind.DONE, cell("a"), 1, result=result("a", CellStatus.PASS)))
+    progress(Event(EventKind.RETRY, cell("b"), 1, result=result("b", CellStatus.CRASH, error="SIGSEGV"),
                    reason="recheck: attempt 1 was crash (SIGSEGV); run again to tell flaky from broken"))
-    progress(Event("started", cell("b"), 2))
-    progress(Event("done", cell("b"), 2, result=result("b", CellStatus.FLAKY, attempt=2)))
+    progress(Event(EventKind.STARTED, cell("b"), 2))
+    progress(Event(EventKind.DONE, cell("b"), 2, result=result("b", CellStatus.FLAKY, attempt=2)))
 
 
 def test_a_line_per_cell_and_per_retry_when_not_a_terminal():
@@ -49,7 +49,7 @@ def test_live_line_with_counts_running_and_eta_on_a_terminal():
     feed(progress)
     assert "\r\x1b[K[2/3] ✓ 1 pass  ≈ 1 flaky  ETA" in out.getvalue()
     assert progress.status_line().startswith("[2/3] ✓ 1 pass  ≈ 1 flaky  ETA ")
-    progress(Event("started", cell("c"), 1))
+    progress(Event(EventKind.STARTED, cell("c"), 1))
     assert "· 1 running" in progress.status_line()
     progress.close()
     assert out.getvalue().endswith("\n")
@@ -57,7 +57,7 @@ def test_live_line_with_counts_running_and_eta_on_a_terminal():
 
 def test_eta_waits_for_a_first_cell():
     progress = Progress(stream=io.StringIO(), live=False)
-    progress(Event("plan", total=4, parallel=2))
+    progress(Event(EventKind.PLAN, total=4, parallel=2))
     assert progress.eta() == "—"
 
 
@@ -84,18 +84,18 @@ def test_eta_leaves_cold_first_builds_out_once_a_warm_attempt_ended(monkeypatch)
     clock = [0.0]
     monkeypatch.setattr("farm.run.progress.time.monotonic", lambda: clock[0])
     progress = Progress(stream=io.StringIO(), live=False)
-    progress(Event("plan", total=6, parallel=2))
-    progress(Event("started", cell("a"), 1))
-    progress(Event("started", cell("b"), 1))
+    progress(Event(EventKind.PLAN, total=6, parallel=2))
+    progress(Event(EventKind.STARTED, cell("a"), 1))
+    progress(Event(EventKind.STARTED, cell("b"), 1))
     clock[0] = 120.0  # the first wave pays for cold compilation
-    progress(Event("done", cell("a"), 1, result=result("a", CellStatus.PASS, cold_start=True)))
-    progress(Event("done", cell("b"), 1, result=result("b", CellStatus.PASS, cold_start=True)))
+    progress(Event(EventKind.DONE, cell("a"), 1, result=result("a", CellStatus.PASS, cold_start=True)))
+    progress(Event(EventKind.DONE, cell("b"), 1, result=result("b", CellStatus.PASS, cold_start=True)))
     assert progress.eta() == "4m00s"  # only cold attempts so far: 120 s × 2 rounds left
-    progress(Event("started", cell("c"), 1))
-    progress(Event("started", cell("d"), 1))
+    progress(Event(EventKind.STARTED, cell("c"), 1))
+    progress(Event(EventKind.STARTED, cell("d"), 1))
     clock[0] = 130.0
-    progress(Event("done", cell("c"), 1, result=result("c", CellStatus.PASS)))
-    progress(Event("done", cell("d"), 1, result=result("d", CellStatus.PASS)))
+    progress(Event(EventKind.DONE, cell("c"), 1, result=result("c", CellStatus.PASS)))
+    progress(Event(EventKind.DONE, cell("d"), 1, result=result("d", CellStatus.PASS)))
     assert progress.eta() == "10s"  # warm attempts set the pace: 10 s × 1 round left, not (120+10)/2
 
 

@@ -261,15 +261,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from farm.model.results import status_counts
     from farm.store import read_manifest, scan_run
 
     store = _open_store(args)
     manifest = read_manifest(store, args.run_id)
     scan = scan_run(store, args.run_id)
     latest = scan.latest
-    counts: dict[str, int] = {}
-    for result in latest.values():
-        counts[result.status.value] = counts.get(result.status.value, 0) + 1
+    counts = status_counts(latest.values())
     state = "finished" if manifest.finished_at else "in progress (or its driver died: farm run --resume continues it)"
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no results yet"
     print(f"run {manifest.run_id} ({manifest.job_name}): {state}; "

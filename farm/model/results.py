@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
@@ -210,6 +210,15 @@ class CellResult(Document):
         return AttemptSummary(attempt=self.attempt, status=self.status, error=error, node_id=self.node_id,
                               hostname=self.env.hostname, finished_at=self.finished_at,
                               cold_start=self.cold_start)
+
+
+def status_counts(items: Iterable[Any]) -> dict[str, int]:
+    """How many of ``items`` (results, matrix cells: anything with a ``status``) have each status, by its value."""
+    counts: dict[str, int] = {}
+    for item in items:
+        status = item.status.value
+        counts[status] = counts.get(status, 0) + 1
+    return counts
 
 
 def utcnow() -> datetime:

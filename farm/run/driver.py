@@ -19,10 +19,7 @@ What is lost if the driver itself dies: only the cells in flight, which
 from __future__ import annotations
 
 import getpass
-import ipaddress
-import json
 import logging
-import os
 import secrets
 import socket
 import subprocess
@@ -34,17 +31,18 @@ from pathlib import Path
 from typing import Any
 
 from farm import settings
-from farm.cell.execute import CellSettings, engine_environment
+from farm.cell.execute import CellSettings
 from farm.errors import JobSpecError, StoreUnavailable
 from farm.model.cells import Cell, expand
-from farm.model.results import CellResult, CellStatus, ErrorInfo, Launch, RunManifest, utcnow
+from farm.model.results import CellResult, CellStatus, ErrorInfo, Launch, RunManifest, status_counts, utcnow
 from farm.model.spec import JobSpec, parse_job
 from farm.report.aggregate import aggregate
 from farm.report.history import expected_seconds
+from farm.run.attempt import Event, EventFn, EventKind, Work, warm_nodes
+from farm.run.connect import connect
 from farm.run.placement import alive_nodes, check_feasible, request_for
 from farm.run.retry import INFRA, decide
-from farm.run.scheduler import Event, EventFn, Scheduler, Work, warm_nodes
-from farm.settings import farm_home
+from farm.run.scheduler import Scheduler
 from farm.store import (
     ResultWriter,
     RunScan,
@@ -59,9 +57,6 @@ from farm.store import (
 from farm.version import __version__
 
 log = logging.getLogger("farm.run.driver")
-
-# Where the driver keeps results until the store has them (see farm.store.spool).
-
 
 @dataclass
 class RunOutcome:
@@ -126,6 +121,32 @@ def run(
         ResourceError: some cell asks for more than any node of the cluster has (nothing has run then).
     """
     store = store or open_store()
+    plan = _plan(store, job, run_id, resume)
+    ray = _start(plan, store, address)
+    pending = _execute(plan, ray, max_parallel=max_parallel, progress=progress, events=events,
+                       rebuild_before=time.time() if rebuild_envs else None)
+    return _finish(plan, store, pending, write_matrix)
+
+
+@dataclass
+class _Plan:
+    """What a run will do, decided before any compute is spent."""
+
+    job: JobSpec
+    run_id: str
+    manifest: RunManifest
+    writer: ResultWriter
+    # Every attempt of every cell, as the store holds them: read once when resuming, then kept as results come,
+    # so the matrix at the end needs no second read of the store (at 100 000 cells that read was most of the
+    # aggregation, bench/RESULTS.md).
+    scan: RunScan
+    todo: list[Work]  # the cells that owe an attempt, longest first
+    declared: list[tuple[Cell, str]]  # unsupported cells and why: recorded, never run
+    resume: bool
+
+
+def _plan(store: Store, job: JobSpec | None, run_id: str | None, resume: bool) -> _Plan:
+    """The run's job, manifest, spool and the cells it owes; nothing is written to the store yet."""
     try:
         store.check()  # unreachable, no bucket, bad credentials: say so before any compute is spent
     except StoreUnavailable as exc:
@@ -140,30 +161,30 @@ def run(
             raise JobSpecError("give a job spec to run, or --resume RUN_ID")
         run_id = run_id or make_run_id(job.name)
         manifest = _new_manifest(job, run_id)
-    assert job is not None
     # Before the manifest: a spool left here for another store stops the run with nothing written.
     writer = ResultWriter(store, Spool(spool_dir(run_id), store.url))
-    # Every attempt of every cell, as the store holds them: read once when resuming, then kept as results come,
-    # so the matrix at the end needs no second read of the store (at 100 000 cells that read was most of the
-    # aggregation, bench/RESULTS.md).
     scan = RunScan()
     if resume:
         writer.flush()  # results spooled by an earlier session go first, so they count as done
         scan = _attempts(store, run_id, writer.spool.results())
-    history = scan.attempts
-    todo = longest_first(_owed(manifest.cells, history, job, resume), expected_seconds(store, job.name))
+    todo = longest_first(_owed(manifest.cells, scan.attempts, job, resume), expected_seconds(store, job.name))
     reasons = {w.cell.id: job.unsupported_reason(w.cell.axes()) for w in todo}
-    declared = [(w.cell, reason) for w in todo if (reason := reasons[w.cell.id])]  # recorded, never run
+    declared = [(w.cell, reason) for w in todo if (reason := reasons[w.cell.id])]
     todo = [w for w in todo if not reasons[w.cell.id]]
     if resume:
         log.info("resuming %s: %d of %d cells to run; the others have a verdict", run_id, len(todo),
                  len(manifest.cells))
+    return _Plan(job, run_id, manifest, writer, scan, todo, declared, resume)
 
-    ray = connect(address) if todo else None
+
+def _start(plan: _Plan, store: Store, address: str | None) -> Any:
+    """Join Ray if any cell is to run, check that every cell fits a node, then write the manifest."""
+    ray = connect(address) if plan.todo else None
     if ray is not None:
         # Before the manifest: a request no node can hold is the job's error, and nothing has run.
-        check_feasible([request_for(w.cell, job) for w in todo], alive_nodes(ray), job.name)
-    if resume:
+        check_feasible([request_for(w.cell, plan.job) for w in plan.todo], alive_nodes(ray), plan.job.name)
+    manifest = plan.manifest
+    if plan.resume:
         manifest.resumes.append(_launch(ray))
         manifest.finished_at = None
         write_manifest(store, manifest)
@@ -171,44 +192,57 @@ def run(
         if ray is not None:
             manifest.ray_address = ray.get_runtime_context().gcs_address
         write_manifest(store, manifest, create=True)  # an existing run is never replaced: it says to --resume
+    return ray
 
+
+def _execute(plan: _Plan, ray: Any, *, max_parallel: int | None, progress: ProgressFn | None,
+             events: EventFn | None, rebuild_before: float | None) -> list[Path]:
+    """Record the declared cells, run the others; returns what is still spooled when the writer closes."""
     done = 0
 
     def record(result: CellResult) -> None:
-        writer.add_result(result)  # on local disk before anything else happens
-        scan.attempts.setdefault(result.cell_id, []).append(result)
+        plan.writer.add_result(result)  # on local disk before anything else happens
+        plan.scan.attempts.setdefault(result.cell_id, []).append(result)
 
     def on_event(event: Event) -> None:
         nonlocal done
-        if event.kind == "done" and event.result is not None:
+        if event.kind is EventKind.DONE and event.result is not None:
             done += 1
             if progress:
-                progress(done, len(todo), event.result)
+                progress(done, len(plan.todo), event.result)
         if events:
             events(event)
 
-    writer.start()
+    history = plan.scan.attempts
+    manifest = plan.manifest
+    plan.writer.start()
     try:
-        for cell, reason in declared:
-            record(_unsupported(cell, reason, run_id))
-        if todo:
-            scheduler = Scheduler(ray, job, CellSettings.from_job(job), run_id, record, parallel=max_parallel,
-                                  events=on_event, rebuild_before=time.time() if rebuild_envs else None,
+        for cell, reason in plan.declared:
+            record(_unsupported(cell, reason, plan.run_id))
+        if plan.todo:
+            scheduler = Scheduler(ray, plan.job, CellSettings.from_job(plan.job), plan.run_id, record,
+                                  parallel=max_parallel, events=on_event, rebuild_before=rebuild_before,
                                   warm=warm_nodes(a for attempts in history.values() for a in attempts))
-            scheduler.run(todo)
+            scheduler.run(plan.todo)
             manifest.envs = scheduler.envs.summary()
         manifest.finished_at = utcnow()
-        manifest.counts = _counts(list(scan.latest.values()))
-        writer.add_manifest(manifest)
+        manifest.counts = status_counts(plan.scan.latest.values())
+        plan.writer.add_manifest(manifest)
     finally:
-        pending = writer.close()  # also on Ctrl-C: what was recorded reaches the store or stays spooled
-    outcome = RunOutcome(run_id, list(scan.latest.values()), None, None, store, manifest.counts, ran=len(todo),
-                         spooled=pending, spool_dir=writer.spool.dir)
+        pending = plan.writer.close()  # also on Ctrl-C: what was recorded reaches the store or stays spooled
+    return pending
+
+
+def _finish(plan: _Plan, store: Store, pending: list[Path], write_matrix: bool) -> RunOutcome:
+    """The outcome; with everything in the store, the matrix, exports and page too."""
+    manifest = plan.manifest
+    outcome = RunOutcome(plan.run_id, list(plan.scan.latest.values()), None, None, store, manifest.counts,
+                         ran=len(plan.todo), spooled=pending, spool_dir=plan.writer.spool.dir)
     if pending:
-        outcome.store_error = str(writer.error) if writer.error else "the store did not take them"
+        outcome.store_error = str(plan.writer.error) if plan.writer.error else "the store did not take them"
         return outcome
     if write_matrix:
-        outcome.matrix_key, outcome.page_key = aggregate(store, run_id, scan, manifest=manifest)
+        outcome.matrix_key, outcome.page_key = aggregate(store, plan.run_id, plan.scan, manifest=manifest)
     return outcome
 
 
@@ -296,109 +330,6 @@ def spool_report(outcome: RunOutcome) -> str:
             f"not yet in {outcome.store.url} ({outcome.store_error}); once the store is reachable, "
             f"`farm run --resume {outcome.run_id}` with the same --store flushes them (from this machine)")
 
-
-def connect(address: str | None = None) -> Any:
-    """Join the given cluster (or RAY_ADDRESS, e.g. under `ray job submit`), else start a local Ray."""
-    address = address or os.environ.get("RAY_ADDRESS")
-    if not address or _loopback_only(address):
-        # Without this, a local Ray also listens on the machine's other addresses and 0.0.0.0, and
-        # ray.init rewrites a 127.0.0.1 address to the machine's other address, where a Ray started on
-        # loopback does not listen. Never set when joining a real cluster, whose nodes must reach each other
-        # (and reach this driver, which would then say it is at 127.0.0.1).
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-
-    if ray.is_initialized():
-        return ray
-    env_vars = {"FARM_HOME": str(farm_home()), **engine_environment()}
-    if os.environ.get("FARM_ZOO_DIR"):
-        env_vars["FARM_ZOO_DIR"] = os.environ["FARM_ZOO_DIR"]
-    # Under `ray job submit`, Ray merges this with the job's runtime_env and refuses a variable
-    # set by both (even to the same value): the job's own settings win, and they are in our env already.
-    job_env = _job_runtime_env().get("env_vars") or {}
-    runtime_env = {"env_vars": {k: v for k, v in env_vars.items() if k not in job_env}}
-    if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
-    else:
-        ray.init(
-            # "local": always a Ray of our own. Without an address, ray.init joins the newest Ray
-            # already started on this machine (another user's, another test's), whose workers run other code.
-            address="local",
-            _node_ip_address="127.0.0.1",
-            include_dashboard=False,
-            runtime_env=runtime_env,
-            # A cell's log goes to its own file (and the store), not interleaved on the terminal.
-            log_to_driver=False,
-        )
-    return ray
-
-
-def _loopback_only(address: str) -> bool:
-    """A Ray on this machine that answers on the loopback address given but not on the machine's outward
-    address, which ``ray.init`` would rewrite it to: one started with ``--node-ip-address=127.0.0.1``.
-
-    A head started the usual way answers on both, and keeps Ray's behaviour: its other nodes must reach
-    this driver at the machine's real address.
-    """
-    host, port = _host_port(address)
-    if not _is_loopback(address) or port is None or not _accepts(host, port):
-        return False  # not this machine's loopback; or nothing there, and ray.init says so in its own words
-    outward = _outward_ip()
-    return outward is None or not _accepts(outward, port)
-
-
-def _outward_ip() -> str | None:
-    """The address ``ray.init`` rewrites 127.0.0.1 to: the source of a route outwards (a UDP connect sends nothing)."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect(("8.8.8.8", 80))
-            ip = str(probe.getsockname()[0])
-    except OSError:  # no route outwards: nothing to rewrite to
-        return None
-    return None if ip.startswith("127.") else ip
-
-
-def _accepts(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _host_port(address: str) -> tuple[str, int | None]:
-    """``ray://[::1]:10001`` → ``("::1", 10001)``; ``auto`` → ``("auto", None)``."""
-    host, _, port = address.split("://", 1)[-1].rpartition(":")
-    if not host:  # no port at all
-        return address.split("://", 1)[-1].strip("[]"), None
-    return host.strip("[]"), int(port) if port.isdigit() else None
-
-
-def _is_loopback(address: str) -> bool:
-    """``127.0.0.1:6379``, ``localhost:6379``, ``ray://[::1]:10001``: a Ray on this machine's loopback."""
-    host, _ = _host_port(address)
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name, or "auto"
-        return False
-
-
-def _job_runtime_env() -> dict[str, Any]:
-    """The runtime_env of the Ray job this driver runs in (empty outside `ray job submit`)."""
-    try:
-        # Ray's job supervisor hands the entrypoint its job config in this variable (ray 2.x).
-        return dict(json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {})
-    except (ValueError, AttributeError):
-        return {}
-
-
-def _counts(results: list[CellResult]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for result in results:
-        counts[result.status.value] = counts.get(result.status.value, 0) + 1
-    return counts
 
 
 def _git_sha() -> str | None:

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from farm.model.results import AttemptSummary, CellResult, CellStatus
-from farm.run.scheduler import Event
+from farm.run.attempt import Event, EventKind
 from farm.text import first_line
 
 
@@ -44,9 +44,9 @@ class Progress:
         self._drawn = False
 
     def __call__(self, event: Event) -> None:
-        if event.kind == "plan":
+        if event.kind is EventKind.PLAN:
             self.total, self.parallel = event.total, max(1, event.parallel)
-        elif event.kind == "started" and event.cell is not None:
+        elif event.kind is EventKind.STARTED and event.cell is not None:
             self.running[(event.cell.id, event.attempt)] = time.monotonic()
         elif event.kind in ("done", "retry") and event.result is not None:
             self._ended(event)
@@ -59,7 +59,7 @@ class Progress:
         began = self.running.pop((result.cell_id, result.attempt), None)
         if began is not None:
             self.durations.append((time.monotonic() - began, result.cold_start))
-        if event.kind == "done":
+        if event.kind is EventKind.DONE:
             self.done += 1
             self.counts[result.status] = self.counts.get(result.status, 0) + 1
             self._print(f"[{self.done}/{self.total}] {result.status.symbol} {result.status.value:<11} "

@@ -39,7 +39,6 @@ there is room.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -47,8 +46,6 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from farm.cell.actor import CellActor, read_log
@@ -60,6 +57,7 @@ from farm.model.cells import Cell
 from farm.model.results import CellResult, CellStatus, EnvFacts, utcnow
 from farm.model.spec import JobSpec
 from farm.run import outcomes, placement
+from farm.run.attempt import Attempt, Event, EventFn, EventKind, Phase, Work, group_node
 from farm.run.placement import CellRequest
 from farm.run.retry import INFRA, cold_timeout, decide, settle
 from farm.settings import cell_log_dir
@@ -68,7 +66,6 @@ from farm.text import first_line
 
 log = logging.getLogger("farm.run.scheduler")
 
-# Where each cell's process writes its log on its node, so a crash still leaves a tail to read.
 # After the cell's timeout, before the kill: faulthandler's dump of every thread reaches the log.
 KILL_GRACE_S = 3.0
 # A node that cannot run a tiny task that reads a file in this time is lost (Ray marks a silent node dead in ~30 s).
@@ -80,66 +77,6 @@ TICK_S = 1.0
 NODE_ID_LABEL = "ray.io/node-id"
 # Where an env failed when its node could not be told: it counts as a node tried, but is no label to avoid.
 UNKNOWN_NODE = "?"
-
-
-@dataclass
-class Event:
-    """What the loop tells the progress display: the ``plan``, an attempt ``started`` on a node, a ``retry``, a cell ``done``."""
-
-    kind: str  # "plan" | "started" | "retry" | "done" | "tick"
-    cell: Cell | None = None
-    attempt: int = 0
-    result: CellResult | None = None
-    reason: str | None = None
-    node_id: str | None = None
-    total: int = 0  # plan: cells to run
-    parallel: int = 0  # plan: cells at once
-
-
-EventFn = Callable[[Event], None]
-
-
-@dataclass
-class Work:
-    """A cell that owes an attempt: its attempts so far in this run, and why the next one runs."""
-
-    cell: Cell
-    history: list[CellResult] = field(default_factory=list)
-    reason: str | None = None
-    infra_outcomes: int = 0  # in this session (a resume starts a fresh budget)
-    avoid: set[str] = field(default_factory=set)  # nodes where the cell met infra outcomes
-    prefer: str | None = None  # the node the next attempt should run on if Ray can (after a cold-start timeout)
-
-    @property
-    def number(self) -> int:
-        return max((a.attempt for a in self.history), default=0) + 1
-
-
-@dataclass
-class _Attempt:
-    work: Work
-    request: CellRequest
-    log_path: Path
-    phase: str
-    future: Any
-    deadline: float
-    group: Any = None
-    actor: Any = None
-    node_id: str | None = None
-    hostname: str | None = None
-    started_at: Any = None
-    started: float | None = None  # monotonic, when the actor ran: the cell's clock
-    dead: CellStatus | None = None  # while reading: crash or timeout
-    ray_error: str = ""
-    memory_monitor: bool = False
-    placed: float = field(default_factory=time.monotonic)  # when its resources were asked for
-    prepared: PreparedEnv | None = None
-    prepare_s: float | None = None  # from asking for the node to the env ready (or failed): placement, lock, build
-    cold: bool = False  # the first build of its engine on its node in this run
-
-    @property
-    def holds_resources(self) -> bool:
-        return self.phase in ("placing", "preparing", "starting", "running")
 
 
 class Scheduler:
@@ -160,7 +97,7 @@ class Scheduler:
         # (engine, node id): an attempt of a cell with that engine has ended on that node in this run.
         self.warm: set[tuple[str, str]] = set(warm)
         self.session = secrets.token_hex(3)
-        self.in_flight: dict[Any, _Attempt] = {}
+        self.in_flight: dict[Any, Attempt] = {}
         self._requests: list[CellRequest] = []
         self._nodes: list[dict[str, Any]] = []
         self._nodes_read = -NODES_TTL_S
@@ -170,7 +107,7 @@ class Scheduler:
     def run(self, work: list[Work]) -> None:
         queue = deque(work)
         self._requests = list({placement.request_for(w.cell, self.job) for w in work})
-        self.events(Event("plan", total=len(work), parallel=self.parallel()))
+        self.events(Event(EventKind.PLAN, total=len(work), parallel=self.parallel()))
         while queue or self.in_flight:
             while queue and self._active() < self.parallel():
                 queue.extend(self._start(queue.popleft()))
@@ -185,9 +122,9 @@ class Scheduler:
             for future, attempt in [(f, a) for f, a in self.in_flight.items() if a.deadline <= now]:
                 del self.in_flight[future]
                 queue.extend(self._guarded(attempt, functools.partial(self._expire, attempt)))
-            self.events(Event("tick"))
+            self.events(Event(EventKind.TICK))
 
-    def _guarded(self, attempt: _Attempt, step: Callable[[], list[Work]]) -> list[Work]:
+    def _guarded(self, attempt: Attempt, step: Callable[[], list[Work]]) -> list[Work]:
         """One step of one attempt; a bug in handling it costs that attempt (an infra outcome), never the run."""
         try:
             return step()
@@ -210,7 +147,7 @@ class Scheduler:
     def _active(self) -> int:
         return sum(1 for a in self.in_flight.values() if a.holds_resources)
 
-    def _wait_on(self, attempt: _Attempt, phase: str, future: Any, seconds: float) -> list[Work]:
+    def _wait_on(self, attempt: Attempt, phase: Phase, future: Any, seconds: float) -> list[Work]:
         attempt.phase, attempt.future, attempt.deadline = phase, future, time.monotonic() + seconds
         self.in_flight[future] = attempt
         return []
@@ -222,7 +159,7 @@ class Scheduler:
         # The session in the name: a resumed run's attempt never appends to the log of one its dead driver left.
         name = f"{work.cell.id}.attempt-{work.number}.{self.session}.log"
         log_path = cell_log_dir() / safe_part(self.run_id) / name
-        attempt = _Attempt(work, request, log_path, "", None, 0.0)
+        attempt = Attempt(work, request, log_path, None, None, 0.0)
         failed_env = self.env_failed.get(work.cell.engine.name, {})
         if self._env_failed_for_run(work.cell, request):
             return self._finish(attempt, self._env_error(attempt, next(iter(failed_env.values())), len(failed_env)))
@@ -237,10 +174,10 @@ class Scheduler:
             bundles = request.group_bundles()
             attempt.group = placement_group(bundles, strategy="STRICT_PACK",
                                             bundle_label_selector=[avoid] * len(bundles) if avoid else None)
-            return self._wait_on(attempt, "placing", attempt.group.ready(), self.job.start_timeout_s)
+            return self._wait_on(attempt, Phase.PLACING, attempt.group.ready(), self.job.start_timeout_s)
         return self._start_actor(attempt, avoid)
 
-    def _start_actor(self, attempt: _Attempt, avoid: dict[str, str] | None = None) -> list[Work]:
+    def _start_actor(self, attempt: Attempt, avoid: dict[str, str] | None = None) -> list[Work]:
         options = attempt.request.actor_options(attempt.group)
         if avoid and attempt.group is None:
             options["label_selector"] = avoid
@@ -253,61 +190,70 @@ class Scheduler:
             options["runtime_env"] = attempt.prepared.runtime_env
         # A dead engine must stay dead: a restart would hide the crash and rerun a broken cell.
         attempt.actor = self.actor_class.options(max_restarts=0, max_task_retries=0, **options).remote()
-        return self._wait_on(attempt, "starting", attempt.actor.where.remote(), self.job.start_timeout_s)
+        return self._wait_on(attempt, Phase.STARTING, attempt.actor.where.remote(), self.job.start_timeout_s)
 
-    def _advance(self, attempt: _Attempt, future: Any) -> list[Work]:
-        from ray.exceptions import OutOfMemoryError, RayActorError, RayTaskError, RuntimeEnvSetupError
-
+    def _advance(self, attempt: Attempt, future: Any) -> list[Work]:
+        """The attempt's future is ready: its next phase, or its result."""
         try:
             value = self.ray.get(future)
         except Exception as exc:
-            if attempt.phase == "preparing":
-                lost = outcomes.lost_node(exc)
-                if lost:  # the node went away under the build: the node's outcome, not the engine's env
-                    attempt.node_id = attempt.node_id or _group_node(attempt.group)  # the retry avoids it
-                    return self._finish(attempt, self._infra(attempt, lost))
-                return self._prepared(attempt, self.envs.outcome(exc, attempt.work.cell.engine))
-            if attempt.phase == "starting" and attempt.prepared is not None and isinstance(exc, RuntimeEnvSetupError):
-                # Ray could not start the actor in the engine's env (a py_executable or image that broke after its check).
-                failure = EnvFailure(engine=attempt.work.cell.engine.name, kind=attempt.work.cell.engine.kind,
-                                     hostname=attempt.prepared.hostname, message=f"environment setup failed: {exc}")
-                return self._finish(attempt, self._env_error(attempt, failure))
-            if attempt.phase in ("placing", "starting"):
-                what = "placed" if attempt.phase == "placing" else "started"
-                return self._finish(attempt, self._infra(attempt, f"the cell's actor could not be {what}: "
-                                                                  f"{type(exc).__name__}: {first_line(str(exc), 500)}"))
-            if attempt.phase == "reading":  # the node does not answer: it is gone
-                return self._finish(attempt, self._unread(attempt, f"{type(exc).__name__}: {first_line(str(exc), 500)}"))
+            return self._advance_failed(attempt, exc)
+        return self._advance_ready(attempt, value)
+
+    def _advance_failed(self, attempt: Attempt, exc: Exception) -> list[Work]:
+        """The attempt's future raised: whose outcome it is (the node's, the env's, the farm's, the cell's) depends on the phase."""
+        from ray.exceptions import OutOfMemoryError, RayActorError, RayTaskError, RuntimeEnvSetupError
+
+        if attempt.phase is Phase.PREPARING:
             lost = outcomes.lost_node(exc)
-            if lost:
+            if lost:  # the node went away under the build: the node's outcome, not the engine's env
+                attempt.node_id = attempt.node_id or group_node(attempt.group)  # the retry avoids it
                 return self._finish(attempt, self._infra(attempt, lost))
-            if isinstance(exc, RayTaskError) and not isinstance(exc, RayActorError):
-                # Raised by the farm's own code around the engine (the engine's errors are results): no verdict.
-                return self._finish(attempt, self._infra(attempt, f"the farm failed in the cell's actor: {first_line(str(exc), 500)}"))
-            attempt.ray_error, attempt.memory_monitor = str(exc), isinstance(exc, OutOfMemoryError)
-            return self._read_log(attempt, CellStatus.CRASH)
-        if attempt.phase == "placing":
+            return self._prepared(attempt, self.envs.outcome(exc, attempt.work.cell.engine))
+        if attempt.phase is Phase.STARTING and attempt.prepared is not None and isinstance(exc, RuntimeEnvSetupError):
+            # Ray could not start the actor in the engine's env (a py_executable or image that broke after its check).
+            failure = EnvFailure(engine=attempt.work.cell.engine.name, kind=attempt.work.cell.engine.kind,
+                                 hostname=attempt.prepared.hostname, message=f"environment setup failed: {exc}")
+            return self._finish(attempt, self._env_error(attempt, failure))
+        if attempt.phase in (Phase.PLACING, Phase.STARTING):
+            what = "placed" if attempt.phase is Phase.PLACING else "started"
+            return self._finish(attempt, self._infra(attempt, f"the cell's actor could not be {what}: "
+                                                              f"{type(exc).__name__}: {first_line(str(exc), 500)}"))
+        if attempt.phase is Phase.READING:  # the node does not answer: it is gone
+            return self._finish(attempt, self._unread(attempt, f"{type(exc).__name__}: {first_line(str(exc), 500)}"))
+        lost = outcomes.lost_node(exc)
+        if lost:
+            return self._finish(attempt, self._infra(attempt, lost))
+        if isinstance(exc, RayTaskError) and not isinstance(exc, RayActorError):
+            # Raised by the farm's own code around the engine (the engine's errors are results): no verdict.
+            return self._finish(attempt, self._infra(attempt, f"the farm failed in the cell's actor: {first_line(str(exc), 500)}"))
+        attempt.ray_error, attempt.memory_monitor = str(exc), isinstance(exc, OutOfMemoryError)
+        return self._read_log(attempt, CellStatus.CRASH)
+
+    def _advance_ready(self, attempt: Attempt, value: Any) -> list[Work]:
+        """The attempt's future answered: start its next phase, or finish it with its result."""
+        if attempt.phase is Phase.PLACING:
             engine = attempt.work.cell.engine
             if self.envs.needs_prepare(engine):
                 # In bundle 0, with its CPUs (pip and uv use them): the node is the cell's until its actor starts there.
                 prepare = self.envs.submit(engine, attempt.group, attempt.request.group_bundles()[0].get("CPU", 0))
-                return self._wait_on(attempt, "preparing", prepare, self.envs.timeout_s(engine))
+                return self._wait_on(attempt, Phase.PREPARING, prepare, self.envs.timeout_s(engine))
             return self._start_actor(attempt)
-        if attempt.phase == "preparing":
+        if attempt.phase is Phase.PREPARING:
             return self._prepared(attempt, self.envs.outcome(value, attempt.work.cell.engine))
-        if attempt.phase == "starting":
+        if attempt.phase is Phase.STARTING:
             where = json.loads(value)
             attempt.node_id, attempt.hostname = where["node_id"], where["hostname"]
             attempt.started, attempt.started_at = time.monotonic(), utcnow()
             attempt.cold = (attempt.work.cell.engine.name, attempt.node_id) not in self.warm
-            self.events(Event("started", attempt.work.cell, attempt.work.number, node_id=attempt.node_id))
+            self.events(Event(EventKind.STARTED, attempt.work.cell, attempt.work.number, node_id=attempt.node_id))
             memory_gb = placement.resources_of(attempt.work.cell, self.job).memory_gb
             limit = int(memory_gb * placement.GIB) if memory_gb else None
             timeout = placement.timeout_of(attempt.work.cell, self.job)
             run = attempt.actor.run.remote(attempt.work.cell.model_dump_json(), self.settings_json, self.run_id,
                                            attempt.work.number, str(attempt.log_path), timeout, limit)
-            return self._wait_on(attempt, "running", run, timeout + KILL_GRACE_S)
-        if attempt.phase == "running":
+            return self._wait_on(attempt, Phase.RUNNING, run, timeout + KILL_GRACE_S)
+        if attempt.phase is Phase.RUNNING:
             return self._finish(attempt, CellResult.model_validate_json(value))
         log = value  # reading
         if attempt.dead is CellStatus.TIMEOUT:
@@ -322,49 +268,49 @@ class Scheduler:
         fitting = placement.nodes_for(request, self.nodes())
         return bool(failed) and (len(failed) >= self.job.retries.infra_attempts or set(fitting) <= set(failed))
 
-    def _prepared(self, attempt: _Attempt, outcome: PreparedEnv | EnvFailure) -> list[Work]:
+    def _prepared(self, attempt: Attempt, outcome: PreparedEnv | EnvFailure) -> list[Work]:
         attempt.prepare_s = round(time.monotonic() - attempt.placed, 3)
         if isinstance(outcome, EnvFailure):
             return self._finish(attempt, self._env_error(attempt, outcome))
         attempt.prepared = outcome
         return self._start_actor(attempt)
 
-    def _expire(self, attempt: _Attempt) -> list[Work]:
-        if attempt.phase == "preparing":  # no busy extension: the node is the cell's, the build is what is slow
+    def _expire(self, attempt: Attempt) -> list[Work]:
+        if attempt.phase is Phase.PREPARING:  # no busy extension: the node is the cell's, the build is what is slow
             waited = time.monotonic() - attempt.placed
             return self._prepared(attempt, self.envs.timed_out(attempt.future, attempt.work.cell.engine, waited))
-        if attempt.phase in ("placing", "starting"):
+        if attempt.phase in (Phase.PLACING, Phase.STARTING):
             if self._busy(attempt):  # waiting behind our own cells on a node that can hold it: not a failure
                 return self._wait_on(attempt, attempt.phase, attempt.future, self.job.start_timeout_s)
             return self._finish(attempt, self._infra(
-                attempt, f"the cell's actor was not {'placed' if attempt.phase == 'placing' else 'started'} within "
+                attempt, f"the cell's actor was not {'placed' if attempt.phase is Phase.PLACING else 'started'} within "
                          f"{self.job.start_timeout_s:g}s, with room for it on the cluster ({attempt.request.describe()})"))
-        if attempt.phase == "running":
-            self._kill(attempt)
+        if attempt.phase is Phase.RUNNING:
+            attempt.kill(self.ray)
             return self._read_log(attempt, CellStatus.TIMEOUT)
         return self._finish(attempt, self._unread(attempt, f"no answer within {LOG_READ_TIMEOUT_S:g}s"))
 
-    def _busy(self, attempt: _Attempt) -> bool:
+    def _busy(self, attempt: Attempt) -> bool:
         """Our own running cells hold the room it needs, and a live node could hold it once they finish."""
         fitting = placement.nodes_for(attempt.request, self.nodes())
-        return bool(fitting) and any(a.phase in ("preparing", "running") for a in self.in_flight.values())
+        return bool(fitting) and any(a.phase in (Phase.PREPARING, Phase.RUNNING) for a in self.in_flight.values())
 
-    def _read_log(self, attempt: _Attempt, dead: CellStatus) -> list[Work]:
+    def _read_log(self, attempt: Attempt, dead: CellStatus) -> list[Work]:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         attempt.dead = dead
-        self._release(attempt)
+        attempt.release(self.ray)
         assert attempt.node_id is not None  # only attempts whose actor ran get here
         # The log lives on the actor's node; soft=False: a node that is gone must fail the read, not move it.
         # No CPU: it must run on a node whose CPUs cells hold. Once: a node that fails it is gone.
         future = self.reader.options(
             num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(attempt.node_id, soft=False)
         ).remote(str(attempt.log_path))
-        return self._wait_on(attempt, "reading", future, LOG_READ_TIMEOUT_S)
+        return self._wait_on(attempt, Phase.READING, future, LOG_READ_TIMEOUT_S)
 
     # ---- results ----
 
-    def _dead(self, attempt: _Attempt, status: CellStatus, error: Any, log: str) -> CellResult:
+    def _dead(self, attempt: Attempt, status: CellStatus, error: Any, log: str) -> CellResult:
         from farm.cell.execute import LOG_TAIL_BYTES
 
         result = CellResult(run_id=self.run_id, cell_id=attempt.work.cell.id, cell=attempt.work.cell, status=status,
@@ -374,24 +320,24 @@ class Scheduler:
             result.timings["total"] = round(time.monotonic() - attempt.started, 3)
         return result
 
-    def _infra(self, attempt: _Attempt, message: str) -> CellResult:
+    def _infra(self, attempt: Attempt, message: str) -> CellResult:
         where = f" (node {attempt.node_id[:12]})" if attempt.node_id else ""
         return self._dead(attempt, CellStatus.INFRA_ERROR, outcomes.infra_error(message + where), "")
 
-    def _env_error(self, attempt: _Attempt, failure: EnvFailure, nodes: int = 0) -> CellResult:
+    def _env_error(self, attempt: Attempt, failure: EnvFailure, nodes: int = 0) -> CellResult:
         """The cell's engine env could not be prepared: an infra outcome, never a compatibility verdict."""
         engine = attempt.work.cell.engine.name
         message = failure.message if repr(engine) in failure.message else f"engine {engine!r}: {failure.message}"
         if nodes:
             message = f"{message} (not built again in this run: it failed on {nodes} node(s))"
         else:  # remember the node, so the retry builds elsewhere
-            attempt.node_id = attempt.node_id or _group_node(attempt.group)
+            attempt.node_id = attempt.node_id or group_node(attempt.group)
             self.env_failed.setdefault(engine, {})[attempt.node_id or UNKNOWN_NODE] = failure
         result = self._dead(attempt, CellStatus.ENV_ERROR, outcomes.infra_error(message, "env_error"), failure.log_tail)
         result.env.hostname = failure.hostname or result.env.hostname
         return result
 
-    def _unread(self, attempt: _Attempt, why: str) -> CellResult:
+    def _unread(self, attempt: Attempt, why: str) -> CellResult:
         """The log could not be read on the actor's node: a crash there is the node's, not the cell's."""
         if attempt.dead is CellStatus.TIMEOUT:  # the farm killed it at its timeout: a verdict, log or not
             error = outcomes.timeout_error(placement.timeout_of(attempt.work.cell, self.job), "")
@@ -400,8 +346,8 @@ class Scheduler:
         return self._infra(attempt, f"the cell's node stopped answering when its actor died ({why}); "
                                     f"Ray said: {first_line(attempt.ray_error, 500)}")
 
-    def _finish(self, attempt: _Attempt, result: CellResult) -> list[Work]:
-        self._release(attempt)
+    def _finish(self, attempt: Attempt, result: CellResult) -> list[Work]:
+        attempt.release(self.ray)
         work = attempt.work
         result.attempt = work.number
         result.retry_reason = work.reason
@@ -426,26 +372,11 @@ class Scheduler:
         work.history.append(result)
         decision = decide(work.history, self.job.retries, work.infra_outcomes)
         if not decision.retry:
-            self.events(Event("done", work.cell, result.attempt, result=result))
+            self.events(Event(EventKind.DONE, work.cell, result.attempt, result=result))
             return []
         work.reason, work.prefer = decision.reason, decision.prefer_node
-        self.events(Event("retry", work.cell, result.attempt, result=result, reason=decision.reason))
+        self.events(Event(EventKind.RETRY, work.cell, result.attempt, result=result, reason=decision.reason))
         return [work]
-
-    def _release(self, attempt: _Attempt) -> None:
-        self._kill(attempt)
-        if attempt.group is not None:
-            from ray.util.placement_group import remove_placement_group
-
-            with contextlib.suppress(Exception):  # already gone with its node
-                remove_placement_group(attempt.group)
-            attempt.group = None
-
-    def _kill(self, attempt: _Attempt) -> None:
-        if attempt.actor is not None:
-            with contextlib.suppress(Exception):  # already dead
-                self.ray.kill(attempt.actor, no_restart=True)
-            attempt.actor = None
 
     def _avoid(self, work: Work, request: CellRequest) -> dict[str, str] | None:
         """A label selector that keeps the attempt off nodes where the cell met infra outcomes, if others can hold it."""
@@ -457,18 +388,3 @@ class Scheduler:
         return {NODE_ID_LABEL: f"!in({', '.join(sorted(work.avoid))})"}
 
 
-def _group_node(group: Any) -> str | None:
-    """The node that holds bundle 0 of a ready placement group."""
-    if group is None:
-        return None
-    from ray.util.placement_group import placement_group_table
-
-    with contextlib.suppress(Exception):
-        return placement_group_table(group)["bundles_to_node_id"].get(0)
-    return None
-
-
-
-def warm_nodes(history: Iterable[CellResult]) -> set[tuple[str, str]]:
-    """(engine, node id) for every attempt whose cell ran on its node: a resumed run's warm nodes."""
-    return {(a.cell.engine.name, a.node_id) for a in history if a.node_id and a.status.is_verdict()}
