@@ -13,17 +13,25 @@
     ├── ResourceError    the cluster has no node that can hold a cell's request (checked before anything runs)
     ├── SubmitError      a job cannot be submitted to a Ray cluster (arguments, unreachable job server)
     ├── BisectError      a bisection cannot start or go on (bad --good/--bad, same outcome on both ends)
-    └── BundleError      an offline engine bundle cannot be made, verified or unpacked
+    ├── BundleError      an offline engine bundle cannot be made, verified or unpacked
+    ├── PageError        the matrix page cannot be rendered or served (template, port taken)
+    ├── WebhookError     a chat webhook is not a URL, refuses the post or cannot be reached
+    └── UsageError       a command line that asks for something contradictory or incomplete
 
 Every message says what is wrong *and* what to do about it. The CLI prints a
 FarmError as one line and exits 1; the traceback only with ``--debug``.
 Failures of the engine under test are never FarmErrors: they are results.
+
+Lower-level exceptions (an ``OSError`` while packing a bundle, a template error while rendering
+the page) are translated where the farm calls into them, with ``translated``, the way httpx maps
+its transport's exceptions: the user sees one line naming what the farm was doing.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 
 class FarmError(Exception):
@@ -88,6 +96,33 @@ class BisectError(FarmError):
 
 class BundleError(FarmError):
     """An offline engine bundle cannot be made, verified or unpacked (``farm bundle``)."""
+
+
+class PageError(FarmError):
+    """The matrix page cannot be rendered or served."""
+
+
+class WebhookError(FarmError):
+    """A chat webhook cannot take the run's diff."""
+
+
+class UsageError(FarmError):
+    """A command line asks for something contradictory or incomplete; the message says what to write instead."""
+
+
+@contextmanager
+def translated(into: type[FarmError], doing: str, *errors: type[BaseException]) -> Iterator[None]:
+    """Re-raise ``errors`` raised inside the block as ``into``: one line, ``"<doing>: <what went wrong>"``.
+
+    A FarmError passes through unchanged; the original exception stays chained for ``--debug``.
+    """
+    try:
+        yield
+    except FarmError:
+        raise
+    except errors as exc:
+        detail = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror and exc.filename else exc
+        raise into(f"{doing}: {type(exc).__name__}: {detail}") from exc
 
 
 def did_you_mean(name: str, available: Iterable[str]) -> str:

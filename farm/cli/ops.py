@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from farm.cli.common import store_arguments
+
 EPILOG = """examples:
   farm submit jobs/nightly.yaml --address http://head:8265 --store s3://bucket/farm
   farm submit jobs/nightly.yaml --address http://head:8265 --store s3://bucket/farm --wait \\
@@ -23,7 +25,7 @@ EPILOG = """examples:
 """
 
 
-def add_parsers(sub: Any, store_arguments: Any) -> None:
+def add_parsers(sub: Any) -> None:
     """Add submit, diff and bisect to the `farm` command's subparsers."""
     submit = sub.add_parser("submit", help="submit a job to a Ray cluster (Ray's job SDK); print how to follow it",
                             epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

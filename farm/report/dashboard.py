@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import ValidationError
 
-from farm.errors import FarmError, StoreError, StoreUnavailable
+from farm.errors import FarmError, PageError, StoreError, StoreUnavailable
 from farm.model.results import RunManifest
 from farm.report.aggregate import aggregate
 from farm.store import Store
@@ -139,7 +139,7 @@ def serve(store: Store, *, port: int, interval: float = 2.0, say: Callable[[str]
         # 127.0.0.1 only: the page shows error messages and logs from the cluster; sharing it is the bucket's job.
         server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(store, watcher))
     except OSError as exc:
-        raise FarmError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}; pick another port with --port "
+        raise PageError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}; pick another port with --port "
                         "(0 picks a free one)") from exc
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="farm-dashboard", daemon=True)

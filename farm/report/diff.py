@@ -40,7 +40,7 @@ import urllib.request
 
 from pydantic import Field
 
-from farm.errors import FarmError, KeyNotFound, StoreError
+from farm.errors import KeyNotFound, StoreError, WebhookError
 from farm.model.matrix import Change as HistoryChange
 from farm.model.matrix import Matrix
 from farm.model.results import Document, utcnow
@@ -172,7 +172,7 @@ def check_webhook(url: str) -> str:
     """A webhook URL as given, or a one-line error before anything runs."""
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise FarmError(f"--webhook / $FARM_WEBHOOK_URL: {url[:40]!r} is not an http(s) URL; give the chat's "
+        raise WebhookError(f"--webhook / $FARM_WEBHOOK_URL: {url[:40]!r} is not an http(s) URL; give the chat's "
                         "incoming-webhook URL, e.g. https://hooks.slack.com/services/…")
     return url
 
@@ -181,7 +181,7 @@ def post_webhook(url: str, text: str) -> None:
     """POST ``{"text": text}``: Slack's incoming-webhook format (Mattermost and Rocket.Chat take it too).
 
     Raises:
-        FarmError: the server refused or could not be reached; names the host, never the URL's path
+        WebhookError: the server refused or could not be reached; names the host, never the URL's path
             (a Slack webhook's path is its secret).
     """
     request = urllib.request.Request(url, data=json.dumps({"text": text}).encode(), method="POST",
@@ -191,7 +191,7 @@ def post_webhook(url: str, text: str) -> None:
         with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_S) as response:
             response.read()
     except urllib.error.HTTPError as exc:
-        raise FarmError(f"webhook at {host} answered HTTP {exc.code}; check --webhook / $FARM_WEBHOOK_URL") from None
+        raise WebhookError(f"webhook at {host} answered HTTP {exc.code}; check --webhook / $FARM_WEBHOOK_URL") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise FarmError(f"webhook at {host} could not be reached ({reason}); check --webhook / $FARM_WEBHOOK_URL") from None
+        raise WebhookError(f"webhook at {host} could not be reached ({reason}); check --webhook / $FARM_WEBHOOK_URL") from None

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import jinja2
 
+from farm.errors import PageError, translated
 from farm.model.matrix import Matrix
 from farm.version import __version__
 
@@ -51,6 +52,11 @@ def embedded_matrix(page: str) -> Matrix:
 def render_page(matrix: Matrix, matrix_json: bytes | None = None) -> str:
     """The page for ``matrix``; ``matrix_json``: its JSON if the caller has it already (a 100 000-cell matrix
     takes ~0.6 s to serialise)."""
+    with translated(PageError, "rendering the matrix page", jinja2.TemplateError, OSError):
+        return _render(matrix, matrix_json)
+
+
+def _render(matrix: Matrix, matrix_json: bytes | None) -> str:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(dashboards_dir()),
         autoescape=True,
