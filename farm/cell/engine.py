@@ -21,6 +21,7 @@ from farm.cell import vllm_compat
 from farm.cell.types import Completion, EngineHandle
 from farm.errors import EngineEnvError
 from farm.model.cells import Cell
+from farm.model.sources import is_local_path, zoo_item
 
 # Small enough for a tiny model on a 2-core CPU, large enough for the probes' prompts.
 DEFAULT_ENGINE_ARGS: dict[str, Any] = {"max_model_len": 256, "max_num_seqs": 4, "seed": 0}
@@ -29,15 +30,14 @@ DEFAULT_ENGINE_ARGS: dict[str, Any] = {"max_model_len": 256, "max_num_seqs": 4, 
 EngineBuilder = Callable[[Cell, dict[str, Any]], AbstractContextManager[EngineHandle]]
 
 
-
-
 def resolve_source(source: str) -> str:
     """A cell's model or adapter source as a path vLLM can load: zoo items are built on demand."""
-    if source.startswith("zoo:"):
+    item = zoo_item(source)
+    if item is not None:
         from farm import zoo
 
-        return str(zoo.ensure(source.removeprefix("zoo:")))
-    if source.startswith(("/", "./", "../", "~")):
+        return str(zoo.ensure(item))
+    if is_local_path(source):
         path = Path(source).expanduser()
         if not path.exists():
             # A checkpoint missing on this node says nothing about compatibility.

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from farm.model.sources import zoo_item
+
 
 def add_parsers(sub: Any) -> None:
     zoo = sub.add_parser("zoo", help="the tiny model zoo generated locally")
@@ -45,8 +47,8 @@ def _zoo_items_of(job_path: Path) -> list[str]:
     items: set[str] = set()
     for cell in expand(load_job(job_path)):
         for source in (cell.model_source, cell.lora_source, cell.reference, cell.lora_reference):
-            if source and source.startswith("zoo:"):
-                items.add(source.removeprefix("zoo:"))
+            if item := zoo_item(source):
+                items.add(item)
     for item in list(items):
         reference = zoo.reference_of(item)
         if reference:

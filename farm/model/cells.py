@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from farm.model.engines import CurrentEngine
+from farm.model.sources import zoo_source
 from farm.model.spec import NO_LORA, Engine, JobSpec, Resources
 
 NOT_IDENTITY = {"reference", "lora_reference", "reference_tolerance", "resources", "timeout_s"}
@@ -104,7 +105,7 @@ def _source_of(name: str | None) -> str | None:
         return None
     from farm import zoo
 
-    return f"zoo:{name}" if name in zoo.names() else name
+    return zoo_source(name) if name in zoo.names() else name
 
 
 def _resources(job: Resources, variant: Resources | None) -> Resources | None:

@@ -24,6 +24,7 @@ from pydantic import (
 from farm.errors import JobSpecError, did_you_mean
 from farm.model.base import NAME_PATTERN, NO_LORA, StrictModel, one_line, require_unique
 from farm.model.engines import CurrentEngine, Engine, EngineSpec
+from farm.model.sources import zoo_source
 from farm.registry import PROBES
 
 
@@ -75,7 +76,7 @@ class Variant(StrictModel):
 
     @property
     def source(self) -> str:
-        return f"zoo:{self.zoo}" if self.zoo is not None else str(self.checkpoint)
+        return zoo_source(self.zoo) if self.zoo is not None else str(self.checkpoint)
 
 
 class Adapter(StrictModel):
@@ -106,7 +107,7 @@ class Adapter(StrictModel):
 
     @property
     def source(self) -> str:
-        return f"zoo:{self.zoo}" if self.zoo is not None else str(self.path)
+        return zoo_source(self.zoo) if self.zoo is not None else str(self.path)
 
 
 class Model(StrictModel):

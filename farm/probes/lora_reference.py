@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from farm.cell.compare import compare_outputs
 from farm.model.results import ProbeResult
+from farm.model.sources import zoo_item
 from farm.probes.registry import Deferred, ProbeContext, register
 from farm.probes.support import engine_outputs, reference_for
 
@@ -28,7 +29,7 @@ def lora_reference(ctx: ProbeContext) -> Deferred:
                 ctx.generation.max_tokens,
                 ctx.generation.top_logprobs,
                 adapter_dir=resolve_source(adapter),
-                zoo_adapter=adapter.startswith("zoo:"),
+                zoo_adapter=zoo_item(adapter) is not None,
             )
         except Exception as exc:  # PEFT cannot apply this adapter: no verdict on vLLM
             return ProbeResult(

