@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.farm-installed
 
-.PHONY: setup browser demo test check lint zoo bench-store bench-page bench-overhead bench-makespan bench-scale bench-aggregation bench-envs clean
+.PHONY: setup browser demo test check lint docs zoo bench-store bench-page bench-overhead bench-makespan bench-scale bench-aggregation bench-envs clean
 
 setup: $(STAMP)
 
@@ -76,6 +76,10 @@ lint: setup
 	$(VENV)/bin/lint-imports
 
 check: lint test
+
+# The CLI reference, generated from the parser (tests/test_docs.py fails when docs/cli.md is stale).
+docs: setup
+	$(PY) -m farm.cli.reference > docs/cli.md.tmp && mv docs/cli.md.tmp docs/cli.md
 
 clean:
 	rm -rf farm-results .pytest_cache

@@ -44,6 +44,14 @@ os.environ.update(
 
 REPO = Path(__file__).resolve().parent.parent
 BACKENDS = ["local", "moto", "seaweedfs"]
+
+
+def docs_text(*names: str) -> str:
+    """The README followed by the named reference pages of docs/ (e.g. "store.md"), for tests that check
+    that a fact is documented: the README is the guide, the reference lives in docs/."""
+    return "\n".join((REPO / path).read_text() for path in ("README.md", *(f"docs/{name}" for name in names)))
+
+
 _prefixes = itertools.count()
 
 

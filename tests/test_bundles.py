@@ -26,10 +26,10 @@ from farm.envs.registry import EnvFailure, PreparedEnv
 from farm.errors import BundleError
 from farm.model.engines import BundleEngine
 
-from .conftest import REPO
+from .conftest import docs_text
 
 HERE = f"{sys.version_info[0]}.{sys.version_info[1]}"
-README = (REPO / "README.md").read_text()
+README = docs_text("bundles.md", "engines.md")
 
 
 def wheel(directory: Path, name: str, version: str, requires: tuple[str, ...] = (),

@@ -153,9 +153,9 @@ def test_a_taken_port_is_one_line(farm_cli, tmp_path):
 def test_the_readme_documents_the_command_and_shows_the_page():
     from farm.cli import build_parser as _parser
 
-    from .conftest import REPO
+    from .conftest import REPO, docs_text
 
-    readme = (REPO / "README.md").read_text()
+    readme = docs_text("page.md")
     usage = next(line for line in readme.splitlines() if line.startswith("farm dashboard ["))
     dashboard = _parser()._subparsers._group_actions[0].choices["dashboard"]  # type: ignore[union-attr]
     for action in dashboard._actions:

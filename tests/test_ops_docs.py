@@ -1,5 +1,6 @@
 """The operations recipes are runnable as written: the CronJob's and the workflow's commands parse as
-`farm submit` of a shipped job, and the README documents every option of submit, diff and bisect."""
+`farm submit` of a shipped job, and the docs (README, docs/cluster.md, nightly.md, bisect.md, store.md) document
+every option of submit, diff and bisect."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from farm.cli import build_parser as _parser
 from farm.cli import ops as cli_ops
 from farm.store.layout import bisect_key, diff_key
 
-from .conftest import REPO
+from .conftest import REPO, docs_text
 
-README = (REPO / "README.md").read_text()
+README = docs_text("cluster.md", "nightly.md", "bisect.md", "store.md")
 
 
 def _submit_line(script: str) -> list[str]:
@@ -57,7 +58,7 @@ def test_every_option_of_submit_diff_and_bisect_is_documented():
         for action in commands[name]._actions:
             for flag in action.option_strings:
                 if flag not in ("-h", "--help"):
-                    assert flag in README, f"farm {name} {flag} is not in the README"
+                    assert flag in README, f"farm {name} {flag} is not in the README or docs/"
     assert "--webhook" in README and "FARM_WEBHOOK_URL" in README
 
 

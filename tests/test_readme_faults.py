@@ -1,4 +1,5 @@
-"""The README documents every status, exit code, fault and isolation knob a user meets."""
+"""The docs (docs/results.md, job-spec.md, faults.md) document every status, exit code, fault and isolation knob
+a user meets."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from farm.cli import app as cli
 from farm.model.results import CellStatus
 from farm.model.spec import Resources, Retries
 
-from .conftest import REPO
+from .conftest import docs_text
 
-README = (REPO / "README.md").read_text()
+# faults.md last: the faults are looked for after its "The fault-injection engine (".
+README = docs_text("results.md", "job-spec.md", "faults.md")
 
 
 def test_every_final_status_is_in_the_results_table():

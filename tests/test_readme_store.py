@@ -1,4 +1,5 @@
-"""The README documents the store's commands, flags and layout, and its examples run as written."""
+"""The README and docs/store.md (with docs/cluster.md) document the store's commands, flags and layout, and the
+examples run as written."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import sys
 from farm.cli import build_parser as _parser
 from farm.store import export_key, log_key, manifest_key, matrix_key, result_key
 
-from .conftest import REPO
+from .conftest import docs_text
 
-README = (REPO / "README.md").read_text()
+README = docs_text("store.md", "cluster.md")
 
 
 def test_every_option_of_run_status_and_matrix_is_documented():
@@ -20,7 +21,7 @@ def test_every_option_of_run_status_and_matrix_is_documented():
         for action in commands[name]._actions:
             for flag in action.option_strings:
                 if flag not in ("-h", "--help"):
-                    assert flag in README, f"farm {name} {flag} is not in the README"
+                    assert flag in README, f"farm {name} {flag} is not in the README or docs/"
 
 
 def test_the_layout_in_the_readme_is_the_one_the_store_writes():
@@ -42,7 +43,7 @@ def test_the_pyarrow_example_runs(tmp_path):
     put_result(store, make_result("r", cell))
     aggregate(store, "r")
     example = re.search(r"^python -c \"(import pyarrow.+)\"$", README, re.M)
-    assert example, "the pyarrow example is in the README"
+    assert example, "the pyarrow example is in docs/store.md"
     out = subprocess.run([sys.executable, "-c", example.group(1)], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "pass" in out.stdout

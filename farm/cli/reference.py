@@ -56,7 +56,7 @@ def render() -> str:
     for parser in parsers:
         parser.formatter_class = _fixed_width(parser.formatter_class)
         text = parser.format_help().rstrip()
-        sections.append(f'<a id="{parser.prog.replace(" ", "-")}"></a>\n## `{parser.prog}`\n\n```\n{text}\n```\n')
+        sections.append(f"## `{parser.prog}`\n\n```\n{text}\n```\n")
     return "\n".join(sections)
 
 
