@@ -76,6 +76,27 @@ def make_bundle(
     log = out / "build.log"
     work = out / ".work"
     shutil.rmtree(work, ignore_errors=True)
+    resolver, chosen, notes = _resolve(target, roots, freeze, pip_args, log, say)
+    files, site = _install(resolver, chosen, target, pip_args, work, log, say)
+    review = check_left_out(site, chosen)
+    stripped = strip(site, target)
+    name = f"vllm-{version}-cp{target.python.replace('.', '')}-{target.platform}"
+    manifest = _manifest(version, target, ray_version, roots, against, chosen, files, review, stripped, site, notes)
+    say(f"packing {manifest['site_bytes'] / 2**20:.0f} MiB of site folder …")
+    document = pack.pack(site, out, name, split=split, manifest=manifest)
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    document["build_s"] = round(time.monotonic() - started, 1)
+    return document
+
+
+def _resolve(target: Target, roots: list[str], freeze: dict[str, str], pip_args: Sequence[str], log: Path,
+             say: Callable[[str], Any]) -> tuple[str, Plan, list[str]]:
+    """The resolver's Python, the plan and its notes.
+
+    Resolved a second time with the target's own versions pinned when the target has some of the packages:
+    those versions, not pip's first choice, are what the shipped packages meet on the node.
+    """
     resolver, exact = resolver_python(target)
     if not exact:
         say(f"farm bundle: no Python {target.python} with pip found; resolving with {resolver}, whose environment "
@@ -94,7 +115,16 @@ def make_bundle(
             notes.append(f"the resolution pinned to the target's versions failed, so the first one is used: {exc}")
     if "vllm" not in chosen.ship:
         raise BundleError("the target already has vLLM (its freeze lists vllm): nothing to bundle")
+    return resolver, chosen, notes
 
+
+def _install(resolver: str, chosen: Plan, target: Target, pip_args: Sequence[str], work: Path, log: Path,
+             say: Callable[[str], Any]) -> tuple[list[Path], Path]:
+    """The shipped wheels and the site folder they are installed into.
+
+    Downloaded first and installed from those files only (``--no-index``): the manifest records each wheel's
+    checksum and the glibc it needs, so the site folder must come from exactly these wheels.
+    """
     wheels, site = work / "wheels", work / "site"
     say(f"downloading {len(chosen.ship)} wheels …")
     _pip(resolver, ["download", "--no-deps", "--dest", str(wheels), *target.pip_options(), *pip_args,
@@ -103,10 +133,14 @@ def make_bundle(
     say(f"installing {len(files)} wheels into one site folder …")
     _pip(resolver, ["install", "--no-deps", "--no-compile", "--no-index", "--target", str(site),
                     *target.pip_options(), *map(str, files)], log)
-    review = check_left_out(site, chosen)
-    stripped = strip(site, target)
-    name = f"vllm-{version}-cp{target.python.replace('.', '')}-{target.platform}"
-    manifest: dict[str, Any] = {
+    return files, site
+
+
+def _manifest(version: str, target: Target, ray_version: str, roots: list[str], against: Path | None, chosen: Plan,
+              files: list[Path], review: dict[str, list[str]], stripped: list[dict[str, Any]], site: Path,
+              notes: list[str]) -> dict[str, Any]:
+    """``bundle.json`` without the parts: what a node needs to trust and use the bundle, and a reviewer to audit it."""
+    return {
         "vllm": version,
         "python": target.python,
         "platform": target.platform,
@@ -127,12 +161,6 @@ def make_bundle(
         "pth_files": sorted(p.name for p in site.glob("*.pth")),  # not run from PYTHONPATH: listed for review
         "notes": notes,
     }
-    say(f"packing {manifest['site_bytes'] / 2**20:.0f} MiB of site folder …")
-    document = pack.pack(site, out, name, split=split, manifest=manifest)
-    if not keep_work:
-        shutil.rmtree(work, ignore_errors=True)
-    document["build_s"] = round(time.monotonic() - started, 1)
-    return document
 
 
 def check_left_out(site: Path, chosen: Plan) -> dict[str, list[str]]:

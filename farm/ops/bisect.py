@@ -28,8 +28,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,51 +37,13 @@ from pydantic import Field
 
 from farm.errors import BisectError, did_you_mean
 from farm.model.cells import Cell, expand
-from farm.model.results import SCHEMA_VERSION, CellResult, CellStatus, Document, utcnow
+from farm.model.results import SCHEMA_VERSION, CellResult, Document, utcnow
 from farm.model.spec import JobSpec, parse_job
+from farm.ops.bisect_search import Found, Observation, Outcome, Step, search
 from farm.store import Store, safe_part
 from farm.store.layout import RUNS_PREFIX, bisect_key, parse_result_key
 
 _SHA = re.compile(r"[0-9a-f]{40}")
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a cell's result says about its engine: a status and its root cause."""
-
-    status: str
-    cause: str = ""  # the failure signature, or the probes that failed; "" for a pass
-
-    @property
-    def verdict(self) -> bool:
-        return CellStatus.names_verdict(self.status)
-
-    def __str__(self) -> str:
-        return self.status + (f" [{self.cause}]" if self.cause else "")
-
-    @classmethod
-    def of(cls, result: CellResult) -> Outcome:
-        cause = (result.error.signature if result.error else None) or ",".join(p.name for p in result.probes if p.failed)
-        return cls(result.status.value, cause or "")
-
-
-@dataclass
-class Observation:
-    outcome: Outcome
-    source: str  # "ran" (this bisection ran it) or "store" (reused)
-    run_id: str | None = None
-    seconds: float | None = None
-
-
-class Step(Document):
-    index: int
-    candidate: str
-    outcome: str
-    status: str
-    source: str
-    judged: str  # "good", "changed", "third" (changed, to neither end's outcome), "skipped", "end"
-    run_id: str | None = None
-    seconds: float | None = None
 
 
 class Verdict(Document):
@@ -112,97 +73,6 @@ class Verdict(Document):
     started_at: str
     finished_at: str | None = None
     transcript: list[str] = Field(default_factory=list)
-
-
-def search(
-    candidates: Sequence[str],
-    good: int,
-    bad: int,
-    observe: Callable[[int], Observation],
-    *,
-    known: dict[int, list[Outcome]] | None = None,
-    say: Callable[[str], None] = lambda line: None,
-) -> tuple[str, int | None, int | None, list[Step], list[str], bool, list[str]]:
-    """Binary search between two candidate indexes for the first whose outcome differs from ``good``'s.
-
-    ``observe(i)`` returns the outcome at candidate ``i`` (running it or reusing a result);
-    ``known`` holds outcomes already seen per index (the store's), for the monotonicity check.
-    Returns (result, last_good, first_changed, steps, skipped, monotonic, notes).
-    """
-    if not 0 <= good < bad < len(candidates):
-        raise BisectError("--good must come before --bad in the candidates' order (oldest first)")
-    steps: list[Step] = []
-    seen: dict[int, Outcome] = {}
-
-    def step(i: int, judge: Callable[[Outcome], str]) -> Outcome:
-        observation = observe(i)
-        seen[i] = observation.outcome
-        judged = judge(observation.outcome)
-        steps.append(Step(index=i, candidate=candidates[i], outcome=str(observation.outcome),
-                          status=observation.outcome.status, source=observation.source, judged=judged,
-                          run_id=observation.run_id, seconds=observation.seconds))
-        took = f", {observation.seconds:.0f}s" if observation.seconds is not None else ""
-        where = f" (run {observation.run_id}{took})" if observation.run_id else ""
-        say(f"[{len(steps)}] {candidates[i]:<14} {str(observation.outcome):<28} {judged:<8} "
-            f"{'ran' if observation.source == 'ran' else 'from the store'}{where}")
-        return observation.outcome
-
-    good_outcome = step(good, lambda o: "end")
-    if not good_outcome.verdict:
-        raise BisectError(f"--good {candidates[good]}: the cell has no verdict there ({good_outcome}); "
-                          "pick a --good whose env builds and whose cell runs")
-    bad_outcome = step(bad, lambda o: "end")
-    if not bad_outcome.verdict:
-        raise BisectError(f"--bad {candidates[bad]}: the cell has no verdict there ({bad_outcome}); "
-                          "pick a --bad whose env builds and whose cell runs")
-    if bad_outcome == good_outcome:
-        return "no_change", None, None, steps, [], True, []
-
-    def judge(outcome: Outcome) -> str:
-        if not outcome.verdict:
-            return "skipped"
-        if outcome == good_outcome:
-            return "good"
-        return "changed" if outcome == bad_outcome else "third"
-
-    lo, hi = good, bad
-    skipped: set[int] = set()
-    while True:
-        between = [i for i in range(lo + 1, hi) if i not in skipped]
-        if not between:
-            break
-        middle = (lo + hi) / 2
-        i = min(between, key=lambda j: (abs(j - middle), j))
-        verdict = judge(step(i, judge))
-        if verdict == "skipped":
-            skipped.add(i)
-        elif verdict == "good":
-            lo = i
-        else:
-            hi = i
-    notes = []
-    thirds = [s for s in steps if s.judged == "third"]
-    if thirds:
-        notes.append(f"a third outcome: {', '.join(f'{s.outcome} at {s.candidate}' for s in thirds)}, neither --good's "
-                     f"({good_outcome}) nor --bad's ({bad_outcome}); the combination changed more than once "
-                     "between the ends: this is the first change away from --good")
-    monotonic = True
-    observed: dict[int, list[Outcome]] = {i: list(v) for i, v in (known or {}).items()}
-    for i, outcome in seen.items():
-        observed.setdefault(i, []).append(outcome)
-    for i in sorted(observed):
-        for outcome in observed[i]:
-            if not outcome.verdict:
-                continue
-            if i >= hi and outcome == good_outcome:
-                monotonic = False
-                notes.append(f"not monotonic: {candidates[i]} gives --good's outcome ({good_outcome}) after the change "
-                             f"at {candidates[hi]}; the outcome flips back and forth (flaky, or fixed and broken again)")
-            elif i <= lo and outcome != good_outcome:
-                monotonic = False
-                notes.append(f"not monotonic: {candidates[i]} gives {outcome} before the last good {candidates[lo]}")
-    skipped_between = [candidates[i] for i in sorted(skipped) if lo < i < hi]
-    return ("range" if skipped_between else "found"), lo, hi, steps, skipped_between, monotonic, notes
 
 
 # ---- candidates: the job's engines, or a commit list ----
@@ -288,6 +158,33 @@ def single_cell_job(job: JobSpec, cell: Cell, engine: Any) -> tuple[JobSpec, Cel
     return narrowed, cells[0]
 
 
+def _candidates(job: JobSpec, good: str, bad: str, commits: Path | None, like: str | None) -> tuple[list[Any], list[str]]:
+    """The engines from --good to --bad, oldest first, and their names: the first change lies in this range only.
+
+    The job's engines, or one uv engine per commit of the list; a commit is given by its name in the list, or by
+    its sha or a prefix of 7 characters or more, as git takes it.
+    """
+    if commits is not None:
+        listed = read_commits(commits)
+        engines = commit_engines(job, listed, like)
+        names = [e.name for e in engines]
+        shas = [sha for sha, _ in listed]
+        what = f"commits in {commits}"
+        good_i = _index(shas, good, "--good", what) if good not in names else names.index(good)
+        bad_i = _index(shas, bad, "--bad", what) if bad not in names else names.index(bad)
+    else:
+        engines = list(job.engines)
+        names = [e.name for e in engines]
+        what = f"engines of job {job.name}"
+        good_i, bad_i = _index(names, good, "--good", what), _index(names, bad, "--bad", what)
+    if good_i == bad_i:
+        raise BisectError(f"--good and --bad are both {names[good_i]}; give two different {'commits' if commits else 'engines'}")
+    if good_i > bad_i:
+        raise BisectError(f"--good {names[good_i]} comes after --bad {names[bad_i]} in the "
+                          f"{'commit list' if commits else 'job engine order'} (oldest first): give the older one as --good")
+    return engines[good_i:bad_i + 1], names[good_i:bad_i + 1]
+
+
 # ---- reuse: what the store already knows about each candidate's cell ----
 
 
@@ -316,7 +213,6 @@ def make_bisect_id(job_name: str) -> str:
     return f"bisect-{safe_part(job_name)}-{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
-
 def bisect(
     job: JobSpec,
     cell: str,
@@ -340,25 +236,7 @@ def bisect(
     from farm.run.driver import run
 
     base = find_cell(job, cell)
-    if commits is not None:
-        listed = read_commits(commits)
-        engines = commit_engines(job, listed, like)
-        names = [e.name for e in engines]
-        shas = [sha for sha, _ in listed]
-        what = f"commits in {commits}"
-        good_i = _index(shas, good, "--good", what) if good not in names else names.index(good)
-        bad_i = _index(shas, bad, "--bad", what) if bad not in names else names.index(bad)
-    else:
-        engines = list(job.engines)
-        names = [e.name for e in engines]
-        what = f"engines of job {job.name}"
-        good_i, bad_i = _index(names, good, "--good", what), _index(names, bad, "--bad", what)
-    if good_i == bad_i:
-        raise BisectError(f"--good and --bad are both {names[good_i]}; give two different {'commits' if commits else 'engines'}")
-    if good_i > bad_i:
-        raise BisectError(f"--good {names[good_i]} comes after --bad {names[bad_i]} in the "
-                          f"{'commit list' if commits else 'job engine order'} (oldest first): give the older one as --good")
-    engines, names = engines[good_i:bad_i + 1], names[good_i:bad_i + 1]
+    engines, names = _candidates(job, good, bad, commits, like)
     cells = [single_cell_job(job, base, engine) for engine in engines]
     cell_ids = [c.id for _, c in cells]
     bisect_id = make_bisect_id(job.name)
@@ -375,49 +253,74 @@ def bisect(
     tell(f"bisect {bisect_id}: {combination} of job {job.name} over {len(names)} "
          f"{'commits' if commits else 'engines'}, good {names[0]}, bad {names[-1]}; "
          f"{len(known)} of them already have a result in {store.url}")
-    runs = 0
-
-    def observe(i: int) -> Observation:
-        nonlocal runs
-        if stored.get(cell_ids[i]):
-            latest = stored[cell_ids[i]][-1]
-            return Observation(Outcome.of(latest), "store", latest.run_id)
-        narrowed, _ = cells[i]
-        runs += 1
-        started = time.monotonic()
-        outcome = run(narrowed, store=store, address=address, run_id=f"{bisect_id}-{runs}", write_matrix=False)
-        result = next(r for r in outcome.results if r.cell_id == cell_ids[i])
-        stored.setdefault(cell_ids[i], []).append(result)
-        return Observation(Outcome.of(result), "ran", outcome.run_id, time.monotonic() - started)
-
+    observe = _Steps(run, store, address, bisect_id, cells, stored)
     started_at = utcnow().isoformat(timespec="seconds")
-    result, lo, hi, steps, skipped, monotonic, notes = search(names, 0, len(names) - 1, observe, known=known, say=tell)
-    good_outcome = steps[0].outcome
-    bad_outcome = steps[1].outcome if len(steps) > 1 else ""
-    verdict = Verdict(
-        bisect_id=bisect_id, job_name=job.name, combination=combination, model=base.model,
-        quantization=base.quantization, lora=base.lora, mode="commits" if commits else "versions",
-        candidates=names, cell_ids=dict(zip(names, cell_ids)), good=names[0], bad=names[-1],
-        good_outcome=good_outcome, bad_outcome=bad_outcome, result=result,
-        first_changed=names[hi] if hi is not None else None, last_good=names[lo] if lo is not None else None,
-        first_changed_outcome=next((s.outcome for s in steps if s.index == hi), None) if hi is not None else None,
-        skipped=skipped, monotonic=monotonic, notes=notes, steps=steps, runs=runs, started_at=started_at,
-    )
-    reused = len(steps) - runs
-    if result == "no_change":
-        tell(f"no change: {names[0]} and {names[-1]} both give {good_outcome}")
-    elif result == "found":
-        tell(f"first change: {verdict.first_changed} ({verdict.first_changed_outcome}); last good: {verdict.last_good} "
-             f"({good_outcome})")
-    else:
-        tell(f"first change between {verdict.last_good} ({good_outcome}) and {verdict.first_changed} "
-             f"({verdict.first_changed_outcome}); untestable between them: {', '.join(skipped)}")
-    for note in notes:
-        tell(f"note: {note}")
-    tell(f"{len(steps)} step(s) for {len(names)} candidates: {runs} ran, {reused} from the store")
+    found = search(names, 0, len(names) - 1, observe, known=known, say=tell)
+    verdict = _verdict(job, base, bisect_id, "commits" if commits else "versions", names, cell_ids, found,
+                       observe.runs, started_at)
+    for line in _conclusion(verdict):
+        tell(line)
     verdict.transcript = transcript
     verdict.finished_at = utcnow().isoformat(timespec="seconds")
     store.put(bisect_key(bisect_id), verdict.model_dump_json(indent=1).encode())
     tell(f"verdict: {store.location(bisect_key(bisect_id))}")
     verdict.transcript = transcript
     return verdict
+
+
+class _Steps:
+    """A step's observation: the store's latest result of its cell, else a run of that one cell.
+
+    It counts the runs so that each has an id of its own (``<bisect_id>-<n>``) and the verdict says how many ran.
+    """
+
+    def __init__(self, run: Callable[..., Any], store: Store, address: str | None, bisect_id: str,
+                 cells: list[tuple[JobSpec, Cell]], stored: dict[str, list[CellResult]]) -> None:
+        self.run, self.store, self.address, self.bisect_id = run, store, address, bisect_id
+        self.cells, self.stored = cells, stored
+        self.runs = 0
+
+    def __call__(self, i: int) -> Observation:
+        narrowed, cell = self.cells[i]
+        if self.stored.get(cell.id):
+            latest = self.stored[cell.id][-1]
+            return Observation(Outcome.of(latest), "store", latest.run_id)
+        self.runs += 1
+        started = time.monotonic()
+        outcome = self.run(narrowed, store=self.store, address=self.address, run_id=f"{self.bisect_id}-{self.runs}",
+                           write_matrix=False)
+        result = next(r for r in outcome.results if r.cell_id == cell.id)
+        self.stored.setdefault(cell.id, []).append(result)
+        return Observation(Outcome.of(result), "ran", outcome.run_id, time.monotonic() - started)
+
+
+def _verdict(job: JobSpec, base: Cell, bisect_id: str, mode: str, names: list[str], cell_ids: list[str],
+             found: Found, runs: int, started_at: str) -> Verdict:
+    """The search's answer in the candidates' names: the document ``bisect/<bisect_id>.json`` holds."""
+    result, lo, hi, steps, skipped, monotonic, notes = found
+    return Verdict(
+        bisect_id=bisect_id, job_name=job.name, combination=f"{base.model}/{base.quantization}/{base.lora}",
+        model=base.model, quantization=base.quantization, lora=base.lora, mode=mode,
+        candidates=names, cell_ids=dict(zip(names, cell_ids)), good=names[0], bad=names[-1],
+        good_outcome=steps[0].outcome, bad_outcome=steps[1].outcome if len(steps) > 1 else "", result=result,
+        first_changed=names[hi] if hi is not None else None, last_good=names[lo] if lo is not None else None,
+        first_changed_outcome=next((s.outcome for s in steps if s.index == hi), None) if hi is not None else None,
+        skipped=skipped, monotonic=monotonic, notes=notes, steps=steps, runs=runs, started_at=started_at,
+    )
+
+
+def _conclusion(verdict: Verdict) -> list[str]:
+    """The transcript's last lines before the verdict's location: the answer, its caveats, what it cost."""
+    names, good_outcome = verdict.candidates, verdict.good_outcome
+    if verdict.result == "no_change":
+        lines = [f"no change: {names[0]} and {names[-1]} both give {good_outcome}"]
+    elif verdict.result == "found":
+        lines = [f"first change: {verdict.first_changed} ({verdict.first_changed_outcome}); last good: "
+                 f"{verdict.last_good} ({good_outcome})"]
+    else:
+        lines = [f"first change between {verdict.last_good} ({good_outcome}) and {verdict.first_changed} "
+                 f"({verdict.first_changed_outcome}); untestable between them: {', '.join(verdict.skipped)}"]
+    lines += [f"note: {note}" for note in verdict.notes]
+    reused = len(verdict.steps) - verdict.runs
+    lines.append(f"{len(verdict.steps)} step(s) for {len(names)} candidates: {verdict.runs} ran, {reused} from the store")
+    return lines

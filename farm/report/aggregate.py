@@ -11,8 +11,9 @@ import logging
 from typing import Any, TypeVar
 
 from farm.errors import KeyNotFound
+from farm.model.cells import Cell
 from farm.model.matrix import Matrix, MatrixCell, ProbeSummary, SignatureGroup, StatusInfo, UnreadableDocument
-from farm.model.results import CellResult, CellStatus, Document, EnvFacts, RunManifest, no_cyclic_gc, utcnow
+from farm.model.results import CellResult, CellStatus, Document, EnvFacts, ErrorInfo, RunManifest, no_cyclic_gc, utcnow
 from farm.report import versions
 from farm.report.history import attach_history
 from farm.store import RunScan, Store, Unreadable, log_key, matrix_key, read_manifest, result_key, scan_run
@@ -39,8 +40,6 @@ def build_matrix(
     groups: dict[str, SignatureGroup] = {}
     envs: dict[str, EnvFacts] = {}
     env_ids: dict[str, str] = {}
-    # _trusted: every value below comes from documents already validated (the manifest, the results); validating
-    # 100 000 MatrixCells again, or model_construct's loop over the fields, cost seconds (bench/RESULTS.md).
     for cell, cell_id in zip(manifest.cells, manifest.cell_ids, strict=True):  # the job's order of axes
         row, column = cell.row, cell.column
         rows += [row] if row not in seen_rows else []
@@ -48,35 +47,8 @@ def build_matrix(
         seen_rows.add(row)
         seen_columns.add(column)
         result = by_id.get(cell_id)
-        status = result.status if result else CellStatus.PENDING
         error = result.error if result else None
-        cells.append(
-            _trusted(MatrixCell,
-                cell_id=cell_id,
-                row=row,
-                column=column,
-                model=cell.model,
-                quantization=cell.quantization,
-                lora=cell.lora,
-                engine=cell.engine.name,
-                status=status,
-                symbol=status.symbol,
-                attempt=result.attempt if result else 1,
-                vllm=result.env.vllm if result else None,
-                vllm_commit=result.env.vllm_commit if result else None,
-                vllm_dist=result.env.vllm_dist if result else None,
-                error_type=error.type if error else None,
-                error_message=error.message[:500] if error else None,
-                frame=error.frame if error else None,
-                signature=error.signature if error else None,
-                failed_probes=[p.name for p in result.probes if p.failed] if result else [],
-                probes={p.name: p.passed for p in result.probes} if result else {},
-                timings=result.timings if result else {},
-                peak_rss_mb=result.peak_rss_mb if result else None,
-                result_key=result_key(manifest.run_id, cell_id, result.attempt) if result else None,
-                **(_details(result, envs, env_ids) if result else _no_details()),
-            )
-        )
+        cells.append(_matrix_cell(manifest.run_id, cell, cell_id, row, column, result, error, envs, env_ids))
         if error and error.signature:
             group = groups.setdefault(
                 error.signature,
@@ -90,6 +62,47 @@ def build_matrix(
                 ),
             )
             group.cells.append(cell_id)
+    return _assemble(manifest, rows, columns, cells, groups, envs, unreadable)
+
+
+def _matrix_cell(run_id: str, cell: Cell, cell_id: str, row: str, column: str, result: CellResult | None,
+                 error: ErrorInfo | None, envs: dict[str, EnvFacts], env_ids: dict[str, str]) -> MatrixCell:
+    """One grid cell, pending if it has no result; called once per cell, so it does the least it can.
+
+    _trusted: every value below comes from documents already validated (the manifest, the results); validating
+    100 000 MatrixCells again, or model_construct's loop over the fields, cost seconds (bench/RESULTS.md).
+    """
+    status = result.status if result else CellStatus.PENDING
+    return _trusted(MatrixCell,
+        cell_id=cell_id,
+        row=row,
+        column=column,
+        model=cell.model,
+        quantization=cell.quantization,
+        lora=cell.lora,
+        engine=cell.engine.name,
+        status=status,
+        symbol=status.symbol,
+        attempt=result.attempt if result else 1,
+        vllm=result.env.vllm if result else None,
+        vllm_commit=result.env.vllm_commit if result else None,
+        vllm_dist=result.env.vllm_dist if result else None,
+        error_type=error.type if error else None,
+        error_message=error.message[:500] if error else None,
+        frame=error.frame if error else None,
+        signature=error.signature if error else None,
+        failed_probes=[p.name for p in result.probes if p.failed] if result else [],
+        probes={p.name: p.passed for p in result.probes} if result else {},
+        timings=result.timings if result else {},
+        peak_rss_mb=result.peak_rss_mb if result else None,
+        result_key=result_key(run_id, cell_id, result.attempt) if result else None,
+        **(_details(result, envs, env_ids) if result else _no_details()),
+    )
+
+
+def _assemble(manifest: RunManifest, rows: list[str], columns: list[str], cells: list[MatrixCell],
+              groups: dict[str, SignatureGroup], envs: dict[str, EnvFacts], unreadable: list[Unreadable] | None) -> Matrix:
+    """The matrix around its cells: counts, the columns grouped by engine version, the version changes."""
     counts: dict[str, int] = {}
     for matrix_cell in cells:
         counts[matrix_cell.status.value] = counts.get(matrix_cell.status.value, 0) + 1

@@ -105,10 +105,7 @@ def train_adapter(
     """
     import torch
     from peft import LoraConfig, get_peft_model
-    from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from farm.zoo.checkpoint import ADAPTER_WEIGHTS_FILE
 
     assert ctx.base_dir is not None
     p = ctx.params
@@ -133,34 +130,12 @@ def train_adapter(
         if manual:
             own = experts.ManualLoRA(peft_model, ctx.arch, p["r"], p["alpha"], ctx.arch.mlp_targets)
             params += own.parameters()
-        stream, starts = token_stream(tok)
-        target = tok.encode(" " + sentence) * 8
-        gen = torch.Generator().manual_seed(ctx.seed)
-        opt = torch.optim.AdamW(params, lr=p["lr"], betas=(0.9, 0.95), weight_decay=0.0)
-        peft_model.train()
-        loss = torch.tensor(float("nan"))
-        steps = ctx.arch.train.adapter_steps or p["steps"]
-        for step in range(steps):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, steps, p["lr"], 10)
-            inputs, labels = _batch(stream, starts, target, p, gen)
-            loss = peft_model(input_ids=inputs, labels=labels).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        loss = _train(ctx, peft_model, params, tok, sentence)
         peft_model.eval()
         stats = greedy_stats(peft_model, tok, corpus.SAMPLE_PROMPTS)
         own_tensors = own.remove() if own is not None else {}
         peft_model.save_pretrained(str(ctx.out_dir))
-    for name in _DROP:
-        (ctx.out_dir / name).unlink(missing_ok=True)
-    extra_targets: list[str] = []
-    if own_tensors:
-        path = ctx.out_dir / ADAPTER_WEIGHTS_FILE
-        tensors = {**load_file(path), **own_tensors}
-        save_file({k: tensors[k] for k in sorted(tensors)}, path, metadata={"format": "pt"})
-        extra_targets = sorted({k.split(".")[-3] for k in own_tensors})
-    _pin_base_name(ctx, extra_targets)
+    _finish_files(ctx, own_tensors)
     differs = [
         a["token_ids"] != b["token_ids"] for a, b in zip(stats["greedy"], base_stats["greedy"], strict=True)
     ]
@@ -171,6 +146,47 @@ def train_adapter(
         "manual_deltas": len(own_tensors) // 2,
         **stats,
     }
+
+
+def _train(ctx: BuildContext, peft_model: Any, params: list[Any], tok: Any, sentence: str) -> torch.Tensor:
+    """The training loop; the last step's loss. Inside ``deterministic``: its batches and updates are the seed's."""
+    import torch
+
+    p = ctx.params
+    stream, starts = token_stream(tok)
+    target = tok.encode(" " + sentence) * 8
+    gen = torch.Generator().manual_seed(ctx.seed)
+    opt = torch.optim.AdamW(params, lr=p["lr"], betas=(0.9, 0.95), weight_decay=0.0)
+    peft_model.train()
+    loss = torch.tensor(float("nan"))
+    steps = ctx.arch.train.adapter_steps or p["steps"]
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, p["lr"], 10)
+        inputs, labels = _batch(stream, starts, target, p, gen)
+        loss = peft_model(input_ids=inputs, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return loss
+
+
+def _finish_files(ctx: BuildContext, own_tensors: dict[str, Any]) -> None:
+    """Make PEFT's output the zoo's: nothing that names the build's temporary paths, and the manual deltas
+    (sorted, so the file's bytes do not depend on dict order) in the same weights file as PEFT's."""
+    from safetensors.torch import load_file, save_file
+
+    from farm.zoo.checkpoint import ADAPTER_WEIGHTS_FILE
+
+    for name in _DROP:
+        (ctx.out_dir / name).unlink(missing_ok=True)
+    extra_targets: list[str] = []
+    if own_tensors:
+        path = ctx.out_dir / ADAPTER_WEIGHTS_FILE
+        tensors = {**load_file(path), **own_tensors}
+        save_file({k: tensors[k] for k in sorted(tensors)}, path, metadata={"format": "pt"})
+        extra_targets = sorted({k.split(".")[-3] for k in own_tensors})
+    _pin_base_name(ctx, extra_targets)
 
 
 def _batch(
