@@ -13,6 +13,7 @@ import fnmatch
 import platform
 import shutil
 import subprocess
+import tarfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from packaging.utils import canonicalize_name
 
 from farm.bundles import imports, pack
 from farm.bundles.resolve import LEFT_OUT, Plan, Target, packages_of, pip_report, plan, read_freeze, resolver_python
-from farm.errors import BundleError
+from farm.errors import BundleError, translated
 
 # What a Hopper run of the farm does not load, removed from the site folder after install.
 # Each pattern is matched against paths relative to the site folder (fnmatch, `*` crosses `/`).
@@ -83,7 +84,8 @@ def make_bundle(
     name = f"vllm-{version}-cp{target.python.replace('.', '')}-{target.platform}"
     manifest = _manifest(version, target, ray_version, roots, against, chosen, files, review, stripped, site, notes)
     say(f"packing {manifest['site_bytes'] / 2**20:.0f} MiB of site folder …")
-    document = pack.pack(site, out, name, split=split, manifest=manifest)
+    with translated(BundleError, f"packing the bundle into {out}", OSError, tarfile.TarError):
+        document = pack.pack(site, out, name, split=split, manifest=manifest)
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
     document["build_s"] = round(time.monotonic() - started, 1)

@@ -59,10 +59,20 @@ class Cell(BaseModel):
 
     @property
     def label(self) -> str:
-        return f"{self.model}/{self.quantization}/{self.lora}/{self.engine.name}"
+        return cell_label(self.model, self.quantization, self.lora, self.engine.name)
+
+    @property
+    def combination(self) -> str:
+        """The cell without its engine: what a version history and a bisection follow across engines."""
+        return cell_label(self.model, self.quantization, self.lora)
 
     def axes(self) -> dict[str, str]:
         return {"model": self.model, "quantization": self.quantization, "lora": self.lora, "engine": self.engine.name}
+
+
+def cell_label(model: str, quantization: str, lora: str, engine: str | None = None) -> str:
+    """``model/quantization/lora/engine`` (without the engine: the combination): how people name a cell."""
+    return "/".join((model, quantization, lora, engine) if engine is not None else (model, quantization, lora))
 
 
 def expand(job: JobSpec) -> list[Cell]:

@@ -139,9 +139,9 @@ def find_cell(job: JobSpec, cell: str) -> Cell:
     """A cell of the job by id (from `farm validate`) or by its combination ``model/quantization/lora``."""
     cells = expand(job)
     for candidate in cells:
-        if candidate.id == cell or f"{candidate.model}/{candidate.quantization}/{candidate.lora}" == cell:
+        if candidate.id == cell or candidate.combination == cell:
             return candidate
-    labels = sorted({f"{c.model}/{c.quantization}/{c.lora}" for c in cells})
+    labels = sorted({c.combination for c in cells})
     raise BisectError(f"--cell {cell}: job {job.name} has no cell with this id or combination; give a cell id from "
                       f"`farm validate` or one of: {', '.join(labels[:12])}{' …' if len(labels) > 12 else ''}")
 
@@ -240,7 +240,7 @@ def bisect(
     cells = [single_cell_job(job, base, engine) for engine in engines]
     cell_ids = [c.id for _, c in cells]
     bisect_id = make_bisect_id(job.name)
-    combination = f"{base.model}/{base.quantization}/{base.lora}"
+    combination = base.combination
     transcript: list[str] = []
 
     def tell(line: str) -> None:
@@ -299,7 +299,7 @@ def _verdict(job: JobSpec, base: Cell, bisect_id: str, mode: str, names: list[st
     """The search's answer in the candidates' names: the document ``bisect/<bisect_id>.json`` holds."""
     result, lo, hi, steps, skipped, monotonic, notes = found
     return Verdict(
-        bisect_id=bisect_id, job_name=job.name, combination=f"{base.model}/{base.quantization}/{base.lora}",
+        bisect_id=bisect_id, job_name=job.name, combination=base.combination,
         model=base.model, quantization=base.quantization, lora=base.lora, mode=mode,
         candidates=names, cell_ids=dict(zip(names, cell_ids)), good=names[0], bad=names[-1],
         good_outcome=steps[0].outcome, bad_outcome=steps[1].outcome if len(steps) > 1 else "", result=result,

@@ -11,9 +11,9 @@ import logging
 from typing import Any, TypeVar
 
 from farm.errors import KeyNotFound
-from farm.model.cells import Cell
+from farm.model.cells import Cell, cell_label
 from farm.model.matrix import Matrix, MatrixCell, ProbeSummary, SignatureGroup, StatusInfo, UnreadableDocument
-from farm.model.results import CellResult, CellStatus, Document, EnvFacts, ErrorInfo, RunManifest, no_cyclic_gc, utcnow
+from farm.model.results import CellResult, CellStatus, Document, EnvFacts, ErrorInfo, RunManifest, no_cyclic_gc, status_counts, utcnow
 from farm.report import versions
 from farm.report.history import attach_history
 from farm.store import RunScan, Store, Unreadable, log_key, matrix_key, read_manifest, result_key, scan_run
@@ -103,9 +103,7 @@ def _matrix_cell(run_id: str, cell: Cell, cell_id: str, row: str, column: str, r
 def _assemble(manifest: RunManifest, rows: list[str], columns: list[str], cells: list[MatrixCell],
               groups: dict[str, SignatureGroup], envs: dict[str, EnvFacts], unreadable: list[Unreadable] | None) -> Matrix:
     """The matrix around its cells: counts, the columns grouped by engine version, the version changes."""
-    counts: dict[str, int] = {}
-    for matrix_cell in cells:
-        counts[matrix_cell.status.value] = counts.get(matrix_cell.status.value, 0) + 1
+    counts = status_counts(cells)
     order = versions.engine_order(manifest, cells)
     columns = versions.grouped_columns(columns, cells, order)
     return Matrix(
@@ -279,7 +277,7 @@ def format_table(matrix: Matrix) -> str:
         lines.append("\nFirst version where the outcome changed:" if matrix.version_changes
                      else "\nNo combination changed its outcome between versions.")
         lines += versions.format_changes(matrix.version_changes)
-    labels = {c.cell_id: f"{c.model}/{c.quantization}/{c.lora}/{c.engine}" for c in matrix.cells}
+    labels = {c.cell_id: cell_label(c.model, c.quantization, c.lora, c.engine) for c in matrix.cells}
     if matrix.signatures:
         lines.append("\nRoot causes:")
     for group in matrix.signatures:

@@ -41,6 +41,7 @@ import urllib.request
 from pydantic import Field
 
 from farm.errors import KeyNotFound, StoreError, WebhookError
+from farm.model.cells import cell_label
 from farm.model.matrix import Change as HistoryChange
 from farm.model.matrix import Matrix
 from farm.model.results import Document, utcnow
@@ -65,7 +66,7 @@ class Change(HistoryChange):
 
     @property
     def label(self) -> str:
-        return f"{self.model}/{self.quantization}/{self.lora}/{self.engine}" if self.model else self.cell_id
+        return cell_label(self.model, self.quantization, self.lora, self.engine) if self.model else self.cell_id
 
     def describe(self) -> str:
         def side(status: str | None, signature: str | None, vllm: str | None) -> str:
