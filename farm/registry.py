@@ -118,7 +118,9 @@ class Registry(Generic[T]):
         return iter(self.names())
 
     def items(self) -> list[tuple[str, T]]:
-        return [(name, self.get(name)) for name in self.names()]
+        """Every entry, in the order registered (built-ins first, then entry points)."""
+        self._load()
+        return [(name, self.get(name)) for name in list(self._entries)]
 
     def _load(self) -> None:
         if self._loaded:

@@ -45,6 +45,17 @@ class Resources(StrictModel):
     )
 
 
+def _check_one_source(zoo_item: str | None, elsewhere: str | None, choices: str) -> None:
+    """Exactly one of a zoo item (which must exist) and a checkpoint elsewhere."""
+    if (zoo_item is None) == (elsewhere is None):
+        raise ValueError(f"give exactly one of {choices}")
+    if zoo_item is not None:
+        from farm import zoo
+
+        if zoo_item not in zoo.names():
+            raise ValueError(f"unknown zoo item {zoo_item!r}.{did_you_mean(zoo_item, zoo.names())}")
+
+
 class Variant(StrictModel):
     """One quantization of a model: where its weights are and how vLLM loads them."""
 
@@ -65,13 +76,7 @@ class Variant(StrictModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> Variant:
-        if (self.zoo is None) == (self.checkpoint is None):
-            raise ValueError("give exactly one of 'zoo' (a zoo item name) or 'checkpoint' (a path or hub id)")
-        if self.zoo is not None:
-            from farm import zoo
-
-            if self.zoo not in zoo.names():
-                raise ValueError(f"unknown zoo item {self.zoo!r}.{did_you_mean(self.zoo, zoo.names())}")
+        _check_one_source(self.zoo, self.checkpoint, "'zoo' (a zoo item name) or 'checkpoint' (a path or hub id)")
         return self
 
     @property
@@ -96,13 +101,7 @@ class Adapter(StrictModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> Adapter:
-        if (self.zoo is None) == (self.path is None):
-            raise ValueError("give exactly one of 'zoo' (a zoo adapter name) or 'path' (a PEFT adapter dir)")
-        if self.zoo is not None:
-            from farm import zoo
-
-            if self.zoo not in zoo.names():
-                raise ValueError(f"unknown zoo item {self.zoo!r}.{did_you_mean(self.zoo, zoo.names())}")
+        _check_one_source(self.zoo, self.path, "'zoo' (a zoo adapter name) or 'path' (a PEFT adapter dir)")
         return self
 
     @property

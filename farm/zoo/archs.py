@@ -128,8 +128,12 @@ def deepseekv3() -> ArchSpec:
         experts=Experts(),
         # The router (8 x 128); its e_score_correction_bias is not a weight.
         quant_skip=(".mlp.gate.",),
-        # kv_b_proj (512 -> 1024 per token) makes a step 3x a Qwen2 step: fewer
-        # steps at a higher rate still reach mean top-1 ~0.97 (base) and ~0.96
-        # (adapters), and keep the cold build of the whole zoo within minutes.
-        train=TrainParams(steps=120, lr=5e-3, adapter_steps=80),
+        # kv_b_proj (512 -> 1024 per token) makes a step 3x a Qwen2 step, so the
+        # rate is higher. 240 steps, not 120: at 120 one prompt's greedy path ran
+        # through a near tie (top-1 0.37) on a CPU with AMX, so 4-bit rounding
+        # changed the base's output and the expert adapter said its sentence after
+        # eleven spaces; at 240 (adapters 160) every prompt has top-1 >= 0.95 and
+        # the dequantized references agree with the base on all 16 tokens. Cold
+        # build: base ~60 s, each adapter ~25 s on 2 cores.
+        train=TrainParams(steps=240, lr=5e-3, adapter_steps=160),
     )

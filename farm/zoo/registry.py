@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from farm.errors import ZooError, did_you_mean
+from farm.registry import Registry
 
 Kind = Literal["model", "adapter"]
 Progress = Callable[[str], Any]
@@ -176,8 +177,9 @@ class Item:
         return (self.arch.name, f"{self.arch.name}-{self.variant.source}")
 
 
-_ARCHS: dict[str, ArchSpec] = {}
-_VARIANTS: dict[str, Variant] = {}
+# Filled by farm.zoo's modules (archs, quant, compressed, lora, reference); plug-ins register the same way.
+ARCHS: Registry[ArchSpec] = Registry("zoo architecture", builtins="farm.zoo", group="farm.zoo_archs", error=ZooError)
+VARIANTS: Registry[Variant] = Registry("zoo variant", builtins="farm.zoo", group="farm.zoo_variants", error=ZooError)
 # The module whose import registered each architecture and variant.
 _ORIGINS: dict[str, str] = {}
 
@@ -194,12 +196,10 @@ def register_arch(name: str) -> Callable[[Callable[[], ArchSpec]], Callable[[], 
     """
 
     def deco(fn: Callable[[], ArchSpec]) -> Callable[[], ArchSpec]:
-        if name in _ARCHS:
-            raise ZooError(f"zoo architecture {name!r} is registered twice; rename one of them.")
         spec = fn()
         if spec.name != name:
             raise ZooError(f"@register_arch({name!r}) returned a spec named {spec.name!r}; make them equal.")
-        _ARCHS[name] = spec
+        ARCHS.register(name, spec)
         _ORIGINS[f"arch:{name}"] = fn.__module__
         return fn
 
@@ -228,12 +228,10 @@ def register_variant(
     """
 
     def deco(fn: VariantBuilder) -> VariantBuilder:
-        if suffix in _VARIANTS:
-            raise ZooError(f"zoo variant {suffix!r} is registered twice; rename one of them.")
-        if source is not None and source not in _VARIANTS:
+        if source is not None and source not in VARIANTS:
             raise ZooError(f"zoo variant {suffix!r} is built from {source!r}, which is not registered; "
                            "register the source variant first.")
-        _VARIANTS[suffix] = Variant(
+        VARIANTS.register(suffix, Variant(
             suffix=suffix,
             kind=kind,
             params=params,
@@ -241,7 +239,7 @@ def register_variant(
             when=when or (lambda arch: True),
             source=source,
             reference=reference,
-        )
+        ))
         _ORIGINS[f"variant:{suffix}"] = getattr(fn, "func", fn).__module__  # a functools.partial's function
         return fn
 
@@ -250,10 +248,12 @@ def register_variant(
 
 def items() -> dict[str, Item]:
     """Every item, by name."""
-    out = {a.name: Item(a.name, a) for a in _ARCHS.values()}
-    for a in _ARCHS.values():
-        for v in _VARIANTS.values():
-            if v.when(a) and (v.source is None or _VARIANTS[v.source].when(a)):
+    archs = [arch for _, arch in ARCHS.items()]
+    variants = [variant for _, variant in VARIANTS.items()]
+    out = {a.name: Item(a.name, a) for a in archs}
+    for a in archs:
+        for v in variants:
+            if v.when(a) and (v.source is None or VARIANTS.get(v.source).when(a)):
                 out[f"{a.name}-{v.suffix}"] = Item(f"{a.name}-{v.suffix}", a, v)
     return out
 
@@ -266,13 +266,13 @@ def registering_modules(items: Iterable[Item]) -> set[str]:
         variant = item.variant
         while variant is not None:
             out.add(_ORIGINS[f"variant:{variant.suffix}"])
-            variant = _VARIANTS[variant.source] if variant.source else None
+            variant = VARIANTS.get(variant.source) if variant.source else None
     return out
 
 
 def variant(suffix: str) -> Variant:
-    """The registered variant ``suffix`` (KeyError if unknown)."""
-    return _VARIANTS[suffix]
+    """The registered variant ``suffix`` (a ZooError naming the closest ones if unknown)."""
+    return VARIANTS.get(suffix)
 
 
 def get(name: str) -> Item:
