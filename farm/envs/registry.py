@@ -50,6 +50,7 @@ class EnvVersions(_Doc):
     transformers: str | None = None
     platform: str | None = None
     missing: list[str] = Field(default_factory=list)  # of the distributions a check asked for
+    notes: list[str] = Field(default_factory=list)  # how the env differs from what its engine names (farm.envs.release)
 
 
 class PreparedEnv(_Doc):

@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from farm.envs.build import BuiltEnv
+from farm.envs.build import BuiltEnv, Step
 from farm.envs.registry import EnvVersions, NodeContext, register
 from farm.errors import EnvBuildError
 from farm.model.engines import NIGHTLY, PackageEngine, UvEngine
@@ -47,7 +47,7 @@ class Uv(BuiltEnv):
     name = "uv"
     spec = UvEngine
 
-    def steps(self, engine: PackageEngine, env_dir: Path, node: NodeContext) -> list[list[str]]:
+    def steps(self, engine: PackageEngine, env_dir: Path, node: NodeContext) -> list[Step]:
         assert isinstance(engine, UvEngine)
         uv = uv_command()
         python = str(env_dir / "bin" / "python")
@@ -62,7 +62,7 @@ class Uv(BuiltEnv):
             options += ["--prerelease", "allow"]
         if engine.torch_backend:
             options += ["--torch-backend", engine.torch_backend]
-        steps = [
+        steps: list[Step] = [
             # --allow-existing: the env dir already holds the build log.
             [*uv, "venv", "--allow-existing", "--python", node.python, str(env_dir)],
             [*uv, "pip", "install", "--python", python, *options, *self.requirements(engine, node)],

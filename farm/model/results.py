@@ -160,6 +160,8 @@ class EnvFacts(Document):
     cpu: str | None = None
     # Instruction sets that decide which vLLM CPU kernels exist (e.g. int4 MoE needs AMX).
     cpu_features: list[str] = Field(default_factory=list)
+    # How the env differs from the release it names (a substituted torch pin, a preloaded C++ runtime): farm.envs.release.
+    env_notes: list[str] = Field(default_factory=list)
 
 
 class AttemptSummary(Document):

