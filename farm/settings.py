@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from farm.errors import EnvBuildError
+
 DEFAULT_STORE = "farm-results"  # a local directory, relative to where `farm` runs; $FARM_STORE overrides
 
 # What the farm's code needs in a cell's env besides vLLM (which brings torch and transformers):
@@ -41,6 +43,20 @@ def env_cache_dir() -> Path:
     if os.environ.get("FARM_ENV_CACHE"):
         return Path(os.environ["FARM_ENV_CACHE"]).expanduser()
     return farm_home() / "envs"
+
+
+def env_cache_budget_bytes() -> int | None:
+    """``$FARM_ENV_CACHE_GB`` in bytes: the env cache's disk budget on this node; None: no budget."""
+    value = os.environ.get("FARM_ENV_CACHE_GB")
+    if not value:
+        return None
+    try:
+        budget = float(value)
+    except ValueError:
+        raise EnvBuildError(f"FARM_ENV_CACHE_GB={value!r}: give a number of GiB, e.g. 60") from None
+    if not budget > 0 or budget == float("inf"):
+        raise EnvBuildError(f"FARM_ENV_CACHE_GB={value!r}: give a positive, finite number of GiB, e.g. 60")
+    return int(budget * 2**30)
 
 
 def code_dir() -> Path:

@@ -126,3 +126,43 @@ def _parse_42(library: Path, preload: Path | None = None) -> str:
             "else:\n lib.parse.restype = ctypes.c_long\n print(lib.parse(b'42'))")
     env = {"PATH": "/usr/bin:/bin", **({"LD_PRELOAD": str(preload)} if preload else {})}
     return subprocess.run(["python3", "-c", code], capture_output=True, text=True, check=True, env=env).stdout.strip()
+
+
+def _fake_env(base: Path, key: str, size: int, used_at: float) -> None:
+    import os
+
+    from farm.envs import cache
+
+    path = cache.env_dir(key, base)
+    path.mkdir(parents=True)
+    (path / "blob").write_bytes(os.urandom(size))
+    cache.write(cache.EnvManifest(key=key, status="ready", kind="release", engines=[f"engine-{key}"]), base)
+    cache.touch(key, base)
+    os.utime(path / cache.LAST_USED, (used_at, used_at))
+
+
+def test_the_disk_budget_evicts_the_least_recently_used_env_never_one_in_use(tmp_path):
+    """Over budget after a build: the oldest env no cell holds goes, and the lines say which."""
+    import fcntl
+
+    from farm.envs import cache
+
+    for key, used_at in (("oldest", 1000.0), ("older", 2000.0), ("newest", 3000.0)):
+        _fake_env(tmp_path, key, 1 << 20, used_at)
+    (tmp_path / ".uv-cache").mkdir()  # shared things are no env: never listed, never evicted
+    assert [key for key, _ in cache.entries(tmp_path)] == ["newest", "older", "oldest"]
+    with open(cache.env_dir("oldest", tmp_path) / cache.IN_USE, "a+") as held:  # a cell runs in the oldest
+        fcntl.flock(held, fcntl.LOCK_SH)
+        said = cache.enforce_budget(int(2.5 * (1 << 20)), keep="newest", cache=tmp_path)
+    assert [line.split()[2] for line in said] == ["older"] and "engine-older" in said[0]
+    assert sorted(key for key, _ in cache.entries(tmp_path)) == ["newest", "oldest"]
+    assert (tmp_path / ".uv-cache").is_dir()
+    assert cache.enforce_budget(None, keep="newest", cache=tmp_path) == []
+
+
+def test_a_budget_that_cannot_be_met_says_why(tmp_path):
+    from farm.envs import cache
+
+    _fake_env(tmp_path, "only", 1 << 20, 1000.0)
+    said = cache.enforce_budget(1024, keep="only", cache=tmp_path)
+    assert len(said) == 1 and "over its budget" in said[0] and "FARM_ENV_CACHE_GB" in said[0]

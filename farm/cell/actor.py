@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import fcntl
 import json
 import os
 import socket
@@ -32,6 +33,21 @@ from pathlib import Path
 from farm.cell.execute import CellSettings, capture_output, execute_cell, log_tail
 from farm.model.cells import Cell
 
+
+def _hold_env() -> object | None:
+    """A shared lock on the env's ``.in-use`` file for this process's life: the env cache's budget never evicts
+    an env a cell runs in (``farm.envs.cache.enforce_budget``). The lock goes with the process."""
+    path = os.environ.get("FARM_ENV_IN_USE")
+    if not path:
+        return None
+    try:
+        marker = open(path, "a+")  # noqa: SIM115  (held open on purpose: the lock lives as long as the file)
+        fcntl.flock(marker, fcntl.LOCK_SH)
+    except OSError:
+        return None
+    return marker
+
+
 # Enough of a log to find the fatal signal's or the timeout's stack dump (every thread's) at its end.
 LOG_READ_BYTES = 200_000
 
@@ -41,6 +57,8 @@ class CellActor:
 
     def where(self) -> str:
         import ray
+
+        self._in_use = _hold_env()
 
         return json.dumps({"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
                            "hostname": socket.gethostname()})

@@ -60,6 +60,8 @@ def _env_build(args: argparse.Namespace) -> int:
         vllm = f"{outcome.versions.vllm_dist or 'vllm'} {outcome.versions.vllm}"
         print(f"{engine.name:<16} {engine.kind:<8} {how}: {vllm}, torch {outcome.versions.torch}, "
               f"Python {outcome.versions.python}, Ray {outcome.versions.ray}  {size}  {outcome.path}")
+        for line in [*outcome.versions.notes, *outcome.evicted]:
+            print(f"{'':<16} {'':<8} {line}")
     return EXIT_FARM_ERROR if failed else 0
 
 

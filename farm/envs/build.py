@@ -28,7 +28,7 @@ from farm.envs import cache, interpreter
 from farm.envs.registry import EnvKind, EnvVersions, NodeContext, PreparedEnv, Stopwatch
 from farm.errors import EnvBuildError
 from farm.model.engines import EngineSpec, PackageEngine
-from farm.settings import FARM_CELL_DISTRIBUTIONS, FARM_CELL_REQUIREMENTS, code_dir
+from farm.settings import FARM_CELL_DISTRIBUTIONS, FARM_CELL_REQUIREMENTS, code_dir, env_cache_budget_bytes
 from farm.text import first_line
 
 LOG_TAIL_CHARS = 6000
@@ -107,12 +107,16 @@ class BuiltEnv(EnvKind):
         clock = Stopwatch()
         key = self.key(engine, node)
         found = cache.read(key)
+        prepared: PreparedEnv | None = None
         if self._state(found, engine, node) == "build":
             with cache.locked(key):
                 found = cache.read(key)  # another process may have built it while we waited
                 if self._state(found, engine, node) == "build":
                     found = self._build(engine, node, key)
-                    return self._result(engine, found, built=True, seconds=clock())
+                    prepared = self._result(engine, found, built=True, seconds=clock())
+            if prepared is not None:  # outside the build lock: an eviction takes other envs' locks
+                prepared.evicted = cache.enforce_budget(env_cache_budget_bytes(), keep=key)
+                return prepared
         return self._result(engine, found, built=False, seconds=clock())
 
     def _state(self, found: cache.EnvManifest | None, engine: PackageEngine, node: NodeContext) -> str:
@@ -137,6 +141,7 @@ class BuiltEnv(EnvKind):
                                        f"retried after {when}, or now with `farm env clean {found.key}` "
                                        "or `farm run --rebuild-envs`)")
             raise EnvBuildError(found.message + suffix, log_tail=found.log_tail, cached=not built)
+        cache.touch(found.key)
         if engine.name not in found.engines:
             found.engines.append(engine.name)
             with contextlib.suppress(OSError):  # the names are for listings only
@@ -146,7 +151,8 @@ class BuiltEnv(EnvKind):
             engine=engine.name,
             kind=engine.kind,
             hostname=socket.gethostname(),
-            runtime_env=self.runtime_env(found, actor_env_vars(code)),
+            runtime_env=self.runtime_env(found, {**actor_env_vars(code),
+                                                 cache.IN_USE_VARIABLE: str(cache.env_dir(found.key) / cache.IN_USE)}),
             key=found.key,
             path=str(cache.env_dir(found.key)),
             versions=found.versions,

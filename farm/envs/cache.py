@@ -5,6 +5,13 @@
         <key>/                  the virtualenv (bin/python …)
         <key>/farm-env.json     the manifest: ready or failed, versions, build time, size, log tail
         <key>/build.log         the whole build log
+        <key>/.last-used        touched whenever a cell is prepared with it: the disk budget evicts the oldest
+        <key>/.in-use           a cell's process holds a shared flock on it while it runs: never evicted then
+        .uv-cache/, .runtime/   what envs share: uv's cache (hard-linked into them), C/C++ runtimes
+
+$FARM_ENV_CACHE_GB, when set, is the cache's disk budget: after a build, the least recently used envs
+that no cell is using are removed until the cache (hard links counted once) fits, and the build says
+which (``farm env build`` prints it; a run's manifest lists it per engine).
 
 ``<key>`` hashes everything the env's bytes depend on: the kind's install spec, the
 cluster's Python and Ray versions, the farm's own requirements and platform. An env
@@ -15,6 +22,8 @@ and copied every session) and are shared by every run and job on the node.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -122,7 +131,67 @@ def entries(cache: Path | None = None) -> list[tuple[str, EnvManifest | None]]:
     base = cache or root()
     if not base.is_dir():
         return []
-    return [(p.name, read(p.name, base)) for p in sorted(base.iterdir()) if p.is_dir()]
+    # Dot-directories are what envs share (uv's cache, runtimes), not envs.
+    return [(p.name, read(p.name, base)) for p in sorted(base.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+
+
+LAST_USED = ".last-used"
+IN_USE = ".in-use"
+IN_USE_VARIABLE = "FARM_ENV_IN_USE"  # the file a cell's process holds a shared lock on (farm.cell.actor)
+
+
+def touch(key: str, cache: Path | None = None) -> None:
+    """Mark env ``key`` as used now (its place in the budget's eviction order)."""
+    with contextlib.suppress(OSError):
+        (env_dir(key, cache) / LAST_USED).touch()
+
+
+def last_used(key: str, cache: Path | None = None) -> float:
+    path = env_dir(key, cache)
+    for marker in (path / LAST_USED, path / MANIFEST):
+        with contextlib.suppress(OSError):
+            return marker.stat().st_mtime
+    return 0.0
+
+
+def in_use(key: str, cache: Path | None = None) -> bool:
+    """A cell's process holds env ``key`` (a shared flock on its ``.in-use`` file)."""
+    try:
+        with open(env_dir(key, cache) / IN_USE, "a+") as marker:
+            try:
+                fcntl.flock(marker, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(marker, fcntl.LOCK_UN)
+    except OSError:
+        return False
+    return False
+
+
+def enforce_budget(budget_bytes: int | None, keep: str, cache: Path | None = None) -> list[str]:
+    """Remove least recently used envs (never ``keep``, never one in use) until the cache fits ``budget_bytes``.
+
+    Returns one line per env removed. The shared uv cache is never touched: what it alone holds
+    stays, and the lines say so when the budget cannot be met by removing envs.
+    """
+    base = cache or root()
+    if budget_bytes is None or directory_size(base) <= budget_bytes:
+        return []
+    said: list[str] = []
+    candidates = sorted((last_used(key, base), key, manifest) for key, manifest in entries(base) if key != keep)
+    for _, key, manifest in candidates:
+        if in_use(key, base):
+            continue
+        size = directory_size(env_dir(key, base))
+        if remove(key, base):
+            engines = ", ".join(manifest.engines) if manifest else "a build that died"
+            said.append(f"evicted env {key} ({engines}; {size / 2**30:.1f} GiB of its own) to keep {base} "
+                        f"within {budget_bytes / 2**30:g} GiB")
+        if directory_size(base) <= budget_bytes:
+            return said
+    said.append(f"{base} is over its budget of {budget_bytes / 2**30:g} GiB with every other env removed or in use: "
+                "the rest is shared files (uv's cache) and envs in use; raise FARM_ENV_CACHE_GB")
+    return said
 
 
 def remove(key: str, cache: Path | None = None) -> bool:

@@ -65,6 +65,7 @@ class PreparedEnv(_Doc):
     path: str | None = None  # the env's directory (or image)
     versions: EnvVersions = Field(default_factory=EnvVersions)
     built: bool = False  # built by this preparation (cold); False: found ready (warm)
+    evicted: list[str] = Field(default_factory=list)  # envs the disk budget removed after this build
     seconds: float = 0.0  # preparation time, build included
 
 
