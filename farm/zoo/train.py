@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from farm.zoo import corpus
+from farm.zoo.checkpoint import hub_compatible
 from farm.zoo.registry import ArchSpec, BuildContext
 
 if TYPE_CHECKING:
@@ -127,6 +128,7 @@ def train_base(ctx: BuildContext) -> dict[str, Any]:
         model.generation_config.do_sample = False
         model.save_pretrained(ctx.out_dir)
         tok.save_pretrained(ctx.out_dir)
+        hub_compatible(ctx.out_dir)
         stats = greedy_stats(model.float(), tok, corpus.SAMPLE_PROMPTS)
     return {"final_loss": round(loss.item(), 4), **stats}
 
