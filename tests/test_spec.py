@@ -26,7 +26,12 @@ def error_of(data) -> str:
 
 
 def test_shipped_jobs_validate():
+    from farm.ops.known_bugs import load_ledger
+
     for path in sorted((REPO / "jobs").glob("*.yaml")):
+        if path.name == "known_bugs.yaml":  # the ledger, not a job
+            assert len(load_ledger(path).bugs) >= 4
+            continue
         job = load_job(path)
         assert job.models, path
 

@@ -26,7 +26,7 @@ EPILOG = """examples:
 
 
 def add_parsers(sub: Any) -> None:
-    """Add submit, diff and bisect to the `farm` command's subparsers."""
+    """Add submit, diff, bisect and known-bugs to the `farm` command's subparsers."""
     submit = sub.add_parser("submit", help="submit a job to a Ray cluster (Ray's job SDK); print how to follow it",
                             epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     submit.add_argument("job", type=Path)
@@ -74,6 +74,15 @@ def add_parsers(sub: Any) -> None:
     bisect.add_argument("--address", help="Ray cluster to join (default $RAY_ADDRESS, else a local Ray on 127.0.0.1)")
     bisect.add_argument("--json", action="store_true", help="print the verdict document at the end")
     bisect.set_defaults(handler=_bisect)
+
+    known = sub.add_parser("known-bugs", help="the known-bug ledger (jobs/known_bugs.yaml) against measured runs")
+    known_sub = known.add_subparsers(metavar="ACTION")
+    check = known_sub.add_parser("check", help="per bug: rediscovered, contradicted (with the evidence), or not reproducible")
+    check.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="runs whose matrices to read (e.g. a CPU and a GPU run)")
+    check.add_argument("--ledger", type=Path, default=Path("jobs/known_bugs.yaml"), help="default: jobs/known_bugs.yaml")
+    store_arguments(check)
+    check.add_argument("--json", action="store_true", help="print the findings as JSON")
+    check.set_defaults(handler=_known_bugs_check)
 
 
 def webhook_url(given: str | None) -> str | None:
@@ -140,6 +149,21 @@ def _diff(args: argparse.Namespace) -> int:
     print(diff.model_dump_json(indent=1) if args.json else summary(diff))
     if webhook:
         post_webhook(webhook, summary(diff))
+    return 0
+
+
+def _known_bugs_check(args: argparse.Namespace) -> int:
+    import json
+
+    from farm.ops.known_bugs import as_json, check, load_ledger, report
+    from farm.report.aggregate import load_matrix
+    from farm.store import open_store
+
+    ledger = load_ledger(args.ledger)
+    store = open_store(args.store, s3_endpoint=args.s3_endpoint)
+    matrices = [load_matrix(store, run_id) for run_id in args.run_ids]
+    findings = [check(bug, matrices) for bug in ledger.bugs]
+    print(json.dumps(as_json(findings), indent=1) if args.json else report(findings))
     return 0
 
 

@@ -1,0 +1,98 @@
+"""The known-bug ledger against measured matrices (farm.ops.known_bugs): rediscovered, contradicted, not reproducible.
+
+The matrices here are built from cells as aggregation writes them; the GPU run committed under docs/gpu/ is read
+as it is, and the shipped ledger is checked against it through the command line.
+"""
+
+from __future__ import annotations
+
+import json
+
+from farm.model.matrix import Matrix, MatrixCell
+from farm.model.results import CellStatus, EnvFacts
+from farm.ops.known_bugs import KnownBug, check, load_ledger, release_key
+
+from .conftest import REPO
+
+SEED = KnownBug.model_validate({
+    "id": "seed", "title": "w2_weight", "tracker": ["https://github.com/vllm-project/vllm/pull/29475"],
+    "combination": {"model": "qwen2moe-shared", "quantization": "gptq-int4"}, "platform": "cuda",
+    "failure": {"message": "has no attribute 'w2_weight'", "where": "vllm/lora/layers/fused_moe.py"},
+    "window": {"since": "0.11.1", "fixed": "0.12.0"},
+})
+GPU = EnvFacts(device="NVIDIA H200", cuda="13.0")
+CPU = EnvFacts(device="cpu (2 cores)")
+
+
+def _cell(vllm: str, status: CellStatus, message: str | None = None, model: str = "qwen2moe-shared",
+          quantization: str = "gptq-int4", lora: str = "attn", env: str = "gpu") -> MatrixCell:
+    return MatrixCell(cell_id=f"{model}-{vllm}-{lora}", row=f"{model} · {quantization}", column=f"{lora} · v{vllm}",
+                      model=model, quantization=quantization, lora=lora, engine=f"v{vllm}", status=status,
+                      symbol=status.symbol, vllm=vllm, error_message=message, env_id=env, signature="abc" if message else None,
+                      frame="vllm/lora/layers/fused_moe.py:43" if message else None)
+
+
+def _matrix(*cells: MatrixCell) -> Matrix:
+    return Matrix(run_id="r", job_name="j", generated_at="now", rows=[], columns=[], cells=list(cells),
+                  envs={"gpu": GPU, "cpu": CPU})
+
+
+BROKEN = "'SharedFusedMoE' object has no attribute 'w2_weight'"
+
+
+def test_a_window_the_measurements_agree_with_is_rediscovered():
+    matrix = _matrix(_cell("0.11.0", CellStatus.PASS), _cell("0.11.1", CellStatus.FAIL, BROKEN),
+                     _cell("0.11.2", CellStatus.FAIL, BROKEN), _cell("0.12.0", CellStatus.PASS),
+                     _cell("0.11.1", CellStatus.PASS, model="mixtral"))  # another combination: not this bug's
+    finding = check(SEED, [matrix])
+    assert finding.verdict == "rediscovered", finding
+    assert finding.evidence == ["0.11.0: 0 of 1 cell(s) show it", "0.11.1: 1 of 1 cell(s) show it",
+                                "0.11.2: 1 of 1 cell(s) show it", "0.12.0: 0 of 1 cell(s) show it"]
+
+
+def test_a_release_that_disagrees_contradicts_the_window_with_the_evidence():
+    matrix = _matrix(_cell("0.11.1", CellStatus.FAIL, BROKEN), _cell("0.12.0", CellStatus.FAIL, BROKEN))
+    finding = check(SEED, [matrix])
+    assert finding.verdict == "contradicted"
+    assert len(finding.evidence) == 1 and finding.evidence[0].startswith("0.12.0: qwen2moe-shared · gptq-int4 · attn is fail")
+    assert "outside the published window" in finding.evidence[0]
+
+
+def test_another_platform_or_another_failure_is_not_reproducible_and_says_why():
+    on_cpu = _matrix(_cell("0.11.1", CellStatus.FAIL, "No WNA16 MoE backend", env="cpu"))
+    finding = check(SEED, [on_cpu])
+    assert finding.verdict == "not reproducible" and "no run measured qwen2moe-shared/gptq-int4/* on the cuda" in finding.why
+    other_failure = _matrix(_cell("0.11.1", CellStatus.FAIL, "No WNA16 MoE backend"))
+    finding = check(SEED, [other_failure])
+    assert finding.verdict == "not reproducible" and "fidelity gap" in finding.why
+
+
+def test_cells_without_a_verdict_are_not_evidence():
+    matrix = _matrix(_cell("0.11.1", CellStatus.FAIL, BROKEN), _cell("0.12.0", CellStatus.ENV_ERROR, "env broke"))
+    assert check(SEED, [matrix]).evidence == ["0.11.1: 1 of 1 cell(s) show it"]
+
+
+def test_release_order_ignores_local_and_dev_suffixes():
+    assert release_key("0.11.1+cpu") == (0, 11, 1) < release_key("0.11.2") < release_key("0.12.0") < release_key("0.24.1.dev3+gabc")
+
+
+def test_the_shipped_ledger_against_the_committed_gpu_run(farm_cli, tmp_path):
+    """The H200 run of vLLM 0.26.0 (docs/gpu/) has none of the ledger's combinations: each bug says so, none is a verdict."""
+    store = tmp_path / "store"
+    (store / "matrix").mkdir(parents=True)
+    document = json.loads((REPO / "docs" / "gpu" / "matrix.json").read_text())
+    (store / "matrix" / f"{document['run_id']}.json").write_text(json.dumps(document))
+    assert len(load_ledger(REPO / "jobs" / "known_bugs.yaml").bugs) >= 4
+    code, out, err = farm_cli("known-bugs", "check", document["run_id"], "--store", str(store), "--json",
+                              "--ledger", str(REPO / "jobs" / "known_bugs.yaml"))
+    assert code == 0, err
+    findings = {f["id"]: f for f in json.loads(out)}
+    assert findings["seed-sharedfusedmoe-w2-weight"]["verdict"] == "not reproducible"
+    assert all(f["verdict"] in ("rediscovered", "contradicted", "not reproducible") for f in findings.values())
+
+
+def test_a_bad_ledger_is_one_line(farm_cli, tmp_path):
+    ledger = tmp_path / "bugs.yaml"
+    ledger.write_text("bugs:\n  - {id: x, title: t, tracker: [u], combination: {}, failure: {}, window: {sice: 0.1}}\n")
+    code, _, err = farm_cli("known-bugs", "check", "r", "--ledger", str(ledger), "--store", str(tmp_path))
+    assert code == 1 and err.startswith(f"farm: error: {ledger}: bugs[0].window") and len(err.strip().splitlines()) == 1
