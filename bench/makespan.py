@@ -6,13 +6,13 @@
 
 The cells are the fault-injection seam (``farm.cell.fault_injection``, ``fault: pass`` with
 ``build_s``: its "engine build" sleeps that long), listed in the job shortest first, the
-worst order for a first-come scheduler. They run through ``farm.run.driver.run`` on a local Ray
+worst order for a first-come scheduler. They run through ``farm.runner.driver.run`` on a local Ray
 on 127.0.0.1 started with ``num_cpus=N`` (N logical workers, one CPU per cell; sleeping cells
 leave the real cores to Ray). Twice, in one store:
 
 1. **job order**: the job's first run, nothing known about its cells;
 2. **longest first**: the same job again; the driver orders cells by their run time in the
-   job's previous run (``farm.run.driver.longest_first``).
+   job's previous run (``farm.runner.driver.longest_first``).
 
 makespan: from the driver's plan to its last cell done. ideal: max(sum / N, longest) of the
 declared durations; the ratio also against the ideal of the cells' measured in-actor times,
@@ -51,7 +51,7 @@ def ideal(durations: list[float], workers: int) -> float:
 
 
 def one_run(job, store, workers: int, durations: list[float], label: str) -> str:  # type: ignore[no-untyped-def]
-    from farm.run.driver import run
+    from farm.runner.driver import run
 
     marks: dict[str, float] = {}
 

@@ -8,7 +8,7 @@
 The engine is the fault-injection seam (``farm.cell.fault_injection``, ``fault: pass``: no
 vLLM, answers at once), so what is measured is the farm itself. Two paths:
 
-- **in-process** (default): ``farm.run.driver.run`` (expansion, manifest, scheduling loop,
+- **in-process** (default): ``farm.runner.driver.run`` (expansion, manifest, scheduling loop,
   spool + store writes, progress, aggregation with matrix, exports and page), with Ray
   replaced by ``bench.inprocess_ray`` (a BENCHMARK SEAM): the driver's own cost per cell.
 - **--ray**: the same through a real local Ray on 127.0.0.1, an actor process per cell,
@@ -54,7 +54,7 @@ def job_of(cells: int, build_s: float = 0.0):  # type: ignore[no-untyped-def]
 
 
 def child(cells: int, real_ray: bool, cpus: int, profile: int) -> None:
-    import farm.run.driver
+    import farm.runner.driver
     from bench.inprocess_ray import InProcessRay
     from farm.store import LocalStore
 
@@ -67,7 +67,7 @@ def child(cells: int, real_ray: bool, cpus: int, profile: int) -> None:
         ray.init(address="local", num_cpus=cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
                  log_to_driver=False)
     else:
-        farm.run.driver.connect = lambda address=None: InProcessRay(cpus)  # type: ignore[assignment]
+        farm.runner.driver.connect = lambda address=None: InProcessRay(cpus)  # type: ignore[assignment]
     job = job_of(cells)
     store = LocalStore(work / "store")
     started = time.perf_counter()
@@ -76,10 +76,10 @@ def child(cells: int, real_ray: bool, cpus: int, profile: int) -> None:
         import pstats
 
         profiler = cProfile.Profile()
-        outcome = profiler.runcall(farm.run.driver.run, job, store=store)
+        outcome = profiler.runcall(farm.runner.driver.run, job, store=store)
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(profile)
     else:
-        outcome = farm.run.driver.run(job, store=store)
+        outcome = farm.runner.driver.run(job, store=store)
     seconds = time.perf_counter() - started
     assert outcome.counts == {"pass": cells}, outcome.counts
     if real_ray:

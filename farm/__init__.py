@@ -30,7 +30,7 @@ _EXPORTS = {
     "load_matrix": "farm.report.aggregate",
     "open_store": "farm.store",
     "render": "farm.report.render",
-    "run": "farm.run.driver",
+    "run": "farm.runner.driver",
 }
 _RENAMED = {"render": "render_page"}
 
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from farm.model.spec import load_job
     from farm.report.aggregate import aggregate, build_matrix, load_matrix
     from farm.report.render import render_page as render
-    from farm.run.driver import run
+    from farm.runner.driver import run
     from farm.store import open_store
 
 

@@ -18,7 +18,7 @@ PACKAGE = REPO / "farm"
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 # What a cell's process must never import: env builders, bundles, the report, the run loop, operations, the CLI, the store.
-NOT_IN_A_CELL = ("farm.envs", "farm.bundles", "farm.report", "farm.run", "farm.ops", "farm.cli", "farm.store")
+NOT_IN_A_CELL = ("farm.envs", "farm.bundles", "farm.report", "farm.runner", "farm.ops", "farm.cli", "farm.store")
 
 
 def _modules() -> dict[str, ast.Module]:

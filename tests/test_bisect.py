@@ -161,7 +161,7 @@ def test_bad_arguments_are_one_line(farm_cli, write_job, tmp_path, args, message
 
 @pytest.fixture(scope="module")
 def local_ray():
-    from farm.run.driver import connect
+    from farm.runner.driver import connect
 
     ray = connect()
     yield ray

@@ -111,7 +111,7 @@ def test_rerenders_when_new_results_arrive_and_the_page_follows(dashboard, brows
     assert latest["run_id"] == second and [r["run_id"] for r in latest["history"]["runs"]] == [first, second]
     # reloaded by itself, and rendered (the meta line also names the run before the script runs)
     browser.wait_for(f'window.farm && window.farm.ready && document.title.includes("{second}")')
-    assert browser.eval("window.farm.model.cells") == 12
+    assert browser.eval("window.farm.cells") == 12
 
 
 def test_serves_an_s3_store_through_the_store_interface(moto_server, tmp_path):

@@ -71,7 +71,7 @@ def test_every_cell_has_exactly_one_terminal_result(finished_run):
     results = read_results(store, "e2e-1")
     assert {r.cell.label.rsplit("/", 1)[0] for r in results} == cell_ids
     assert all(r.status.is_terminal() for r in results)
-    # A passing cell ran once; a failing one was rechecked once (farm.run.retry): a deterministic failure twice alike.
+    # A passing cell ran once; a failing one was rechecked once (farm.runner.retry): a deterministic failure twice alike.
     for cell_id, attempts in scan_run(store, "e2e-1", all_attempts=True).attempts.items():
         statuses = [a.status for a in attempts]
         assert statuses in ([CellStatus.PASS], [CellStatus.FAIL, CellStatus.FAIL], [CellStatus.FAIL, CellStatus.FLAKY]), \

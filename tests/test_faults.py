@@ -31,7 +31,7 @@ import yaml
 from farm.model.results import CellResult, CellStatus
 from farm.model.spec import parse_job
 from farm.report.aggregate import build_matrix, load_matrix
-from farm.run.retry import cold_timeout, decide
+from farm.runner.retry import cold_timeout, decide
 from farm.store import export_key, open_store, read_manifest, scan_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -104,7 +104,7 @@ def assert_complete(store, run_id: str) -> dict[str, list[CellResult]]:
         assert all(a.status.is_terminal() for a in attempts)
         infra_tail = len(attempts) - max((i + 1 for i, a in enumerate(attempts)
                                           if a.status.is_verdict() and not cold_timeout(a)), default=0)
-        # An engine env that failed on every node that can hold it is not built again (farm.run.scheduler): no more owed.
+        # An engine env that failed on every node that can hold it is not built again (farm.runner.scheduler): no more owed.
         everywhere = attempts[-1].status is CellStatus.ENV_ERROR and len({a.node_id for a in attempts}) >= 2
         assert everywhere or not decide(attempts, job.retries, infra_tail).retry, f"{cell_id} still owes an attempt"
     assert manifest.finished_at and sum(manifest.counts.values()) == len(manifest.cells)
@@ -348,8 +348,8 @@ def test_driver_killed_mid_run_then_resumed(cluster, tmp_path):
 def test_an_actor_never_started_is_an_infra_outcome_retried_then_reported(cluster, tmp_path, monkeypatch):
     """An actor Ray cannot place although the check said a node could (here: a resource no node has,
     slipped past the check), as after a node vanished: the start deadline makes it an infra outcome."""
-    from farm.run import placement
-    from farm.run.driver import run
+    from farm.runner import placement
+    from farm.runner.driver import run
 
     plain = placement.CellRequest.actor_options
     monkeypatch.setattr(placement.CellRequest, "actor_options",
@@ -394,7 +394,7 @@ timeout_s: 5
 def test_a_cold_first_build_that_times_out_is_retried_not_a_verdict(cluster, tmp_path):
     """The first build of an engine on a node hangs past timeout_s (``times: 1``: as a cold JIT would): the
     cell runs again on that node and passes, a plain pass. A hang on a warm node is still a ``timeout``."""
-    from farm.run.driver import run
+    from farm.runner.driver import run
 
     job = parse_job(yaml.safe_load(COLD_JOB.replace("KEY", tmp_path.name)))
     store = open_store(str(tmp_path / "results"))
@@ -426,7 +426,7 @@ def test_a_cold_first_build_that_times_out_is_retried_not_a_verdict(cluster, tmp
 # ---- a node removed mid-run (last: it leaves the cluster one worker short) ----
 
 def test_node_removed_mid_run_its_cells_finish_elsewhere_as_retries(cluster, tmp_path, monkeypatch):
-    from farm.run.driver import run
+    from farm.runner.driver import run
 
     job = parse_job(yaml.safe_load(slow_job(6, 8)))
     store = open_store(str(tmp_path / "results"))

@@ -10,7 +10,7 @@ import psutil
 def test_local_ray_listens_on_loopback_only():
     import ray
 
-    from farm.run.driver import connect
+    from farm.runner.driver import connect
 
     connect()
     try:

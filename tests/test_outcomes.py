@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from farm.cell import watchdog
-from farm.run import outcomes
-from farm.run.outcomes import crash_error, stacks, timeout_error
+from farm.runner import outcomes
+from farm.runner.outcomes import crash_error, stacks, timeout_error
 
 
 def stderr_of(code: str) -> tuple[int, str]:

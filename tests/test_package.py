@@ -22,7 +22,7 @@ def test_cell_actor_imports_no_page_or_aggregation() -> None:
     # Every cell's process imports farm.cell.actor before its engine starts; the page's
     # templates and the aggregation are the driver's business (bench/RESULTS.md, cell overhead).
     code = ("import sys, farm.cell.actor; "
-            "print(sorted(m for m in ('jinja2', 'farm.report.aggregate', 'farm.report.render', 'farm.report.history', 'farm.run.scheduler') "
+            "print(sorted(m for m in ('jinja2', 'farm.report.aggregate', 'farm.report.render', 'farm.report.history', 'farm.runner.scheduler') "
             "if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -7,7 +7,7 @@ import pytest
 from farm.errors import ResourceError
 from farm.model.cells import expand
 from farm.model.spec import parse_job
-from farm.run.placement import GIB, capacity, check_feasible, nodes_for, request_for
+from farm.runner.placement import GIB, capacity, check_feasible, nodes_for, request_for
 
 
 def job(resources: dict, engine_args: dict | None = None, variant: dict | None = None):

@@ -6,8 +6,8 @@ import io
 
 from farm.model.cells import Cell
 from farm.model.results import AttemptSummary, CellResult, CellStatus, ErrorInfo
-from farm.run.attempt import Event, EventKind
-from farm.run.progress import Progress, summary_table
+from farm.runner.attempt import Event, EventKind
+from farm.runner.progress import Progress, summary_table
 
 
 def cell(name: str) -> Cell:
@@ -82,7 +82,7 @@ def test_summary_table_counts_statuses_and_explains_every_cell_that_did_not_simp
 
 def test_eta_leaves_cold_first_builds_out_once_a_warm_attempt_ended(monkeypatch):
     clock = [0.0]
-    monkeypatch.setattr("farm.run.progress.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("farm.runner.progress.time.monotonic", lambda: clock[0])
     progress = Progress(stream=io.StringIO(), live=False)
     progress(Event(EventKind.PLAN, total=6, parallel=2))
     progress(Event(EventKind.STARTED, cell("a"), 1))

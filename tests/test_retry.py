@@ -7,7 +7,7 @@ import pytest
 from farm.model.cells import Cell
 from farm.model.results import CellResult, CellStatus, ErrorInfo
 from farm.model.spec import Retries
-from farm.run.retry import decide, settle
+from farm.runner.retry import decide, settle
 
 CELL = Cell(model="m", quantization="q", model_source="fault-injection")
 S = CellStatus
@@ -105,7 +105,7 @@ def test_cold_start_timeouts_share_the_infra_budget():
 
 
 def test_a_resumed_run_knows_its_warm_nodes_from_the_attempts_read_back():
-    from farm.run.attempt import warm_nodes
+    from farm.runner.attempt import warm_nodes
 
     ran = [attempt(1, S.FAIL), cold(2), attempt(3, S.INFRA_ERROR)]  # node3: never ran a cell there
     assert warm_nodes(ran) == {(CELL.engine.name, "node1"), (CELL.engine.name, "node2")}

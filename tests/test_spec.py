@@ -121,7 +121,7 @@ def test_yaml_errors_and_missing_files(tmp_path):
 
 def test_unsupported_cells_are_recorded_with_their_reason_and_never_run(tmp_path, monkeypatch):
     from farm.model.results import CellStatus
-    from farm.run.driver import run
+    from farm.runner.driver import run
     from farm.store import LocalStore, read_results
 
     job = parse_job({
@@ -132,7 +132,7 @@ def test_unsupported_cells_are_recorded_with_their_reason_and_never_run(tmp_path
         "unsupported": [{"model": "m", "reason": "vLLM has no LoRA for m (upstream #1)"}],
     })
     monkeypatch.setenv("FARM_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr("farm.run.driver.connect", lambda *a, **k: pytest.fail("no cell runs, so no Ray starts"))
+    monkeypatch.setattr("farm.runner.driver.connect", lambda *a, **k: pytest.fail("no cell runs, so no Ray starts"))
     store = LocalStore(tmp_path / "store")
     outcome = run(job, store=store, run_id="d1")
     (result,) = read_results(store, "d1")

@@ -73,7 +73,7 @@ def test_resume_runs_what_has_no_verdict_and_nothing_else(farm_cli, write_job, t
     job = parse_job(__import__("yaml").safe_load(fault_job()))
     cells = expand(job)
     store = open_store(str(tmp_path / "store"))
-    from farm.run.driver import _new_manifest
+    from farm.runner.driver import _new_manifest
 
     write_manifest(store, _new_manifest(job, "half"), create=True)
     put_result(store, CellResult(run_id="half", cell_id=cells[0].id, cell=cells[0], status=CellStatus.PASS))
@@ -127,7 +127,7 @@ def flaky_s3(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local_ray():
-    from farm.run.driver import connect
+    from farm.runner.driver import connect
 
     ray = connect()
     yield ray
@@ -135,7 +135,7 @@ def local_ray():
 
 
 def _run_with(job_text: str, store, on_progress):  # type: ignore[no-untyped-def]
-    from farm.run.driver import run
+    from farm.runner.driver import run
 
     return run(parse_job(__import__("yaml").safe_load(job_text)), store=store, max_parallel=2,
                progress=on_progress)
@@ -163,7 +163,7 @@ def test_outage_mid_run_loses_nothing_and_duplicates_nothing(flaky_s3, local_ray
 
 
 def test_store_down_at_the_end_spools_and_resume_flushes(flaky_s3, local_ray, farm_cli, tmp_path, monkeypatch):
-    from farm.run.driver import spool_report
+    from farm.runner.driver import spool_report
 
     monkeypatch.setenv("FARM_HOME", str(tmp_path / "home"))
     url = f"s3://{BUCKET}/down-at-end"

@@ -78,7 +78,7 @@ def test_the_run_records_how_each_env_was_prepared(two_versions):
     for name, record in envs.items():
         assert "failure" not in record, record
         prepared = record["prepared"]
-        # One preparation per attempt (a failing cell is rechecked once: farm.run.retry), one env per version per node.
+        # One preparation per attempt (a failing cell is rechecked once: farm.runner.retry), one env per version per node.
         assert len(prepared) == sum(len(a) for a in attempts if a[0].cell.engine.name == name)
         assert len({p["key"] for p in prepared}) == 1, "one env per version per node"
         assert sum(p["built"] for p in prepared) <= 1, "built at most once (none when the cache was warm)"

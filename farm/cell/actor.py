@@ -7,7 +7,7 @@ The actor lives for exactly one attempt and is killed when it is done. Around th
   words behind. The driver reads a dead actor's log back through ``read_log``, a task pinned
   to that node.
 - **faulthandler**, so SIGSEGV, SIGABRT, SIGBUS, SIGFPE and SIGILL print "Fatal Python
-  error: …" and every thread's stack into that log (``farm.run.outcomes`` turns it into the crash's
+  error: …" and every thread's stack into that log (``farm.runner.outcomes`` turns it into the crash's
   signal and frame), and so that just before the cell's timeout every thread's stack is
   dumped there too: a timeout says where the engine hung.
 - **The memory watchdog** (``farm.cell.watchdog``), a separate small process that kills the

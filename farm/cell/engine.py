@@ -84,7 +84,7 @@ def engine_kwargs(cell: Cell, engine_args: dict[str, Any], model_path: str) -> d
         kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=cell.max_lora_rank or 8)
     workers = int(kwargs.get("tensor_parallel_size", 1)) * int(kwargs.get("pipeline_parallel_size", 1))
     if workers > 1 and _in_placement_group():
-        # The farm reserved one STRICT_PACK bundle per worker on one node (farm.run.placement): vLLM's Ray
+        # The farm reserved one STRICT_PACK bundle per worker on one node (farm.runner.placement): vLLM's Ray
         # executor starts its workers in them; its default, multiprocessing, would not use them.
         kwargs.setdefault("distributed_executor_backend", "ray")
     return kwargs

@@ -22,7 +22,7 @@ import time
 
 import psutil
 
-# Kept in step with farm.run.outcomes.MEMORY_MARKER (tests/test_outcomes.py checks it); not imported,
+# Kept in step with farm.runner.outcomes.MEMORY_MARKER (tests/test_outcomes.py checks it); not imported,
 # so that this process loads no more than psutil.
 MEMORY_MARKER = "farm: killed: exceeded the cell's memory limit"
 # An allocator can add a few hundred MB in this time; the limit is enforced to that precision.

@@ -70,13 +70,13 @@ def _run(args: argparse.Namespace) -> int:
     from farm.errors import UsageError
     from farm.model.spec import load_job
     from farm.report.aggregate import format_table, load_matrix
-    from farm.run.driver import make_run_id, run, spool_report
+    from farm.runner.driver import make_run_id, run, spool_report
 
     if args.resume and args.run_id:
         raise UsageError("give either --resume RUN_ID (continue a run) or --run-id ID (name a new one), not both")
     if not args.job and not args.resume:
         raise UsageError("give a job spec (farm run jobs/smoke.yaml) or a run to continue (farm run --resume RUN_ID)")
-    from farm.run.progress import Progress, summary_table
+    from farm.runner.progress import Progress, summary_table
 
     job = load_job(args.job) if args.job else None
     webhook = cli_ops.webhook_url(args.webhook)  # a bad URL fails now, not after the run

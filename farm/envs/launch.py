@@ -1,6 +1,6 @@
 """The driver's half of ``farm.envs``: a cell whose env is prepared on its node before its actor starts there.
 
-Per such cell: the cell's placement group (``farm.run.placement``: one bundle with the cell's
+Per such cell: the cell's placement group (``farm.runner.placement``: one bundle with the cell's
 CPUs, GPUs and memory, or a STRICT_PACK group for tensor parallel) reserves a node; a small
 task in bundle 0 prepares the env there (``farm.envs.node``); the cell's actor then starts
 in the same bundle with the ``runtime_env`` the task returned. The bundle keeps the node's
@@ -8,9 +8,9 @@ resources for the cell between the two, so no other cell can take them, and no n
 to be chased. Cells of ``current`` engines skip all of this and start as before.
 
 A failed preparation is an infra outcome for the cell (``env_error``): it runs again on
-another node (``farm.run.retry``). An engine whose env failed on as many nodes as a cell may
+another node (``farm.runner.retry``). An engine whose env failed on as many nodes as a cell may
 try (``retries.infra_attempts``), or on every node that can hold its cells, has failed for
-the run (``farm.run.scheduler``): its later cells get that ``env_error`` at once, with its log
+the run (``farm.runner.scheduler``): its later cells get that ``env_error`` at once, with its log
 tail, and nothing is built again.
 """
 
@@ -59,7 +59,7 @@ class EnvLauncher:
         """The task's answer, or what ``ray.get`` raised for it; a failure is remembered for the engine.
 
         The scheduler gets the answer itself, so that a node lost under the task is its
-        ``infra_error`` (``farm.run.outcomes.lost_node``), not this engine's failure.
+        ``infra_error`` (``farm.runner.outcomes.lost_node``), not this engine's failure.
         """
         problem: BaseException | None = None
         if isinstance(answer, BaseException):  # the task died (OOM, a crash)

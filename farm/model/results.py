@@ -45,7 +45,7 @@ class CellStatus(str, Enum):
         return self not in (CellStatus.PENDING, CellStatus.RUNNING)
 
     def is_verdict(self) -> bool:
-        """The cell ran and the outcome says something about the combination (see ``farm.run.retry``)."""
+        """The cell ran and the outcome says something about the combination (see ``farm.runner.retry``)."""
         return self in (CellStatus.PASS, CellStatus.FAIL, CellStatus.CRASH, CellStatus.TIMEOUT, CellStatus.FLAKY)
 
     @staticmethod
@@ -190,7 +190,7 @@ class CellResult(Document):
     # The first engine build of the cell's engine on its node in this run: no attempt of any cell with the same
     # engine had ended on that node when this one started, so it paid for cold compilation (kernel JIT,
     # torch.compile, CUDA graphs: 90-120 s on a fresh GPU node even for a tiny model). A timeout of a cold
-    # attempt is no verdict (``farm.run.retry``), and the ETA leaves cold attempts out (``farm.run.progress``).
+    # attempt is no verdict (``farm.runner.retry``), and the ETA leaves cold attempts out (``farm.runner.progress``).
     cold_start: bool = False
     probes: list[ProbeResult] = Field(default_factory=list)
     error: ErrorInfo | None = None

@@ -29,7 +29,7 @@ from farm.registry import PROBES
 
 
 class Resources(StrictModel):
-    """What one cell reserves on one node (see ``farm.run.placement``).
+    """What one cell reserves on one node (see ``farm.runner.placement``).
 
     CPUs and GPUs are per engine worker: a cell with ``tensor_parallel_size: N`` on GPUs
     reserves N bundles of them on one node. ``memory_gb`` is per cell: Ray schedules with it
@@ -127,7 +127,7 @@ def _default_engines() -> list[EngineSpec]:
 
 
 class Retries(StrictModel):
-    """When a cell runs again (see ``farm.run.retry``); every attempt is its own result."""
+    """When a cell runs again (see ``farm.runner.retry``); every attempt is its own result."""
 
     infra_attempts: int = Field(
         3, ge=1, description="attempts per run for infra outcomes (lost node, actor not started, env setup), each "

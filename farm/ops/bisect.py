@@ -1,7 +1,7 @@
 """`farm bisect`: the first version, or commit, where one combination's outcome changes.
 
 A combination (model × quantization × LoRA) is run on one candidate engine at a time,
-through the real driver (``farm.run.driver.run``) with the job's probes, and compared with
+through the real driver (``farm.runner.driver.run``) with the job's probes, and compared with
 its outcome on ``--good``: status and root cause (signature, or the probes that failed),
 as in the matrix's version axis. The candidates are the job's engines in the job's
 order (oldest first), or an ordered file of vLLM commits, each run as a ``uv`` engine
@@ -227,13 +227,13 @@ def bisect(
 ) -> Verdict:
     """Bisect one combination of ``job`` between two engines (or two commits of a list); write the verdict.
 
-    Each step that has no result in the store yet runs through ``farm.run.driver.run``.
+    Each step that has no result in the store yet runs through ``farm.runner.driver.run``.
 
     Raises:
         BisectError: bad --cell/--good/--bad/--commits, or an end without a verdict (one line, before or
             right after the ends run).
     """
-    from farm.run.driver import run
+    from farm.runner.driver import run
 
     base = find_cell(job, cell)
     engines, names = _candidates(job, good, bad, commits, like)

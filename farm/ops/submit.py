@@ -142,7 +142,7 @@ def submit(
     """Validate the job here, then submit ``farm run`` as a Ray job. Returns the submission and the client."""
     from farm.model.spec import load_job
     from farm.report.diff import check_webhook
-    from farm.run.driver import make_run_id
+    from farm.runner.driver import make_run_id
 
     job = load_job(job_path)  # a bad spec fails here, in one line, before anything is uploaded
     address = cluster_address(address)

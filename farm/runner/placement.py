@@ -139,7 +139,7 @@ def capacity(requests: list[CellRequest], nodes: list[dict[str, Any]]) -> int:
     """How many cells the live nodes hold at once, node by node (a cell never spans nodes).
 
     Counted with the smallest request: with cells of several sizes, Ray packs what fits and the
-    rest wait for room before their clocks start (``farm.run.scheduler``), so the bound is what the
+    rest wait for room before their clocks start (``farm.runner.scheduler``), so the bound is what the
     cluster could run at best, never less.
     """
     if not requests or not nodes:

@@ -1,7 +1,7 @@
 """What the scheduling loop keeps per cell and per attempt, and what it tells the progress display.
 
 ``Work`` is a cell that owes an attempt; ``Attempt`` one attempt in flight, in one ``Phase``
-(see ``farm.run.scheduler`` for what each waits on); ``Event`` what the display hears.
+(see ``farm.runner.scheduler`` for what each waits on); ``Event`` what the display hears.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from farm.envs import PreparedEnv
 from farm.model.cells import Cell
 from farm.model.results import CellResult, CellStatus
-from farm.run.placement import CellRequest
+from farm.runner.placement import CellRequest
 
 
 class Phase(str, Enum):

@@ -19,7 +19,7 @@ recomputed as nodes come and go; an attempt that waits for room has no clock run
 the start deadline's, which a busy cluster extends.
 
 Every attempt ends in one result, recorded (spooled, then stored) before the retry policy
-(``farm.run.retry``) decides whether another attempt follows; infra retries avoid the nodes
+(``farm.runner.retry``) decides whether another attempt follows; infra retries avoid the nodes
 where the cell met its infra outcomes.
 
 An engine env that failed to prepare (``env_error``) is remembered per engine and node:
@@ -32,7 +32,7 @@ ended in this run (whatever its outcome: a build killed at its timeout still lea
 behind, and in any case a node's second build is warm by definition), seeded from the
 attempts a resumed run read back. An attempt that starts on a node where its engine is not
 warm yet is cold (``CellResult.cold_start``; cells that start together on a fresh node are
-all cold). A cold attempt's timeout is retried (``farm.run.retry``), preferably on the same
+all cold). A cold attempt's timeout is retried (``farm.runner.retry``), preferably on the same
 node: a plain actor asks Ray for it with a soft node affinity; a placement group goes where
 there is room.
 """
@@ -56,15 +56,15 @@ from farm.errors import FarmError
 from farm.model.cells import Cell
 from farm.model.results import CellResult, CellStatus, EnvFacts, utcnow
 from farm.model.spec import JobSpec
-from farm.run import outcomes, placement
-from farm.run.attempt import Attempt, Event, EventFn, EventKind, Phase, Work, group_node
-from farm.run.placement import CellRequest
-from farm.run.retry import INFRA, cold_timeout, decide, settle
+from farm.runner import outcomes, placement
+from farm.runner.attempt import Attempt, Event, EventFn, EventKind, Phase, Work, group_node
+from farm.runner.placement import CellRequest
+from farm.runner.retry import INFRA, cold_timeout, decide, settle
 from farm.settings import cell_log_dir
 from farm.store import safe_part
 from farm.text import first_line
 
-log = logging.getLogger("farm.run.scheduler")
+log = logging.getLogger("farm.runner.scheduler")
 
 # After the cell's timeout, before the kill: faulthandler's dump of every thread reaches the log.
 KILL_GRACE_S = 3.0

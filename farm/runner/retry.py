@@ -27,7 +27,7 @@ Why crash and timeout are verdicts, not infra: a segfault in a kernel, an abort 
 assertion, an engine that hangs in its warm-up or needs more memory than its cell was given
 are findings about that combination, as real as an exception; calling them infra would hide
 exactly the bugs a farm exists to find. What would make them infra (the node died, Ray lost
-the actor) is told apart before the policy sees them (``farm.run.outcomes``): a lost node is an
+the actor) is told apart before the policy sees them (``farm.runner.outcomes``): a lost node is an
 infra outcome, never a crash. The recheck covers the rest (a neighbour that starved the node).
 
 Resume needs no state beyond the store: ``decide`` on the attempts read back says which

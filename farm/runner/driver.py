@@ -38,11 +38,11 @@ from farm.model.results import CellResult, CellStatus, ErrorInfo, Launch, RunMan
 from farm.model.spec import JobSpec, parse_job
 from farm.report.aggregate import aggregate
 from farm.report.history import expected_seconds
-from farm.run.attempt import Event, EventFn, EventKind, Work, warm_nodes
-from farm.run.connect import connect
-from farm.run.placement import alive_nodes, check_feasible, request_for
-from farm.run.retry import INFRA, decide
-from farm.run.scheduler import Scheduler
+from farm.runner.attempt import Event, EventFn, EventKind, Work, warm_nodes
+from farm.runner.connect import connect
+from farm.runner.placement import alive_nodes, check_feasible, request_for
+from farm.runner.retry import INFRA, decide
+from farm.runner.scheduler import Scheduler
 from farm.store import (
     ResultWriter,
     RunScan,
@@ -56,7 +56,7 @@ from farm.store import (
 )
 from farm.version import __version__
 
-log = logging.getLogger("farm.run.driver")
+log = logging.getLogger("farm.runner.driver")
 
 @dataclass
 class RunOutcome:
@@ -110,7 +110,7 @@ def run(
         run_id: defaults to ``<job>-<timestamp>-<random>``; required with ``resume``.
         resume: continue run ``run_id``: flush its spooled results, skip cells whose verdict is settled,
             run the rest (no result, an infra or env error, or a failure not yet rechecked) as new attempts.
-        max_parallel: cells at once; default what the live nodes hold (see ``farm.run.placement``).
+        max_parallel: cells at once; default what the live nodes hold (see ``farm.runner.placement``).
         progress: called when a cell has its final result, with (done, total, result).
         events: called for every attempt that starts, every retry, every cell done (the live display).
         rebuild_envs: rebuild the job's pip/uv envs on each node once, even if cached (failed ones included).

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from farm.model.results import AttemptSummary, CellResult, CellStatus
-from farm.run.attempt import Event, EventKind
+from farm.runner.attempt import Event, EventKind
 from farm.text import first_line
 
 
@@ -131,7 +131,7 @@ def summary_table(results: list[CellResult]) -> str:
 
 
 def _said(attempt: AttemptSummary) -> str:
-    """An earlier attempt's status; a cold-start timeout (no verdict, ``farm.run.retry``) says so."""
+    """An earlier attempt's status; a cold-start timeout (no verdict, ``farm.runner.retry``) says so."""
     cold = attempt.cold_start and attempt.status is CellStatus.TIMEOUT
     return f"{attempt.status.value} (cold start)" if cold else attempt.status.value
 
