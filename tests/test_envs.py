@@ -341,6 +341,9 @@ def test_pip_and_uv_commands(tmp_path, monkeypatch):
     assert create == [str(tmp_path / "uv"), "venv", "--allow-existing", "--python", "/py/bin/python3", str(tmp_path / "env")]
     assert install[install.index("--extra-index-url") + 1] == f"https://wheels.vllm.ai/{'a' * 40}/cpu"
     assert install[install.index("--torch-backend") + 1] == "cpu"
+    # One uv cache per node's env cache, hard-linked into every env: envs that share wheels share disk.
+    assert install[install.index("--cache-dir") + 1] == str(cache.root() / ".uv-cache")
+    assert install[install.index("--link-mode") + 1] == "hardlink"
     assert install[-len(FARM_CELL_REQUIREMENTS) - 2:] == ["vllm", "ray==2.60.0", *FARM_CELL_REQUIREMENTS]
     assert envs.get("uv").key(uv_engine, node) != envs.get("uv").key(uv_engine, NodeContext("/py", "3.11.8", "2.60.0"))
 

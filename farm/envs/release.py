@@ -36,18 +36,13 @@ from typing import Any
 from farm.envs import cache, glibc_compat
 from farm.envs.build import BuiltEnv, Step
 from farm.envs.registry import EnvVersions, NodeContext, register
-from farm.envs.uv import uv_command
+from farm.envs.uv import index_options, shared_cache, uv_command
 from farm.errors import EnvBuildError
 from farm.model.engines import PackageEngine, ReleaseEngine
 
 RUNTIME_FILE = "farm-runtime.json"
 REQUIREMENTS_FILE = "farm-requirements.txt"
 NOTES_VARIABLE = "FARM_ENV_NOTES"  # a cell's process reads its env's notes here (farm.cell.execute)
-
-
-def uv_cache() -> Path:
-    """One uv cache for the node's env cache, on its file system: envs hard-link their files from it."""
-    return cache.root() / ".uv-cache"
 
 
 def site_packages(env_dir: Path, node: NodeContext) -> Path:
@@ -64,8 +59,7 @@ class Release(BuiltEnv):
         assert isinstance(engine, ReleaseEngine)
         uv = [*uv_command()]
         python = str(env_dir / "bin" / "python")
-        install = [*uv, "pip", "install", "--python", python, "--cache-dir", str(uv_cache()), "--link-mode", "hardlink",
-                   *_index_options(engine)]
+        install = [*uv, "pip", "install", "--python", python, *shared_cache(), *index_options(engine)]
         site = site_packages(env_dir, node)
 
         def resolve(log: Path) -> None:
@@ -185,15 +179,6 @@ def _metadata(site: Path, engine: ReleaseEngine) -> email.message.Message:
         return email.parser.Parser().parsestr((folder / "METADATA").read_text())
     except OSError:
         raise EnvBuildError(f"{engine.release} installed no {folder.name} in {site}: is it a release of the index?") from None
-
-
-def _index_options(engine: PackageEngine) -> list[str]:
-    options = ["--index-url", engine.index_url] if engine.index_url else []
-    for url in engine.extra_index_urls:
-        options += ["--extra-index-url", url]
-    for link in engine.find_links:
-        options += ["--find-links", link]
-    return options + (["--prerelease", "allow"] if engine.pre else [])
 
 
 def _install(install: list[str], env_dir: Path, extra: list[str], log: Path) -> None:

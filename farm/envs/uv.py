@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from farm.envs import cache
 from farm.envs.build import BuiltEnv, Step
 from farm.envs.registry import EnvVersions, NodeContext, register
 from farm.errors import EnvBuildError
@@ -42,6 +43,22 @@ def uv_command() -> list[str]:
                             "(or put uv on PATH), or use kind: pip") from None
 
 
+def shared_cache() -> list[str]:
+    """uv's options for the node's one uv cache, on the env cache's file system: envs hard-link their files from it,
+    so envs that share wheels (torch, the nvidia libraries) share their disk."""
+    return ["--cache-dir", str(cache.root() / ".uv-cache"), "--link-mode", "hardlink"]
+
+
+def index_options(engine: PackageEngine, extra_index_urls: list[str] | None = None) -> list[str]:
+    """uv's index options of an engine: its index, extra indexes (``extra_index_urls`` first), find-links, pre-releases."""
+    options = ["--index-url", engine.index_url] if engine.index_url else []
+    for url in [*(extra_index_urls or []), *engine.extra_index_urls]:
+        options += ["--extra-index-url", url]
+    for link in engine.find_links:
+        options += ["--find-links", link]
+    return options + (["--prerelease", "allow"] if engine.pre else [])
+
+
 @register
 class Uv(BuiltEnv):
     name = "uv"
@@ -51,21 +68,13 @@ class Uv(BuiltEnv):
         assert isinstance(engine, UvEngine)
         uv = uv_command()
         python = str(env_dir / "bin" / "python")
-        options: list[str] = []
-        if engine.index_url:
-            options += ["--index-url", engine.index_url]
-        for url in [*([engine.commit_index] if engine.commit_index else []), *engine.extra_index_urls]:
-            options += ["--extra-index-url", url]
-        for link in engine.find_links:
-            options += ["--find-links", link]
-        if engine.pre:
-            options += ["--prerelease", "allow"]
+        options = index_options(engine, [engine.commit_index] if engine.commit_index else [])
         if engine.torch_backend:
             options += ["--torch-backend", engine.torch_backend]
         steps: list[Step] = [
             # --allow-existing: the env dir already holds the build log.
             [*uv, "venv", "--allow-existing", "--python", node.python, str(env_dir)],
-            [*uv, "pip", "install", "--python", python, *options, *self.requirements(engine, node)],
+            [*uv, "pip", "install", "--python", python, *shared_cache(), *options, *self.requirements(engine, node)],
         ]
         if engine.uninstall:
             steps.append([*uv, "pip", "uninstall", "--python", python, *engine.uninstall])
