@@ -96,7 +96,7 @@ def test_farm_run_joins_a_ray_on_loopback_by_its_127_address(ray_head, tmp_path)
     ("10.0.0.5:6379", False), ("head.example:6379", False), ("auto", False), ("ray://head:10001", False),
 ])
 def test_which_addresses_are_loopback(address: str, loopback: bool) -> None:
-    from farm.runner.driver import _is_loopback
+    from farm.runner.connect import _is_loopback
 
     assert _is_loopback(address) is loopback
 
@@ -106,7 +106,7 @@ def test_only_a_ray_listening_on_loopback_alone_gets_loopback_mode(tmp_path):
     nodes must reach the driver there); here only loopback listeners can be made, so that side is the refusal."""
     import socket
 
-    from farm.runner.driver import _loopback_only
+    from farm.runner.connect import _loopback_only
 
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
