@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
 from farm.errors import FarmError, did_you_mean
@@ -39,12 +39,10 @@ T = TypeVar("T")
 class _Lazy:
     __slots__ = ("target",)
 
-    def __init__(self, target: str | Callable[[], Any]) -> None:
+    def __init__(self, target: str) -> None:
         self.target = target
 
     def load(self) -> Any:
-        if callable(self.target):
-            return self.target()
         module, _, attribute = self.target.partition(":")
         loaded: Any = importlib.import_module(module)
         for part in filter(None, attribute.split(".")):
@@ -83,8 +81,8 @@ class Registry(Generic[T]):
 
         return decorate
 
-    def lazy(self, name: str, target: str | Callable[[], T]) -> None:
-        """Add an entry loaded on first use: ``"module:attribute"``, or a callable returning it."""
+    def lazy(self, name: str, target: str) -> None:
+        """Add an entry loaded on first use: ``"module:attribute"``."""
         self._add(name, _Lazy(target))
 
     def _add(self, name: str, entry: T | _Lazy) -> None:

@@ -17,6 +17,10 @@ from pathlib import Path
 
 from farm.errors import EnvBuildError
 
+# Variables an env's preparation sets for a cell's process (farm.envs), read there (farm.cell).
+ENV_NOTES_VARIABLE = "FARM_ENV_NOTES"  # JSON list: how the env differs from the release it names
+ENV_IN_USE_VARIABLE = "FARM_ENV_IN_USE"  # the file a cell's process holds a shared lock on while it runs
+
 DEFAULT_STORE = "farm-results"  # a local directory, relative to where `farm` runs; $FARM_STORE overrides
 
 # What the farm's code needs in a cell's env besides vLLM (which brings torch and transformers):

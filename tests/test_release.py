@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.parser
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,8 +125,8 @@ def _parse_42(library: Path, preload: Path | None = None) -> str:
     """``parse("42")`` from ``library`` in a fresh process; the loader's error if it refuses the library."""
     code = (f"import ctypes\ntry:\n lib = ctypes.CDLL({str(library)!r})\nexcept OSError as e:\n print(e)\n"
             "else:\n lib.parse.restype = ctypes.c_long\n print(lib.parse(b'42'))")
-    env = {"PATH": "/usr/bin:/bin", **({"LD_PRELOAD": str(preload)} if preload else {})}
-    return subprocess.run(["python3", "-c", code], capture_output=True, text=True, check=True, env=env).stdout.strip()
+    env = {"LD_PRELOAD": str(preload)} if preload else {}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.strip()
 
 
 def _fake_env(base: Path, key: str, size: int, used_at: float) -> None:
@@ -154,10 +155,22 @@ def test_the_disk_budget_evicts_the_least_recently_used_env_never_one_in_use(tmp
     with open(cache.env_dir("oldest", tmp_path) / cache.IN_USE, "a+") as held:  # a cell runs in the oldest
         fcntl.flock(held, fcntl.LOCK_SH)
         said = cache.enforce_budget(int(2.5 * (1 << 20)), keep="newest", cache=tmp_path)
-    assert [line.split()[2] for line in said] == ["older"] and "engine-older" in said[0]
+    assert [line.split()[2] for line in said] == ["older"] and "engine-older" in said[0] and "freed 0.0 GiB" in said[0]
     assert sorted(key for key, _ in cache.entries(tmp_path)) == ["newest", "oldest"]
     assert (tmp_path / ".uv-cache").is_dir()
     assert cache.enforce_budget(None, keep="newest", cache=tmp_path) == []
+
+
+def test_files_shared_with_another_directory_are_not_counted_as_freed(tmp_path):
+    from farm.envs import cache
+
+    env = tmp_path / "env"
+    env.mkdir()
+    (env / "own").write_bytes(b"x" * 65536)
+    (env / "shared").write_bytes(b"y" * 65536)
+    (tmp_path / "uv-cache-copy").hardlink_to(env / "shared")  # a file the uv cache also holds
+    (env / "twice").hardlink_to(env / "own")  # two links, both inside: still freed, counted once
+    assert cache._freed_by_removing(env) == (env / "own").stat().st_blocks * 512
 
 
 def test_a_budget_that_cannot_be_met_says_why(tmp_path):

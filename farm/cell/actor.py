@@ -32,12 +32,13 @@ from pathlib import Path
 
 from farm.cell.execute import CellSettings, capture_output, execute_cell, log_tail
 from farm.model.cells import Cell
+from farm.settings import ENV_IN_USE_VARIABLE
 
 
 def _hold_env() -> object | None:
     """A shared lock on the env's ``.in-use`` file for this process's life: the env cache's budget never evicts
     an env a cell runs in (``farm.envs.cache.enforce_budget``). The lock goes with the process."""
-    path = os.environ.get("FARM_ENV_IN_USE")
+    path = os.environ.get(ENV_IN_USE_VARIABLE)
     if not path:
         return None
     try:

@@ -29,7 +29,7 @@ from farm.model.cells import Cell
 from farm.model.results import CellResult, CellStatus, EnvFacts, ErrorInfo, ProbeResult, utcnow
 from farm.model.spec import Generation, JobSpec
 from farm.registry import PROBES
-from farm.settings import vllm_cache_dir
+from farm.settings import ENV_NOTES_VARIABLE, vllm_cache_dir
 
 LOG_TAIL_BYTES = 16_000  # kept in the result and the store
 LOG_SCAN_BYTES = 1_000_000  # searched for a subprocess's root-cause traceback
@@ -167,9 +167,9 @@ def env_facts() -> EnvFacts:
 
 
 def _env_notes() -> list[str]:
-    """What the env's preparation says it substituted or added (``FARM_ENV_NOTES``, set by ``farm.envs.release``)."""
+    """What the env's preparation says it substituted or added (set by ``farm.envs.release``)."""
     try:
-        notes = json.loads(os.environ.get("FARM_ENV_NOTES") or "[]")
+        notes = json.loads(os.environ.get(ENV_NOTES_VARIABLE) or "[]")
     except ValueError:
         return []
     return [str(note) for note in notes] if isinstance(notes, list) else []

@@ -28,7 +28,13 @@ from farm.envs import cache, interpreter
 from farm.envs.registry import EnvKind, EnvVersions, NodeContext, PreparedEnv, Stopwatch
 from farm.errors import EnvBuildError
 from farm.model.engines import EngineSpec, PackageEngine
-from farm.settings import FARM_CELL_DISTRIBUTIONS, FARM_CELL_REQUIREMENTS, code_dir, env_cache_budget_bytes
+from farm.settings import (
+    ENV_IN_USE_VARIABLE,
+    FARM_CELL_DISTRIBUTIONS,
+    FARM_CELL_REQUIREMENTS,
+    code_dir,
+    env_cache_budget_bytes,
+)
 from farm.text import first_line
 
 LOG_TAIL_CHARS = 6000
@@ -152,7 +158,7 @@ class BuiltEnv(EnvKind):
             kind=engine.kind,
             hostname=socket.gethostname(),
             runtime_env=self.runtime_env(found, {**actor_env_vars(code),
-                                                 cache.IN_USE_VARIABLE: str(cache.env_dir(found.key) / cache.IN_USE)}),
+                                                 ENV_IN_USE_VARIABLE: str(cache.env_dir(found.key) / cache.IN_USE)}),
             key=found.key,
             path=str(cache.env_dir(found.key)),
             versions=found.versions,

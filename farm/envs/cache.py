@@ -137,7 +137,6 @@ def entries(cache: Path | None = None) -> list[tuple[str, EnvManifest | None]]:
 
 LAST_USED = ".last-used"
 IN_USE = ".in-use"
-IN_USE_VARIABLE = "FARM_ENV_IN_USE"  # the file a cell's process holds a shared lock on (farm.cell.actor)
 
 
 def touch(key: str, cache: Path | None = None) -> None:
@@ -175,19 +174,23 @@ def enforce_budget(budget_bytes: int | None, keep: str, cache: Path | None = Non
     stays, and the lines say so when the budget cannot be met by removing envs.
     """
     base = cache or root()
-    if budget_bytes is None or directory_size(base) <= budget_bytes:
+    if budget_bytes is None:
+        return []
+    used = directory_size(base)  # walked once: each eviction subtracts what it freed
+    if used <= budget_bytes:
         return []
     said: list[str] = []
     candidates = sorted((last_used(key, base), key, manifest) for key, manifest in entries(base) if key != keep)
     for _, key, manifest in candidates:
         if in_use(key, base):
             continue
-        size = directory_size(env_dir(key, base))
+        freed = _freed_by_removing(env_dir(key, base))
         if remove(key, base):
+            used -= freed
             engines = ", ".join(manifest.engines) if manifest else "a build that died"
-            said.append(f"evicted env {key} ({engines}; {size / 2**30:.1f} GiB of its own) to keep {base} "
+            said.append(f"evicted env {key} ({engines}; freed {freed / 2**30:.1f} GiB) to keep {base} "
                         f"within {budget_bytes / 2**30:g} GiB")
-        if directory_size(base) <= budget_bytes:
+        if used <= budget_bytes:
             return said
     said.append(f"{base} is over its budget of {budget_bytes / 2**30:g} GiB with every other env removed or in use: "
                 "the rest is shared files (uv's cache) and envs in use; raise FARM_ENV_CACHE_GB")
@@ -205,6 +208,20 @@ def remove(key: str, cache: Path | None = None) -> bool:
     # The lock file stays: unlinking it would let a process waiting on the old inode and one
     # opening a new file build at once.
     return True
+
+
+def _freed_by_removing(path: Path) -> int:
+    """Bytes that deleting ``path`` frees: files whose every hard link is inside it (not those shared with uv's cache)."""
+    links: dict[tuple[int, int], list[int]] = {}  # inode → [links seen here, its link count, its bytes]
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            seen = links.setdefault((st.st_dev, st.st_ino), [0, st.st_nlink, st.st_blocks * 512])
+            seen[0] += 1
+    return sum(size for here, count, size in links.values() if here >= count)
 
 
 def directory_size(path: Path) -> int:

@@ -28,21 +28,20 @@ from __future__ import annotations
 
 import email.parser
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from farm.envs import cache, glibc_compat
-from farm.envs.build import BuiltEnv, Step
+from farm.envs.build import BuiltEnv, Step, clean_build_environ
 from farm.envs.registry import EnvVersions, NodeContext, register
 from farm.envs.uv import index_options, shared_cache, uv_command
 from farm.errors import EnvBuildError
 from farm.model.engines import PackageEngine, ReleaseEngine
+from farm.settings import ENV_NOTES_VARIABLE
 
 RUNTIME_FILE = "farm-runtime.json"
 REQUIREMENTS_FILE = "farm-requirements.txt"
-NOTES_VARIABLE = "FARM_ENV_NOTES"  # a cell's process reads its env's notes here (farm.cell.execute)
 
 
 def site_packages(env_dir: Path, node: NodeContext) -> Path:
@@ -57,7 +56,7 @@ class Release(BuiltEnv):
 
     def steps(self, engine: PackageEngine, env_dir: Path, node: NodeContext) -> list[Step]:
         assert isinstance(engine, ReleaseEngine)
-        uv = [*uv_command()]
+        uv = uv_command()
         python = str(env_dir / "bin" / "python")
         install = [*uv, "pip", "install", "--python", python, *shared_cache(), *index_options(engine)]
         site = site_packages(env_dir, node)
@@ -101,7 +100,7 @@ class Release(BuiltEnv):
 
     def runtime_env(self, found: cache.EnvManifest, env_vars: dict[str, str]) -> dict[str, Any]:
         runtime = _read_runtime(cache.env_dir(found.key))
-        extra = {NOTES_VARIABLE: json.dumps(runtime_notes(runtime))}
+        extra = {ENV_NOTES_VARIABLE: json.dumps(runtime_notes(runtime))}
         if runtime.get("ld_preload"):
             # The cell's process loads the release's libraries: the newer C++ runtime and the shim must come first.
             extra["LD_PRELOAD"] = ":".join(runtime["ld_preload"])
@@ -185,7 +184,7 @@ def _install(install: list[str], env_dir: Path, extra: list[str], log: Path) -> 
     with open(log, "ab") as out:
         proc = subprocess.run([*install, "-r", str(env_dir / REQUIREMENTS_FILE), *extra], stdout=out,
                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False,
-                              env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")})
+                              env=clean_build_environ())
     if proc.returncode:
         substituted = [s["to"] for s in _read_runtime(env_dir).get("substituted", [])]
         what = f"; it substituted {', '.join(substituted)}: no substitute on this node's index?" if substituted else ""
