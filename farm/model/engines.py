@@ -38,6 +38,21 @@ class EngineSpec(StrictModel):
 
     name: str = Field("current", pattern=NAME_PATTERN, description="the column label")
     kind: str = "current"
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="environment variables for the engine's process, over the farm's own (e.g. a vLLM setting a "
+        "deployment uses); part of the cell's id, not of its env's",
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _ENV_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an environment variable name; write one like VLLM_CPU_KVCACHE_SPACE")
+            if name in _FARM_OWNED_ENV:
+                raise ValueError(f"{name} is the farm's own ({_FARM_OWNED_ENV[name]}); leave it out")
+        return value
 
     # Fields that say how to get an env but not which vLLM it is (timeouts, cache policy):
     # they never split a cell's id.
@@ -52,6 +67,16 @@ class EngineSpec(StrictModel):
         """
         data = self.model_dump(mode="json", exclude_defaults=True, exclude=set(self.NOT_IDENTITY))
         return {**data, "name": self.name, "kind": self.kind}
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# What the farm sets for every cell's process and needs to hold.
+_FARM_OWNED_ENV = {
+    "PYTHONPATH": "the cell's process imports the farm and the env's packages through it",
+    "LD_PRELOAD": "a release env's runtime libraries are preloaded through it",
+    "FARM_HOME": "where the cell finds the zoo and its caches",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "the engine core runs in the cell's process, so its errors keep vLLM's file:line",
+}
 
 
 # The model of each engine kind, by its `kind:`; plug-ins register theirs (or declare entry points).
@@ -120,6 +145,40 @@ class VenvEngine(EngineSpec):
         return value
 
 
+class Patch(StrictModel):
+    """A unified diff applied to the installed vLLM, ``patch -p1`` from ``site-packages`` (paths like a/vllm/…).
+
+    The job names the file; the job loader reads it into ``diff``, so the patch travels with the job to
+    every node and a change to it is a new env and new cells.
+    """
+
+    path: str = Field(description="the diff file as the job names it (relative to the job file's directory)")
+    diff: str = Field(min_length=1, description="its text, read when the job is loaded")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read(cls, data: Any) -> Any:
+        return read_patch(data, Path.cwd()) if isinstance(data, str) else data
+
+    @field_validator("diff")
+    @classmethod
+    def _unified(cls, value: str) -> str:
+        if not re.search(r"^\+\+\+ ", value, re.MULTILINE) or not re.search(r"^@@ ", value, re.MULTILINE):
+            raise ValueError("not a unified diff (no '+++' and '@@' lines); write one with `git diff` or `diff -u`")
+        return value
+
+
+def read_patch(path: str, base: Path) -> dict[str, str]:
+    """``{path, diff}`` for a patch file named in a job, relative to ``base`` (the job file's directory)."""
+    file = Path(path).expanduser()
+    file = file if file.is_absolute() else base / file
+    try:
+        return {"path": path, "diff": file.read_text()}
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = "no such file" if isinstance(exc, FileNotFoundError) else type(exc).__name__
+        raise ValueError(f"patch {path!r}: {reason} at {file}; name a diff file relative to the job file") from None
+
+
 class PackageEngine(EngineSpec):
     """Fields shared by the ``pip`` and ``uv`` kinds: what to install, from where, what to remove after."""
 
@@ -133,6 +192,10 @@ class PackageEngine(EngineSpec):
     uninstall: list[str] = Field(
         default_factory=list, description="removed after install: e.g. torchvision/torchaudio/torchcodec broken on CPU torch"
     )
+    patches: list[Patch] = Field(
+        default_factory=list, description="diff files applied to the installed vLLM (`patch -p1` in site-packages), in "
+        "order: a fix to test; part of the env and of the cell id; one that does not apply is the engine's env_error"
+    )
     build_timeout_s: float = Field(3600, gt=0, description="one build on one node; past it the build is killed")
     max_age_h: float | None = Field(None, gt=0, description="rebuild an env older than this (unpinned specs, nightlies)")
 
@@ -140,7 +203,7 @@ class PackageEngine(EngineSpec):
 
     def install_spec(self) -> dict[str, Any]:
         """What the env's bytes depend on, for the cache key (the name and policies are not)."""
-        return {k: v for k, v in self.identity().items() if k != "name"}
+        return {k: v for k, v in self.identity().items() if k not in ("name", "env")}
 
 
 class PipEngine(PackageEngine):

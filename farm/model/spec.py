@@ -23,7 +23,7 @@ from pydantic import (
 
 from farm.errors import JobSpecError, did_you_mean
 from farm.model.base import NAME_PATTERN, NO_LORA, StrictModel, one_line, require_unique
-from farm.model.engines import CurrentEngine, Engine, EngineSpec
+from farm.model.engines import CurrentEngine, Engine, EngineSpec, read_patch
 from farm.model.sources import zoo_source
 from farm.registry import PROBES
 
@@ -233,7 +233,23 @@ def load_job(path: str | Path) -> JobSpec:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise JobSpecError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    return parse_job(data, origin=str(path))
+    return parse_job(_with_patches_read(data, path), origin=str(path))
+
+
+def _with_patches_read(data: Any, job_file: Path) -> Any:
+    """Engines' ``patches`` file names read into ``{path, diff}``, relative to the job file's directory."""
+    engines = data.get("engines") if isinstance(data, dict) else None
+    for engine in engines if isinstance(engines, list) else []:
+        patches = engine.get("patches") if isinstance(engine, dict) else None
+        if isinstance(patches, list):
+            for i, patch in enumerate(patches):
+                if isinstance(patch, str):
+                    try:
+                        patches[i] = read_patch(patch, job_file.parent)
+                    except ValueError as exc:
+                        name = engine.get("name", "?")
+                        raise JobSpecError(f"{job_file}: engines[{name}].patches[{i}]: {exc}") from None
+    return data
 
 
 def parse_job(data: Any, origin: str = "<job>") -> JobSpec:

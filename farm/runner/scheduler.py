@@ -186,8 +186,11 @@ class Scheduler:
 
             # Soft: on that node if it is alive and can hold the cell, else wherever Ray places it.
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(attempt.work.prefer, soft=True)
-        if attempt.prepared is not None:  # the engine's own env: py_executable or image_uri
-            options["runtime_env"] = attempt.prepared.runtime_env
+        runtime_env = dict(attempt.prepared.runtime_env) if attempt.prepared is not None else {}  # py_executable…
+        if attempt.work.cell.engine.env:  # Ray merges these over the job's env_vars
+            runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **attempt.work.cell.engine.env}
+        if runtime_env:
+            options["runtime_env"] = runtime_env
         # A dead engine must stay dead: a restart would hide the crash and rerun a broken cell.
         attempt.actor = self.actor_class.options(max_restarts=0, max_task_retries=0, **options).remote()
         return self._wait_on(attempt, Phase.STARTING, attempt.actor.where.remote(), self.job.start_timeout_s)

@@ -8,6 +8,8 @@ layers keep one engine build to seconds on a CPU.
 
 from __future__ import annotations
 
+import dataclasses
+
 from farm.zoo.registry import ArchSpec, Experts, TrainParams, register_arch
 from farm.zoo.tokenizer import EOS_TOKEN_ID
 
@@ -65,6 +67,20 @@ def qwen2moe_shared() -> ArchSpec:
     )
 
 
+@register_arch("qwen2moe-narrow")
+def qwen2moe_narrow() -> ArchSpec:
+    """Qwen2-MoE with shared experts whose routed experts are 96 wide, not a multiple of 64.
+
+    vLLM's Marlin MoE kernels need expert widths that are multiples of 64; below
+    that, INT4 MoE checkpoints take the Triton WNA16 MoE method instead (on a
+    GPU as on a CPU). Real deployments land there too: Qwen1.5-MoE-A2.7B's
+    experts (1408 wide) split four ways by tensor parallelism are 352 wide per
+    GPU. The two shapes together cover both INT4 MoE paths.
+    """
+    base = qwen2moe_shared()
+    return dataclasses.replace(base, name="qwen2moe-narrow", config={**base.config, "moe_intermediate_size": 96})
+
+
 @register_arch("mixtral")
 def mixtral() -> ArchSpec:
     return ArchSpec(
@@ -83,6 +99,14 @@ def mixtral() -> ArchSpec:
         # On disk transformers writes Mixtral's router as block_sparse_moe.gate.
         quant_skip=(".block_sparse_moe.gate.", ".mlp.gate."),
     )
+
+
+@register_arch("mixtral-narrow")
+def mixtral_narrow() -> ArchSpec:
+    """Mixtral with 96-wide experts: plain FusedMoE (no shared experts) on the INT4 MoE path
+    that ``qwen2moe-narrow`` takes, the control for its shared-expert rows."""
+    base = mixtral()
+    return dataclasses.replace(base, name="mixtral-narrow", config={**base.config, "intermediate_size": 96})
 
 
 @register_arch("deepseekv3")

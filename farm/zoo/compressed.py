@@ -19,6 +19,12 @@ so nothing about them is stored)::
 Routers, gates and lm_head stay in bf16 and are named, module by module, in the
 config's ``ignore`` list; embeddings and norms are not ``Linear`` layers, so the
 scheme's ``targets: [Linear]`` never reaches them.
+
+``ct-w4a16-experts`` (MoE architectures only) packs the routed experts alone,
+the way many real MoE checkpoints are quantized (attention, shared experts and
+dense MLPs left in bf16 and listed in ``ignore``). It is also the form that gets
+an INT4 MoE past the attention layers on a CPU: vLLM's CPU backend has no WNA16
+kernel for plain linear layers, but builds the experts' INT4 MoE method.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from farm.zoo.checkpoint import WEIGHTS_FILE, copy_model_files, write_config
 from farm.zoo.quant import GROUP_SIZE, exact_scale, pack_nibbles, should_quantize, unpack_nibbles
 from farm.zoo.reference import register_quantization
-from farm.zoo.registry import BuildContext
+from farm.zoo.registry import ArchSpec, BuildContext
 
 if TYPE_CHECKING:
     import torch
@@ -127,7 +133,18 @@ def build_w8a8(ctx: BuildContext) -> dict[str, Any]:
     return _build(ctx, "w8a8")
 
 
-def _build(ctx: BuildContext, scheme: str) -> dict[str, Any]:
+def _has_experts(arch: ArchSpec) -> bool:
+    return arch.experts is not None
+
+
+@register_quantization("ct-w4a16-experts", dequantize=dequantize, when=_has_experts, format="pack-quantized",
+                       group_size=GROUP_SIZE, bits=4, scale="exact-5bit", targets="routed-experts")
+def build_w4a16_experts(ctx: BuildContext) -> dict[str, Any]:
+    """Pack only the routed experts' linear weights as compressed-tensors W4A16."""
+    return _build(ctx, "w4a16", experts_only=True)
+
+
+def _build(ctx: BuildContext, scheme: str, *, experts_only: bool = False) -> dict[str, Any]:
     from safetensors.torch import load_file, save_file
 
     assert ctx.base_dir is not None
@@ -137,9 +154,10 @@ def _build(ctx: BuildContext, scheme: str) -> dict[str, Any]:
     ignore = []
     quantized = 0
     group = GROUP_SIZE if scheme == "w4a16" else None
+    routed = f".{ctx.arch.experts.disk_prefix}." if experts_only and ctx.arch.experts else None
     for key in sorted(tensors):
         value = tensors[key]
-        if should_quantize(ctx.arch, key, value, group_size=group):
+        if (routed is None or routed in key) and should_quantize(ctx.arch, key, value, group_size=group):
             prefix = key[: -len("weight")]
             parts = pack_w4a16(value) if scheme == "w4a16" else quantize_w8a8(value)
             out.update({prefix + part: t for part, t in parts.items()})
