@@ -72,6 +72,16 @@ def test_cells_without_a_verdict_are_not_evidence():
     assert check(SEED, [matrix]).evidence == ["0.11.1: 1 of 1 cell(s) show it"]
 
 
+def test_a_patched_engine_is_a_fix_under_test_not_the_release():
+    # 0.11.1 with the seed's fix passes: that says nothing about the published 0.11.1 (jobs/seed_fix.yaml).
+    matrix = _matrix(_cell("0.11.1", CellStatus.FAIL, BROKEN), _cell("0.11.1", CellStatus.PASS, env="gpu-fix"))
+    matrix.envs["gpu-fix"] = EnvFacts(device="NVIDIA H200", env_notes=["patched with fix.diff (sha256 0123456789abcdef)"])
+    finding = check(SEED, [matrix])
+    assert finding.verdict == "rediscovered" and finding.evidence == ["0.11.1: 1 of 1 cell(s) show it"]
+    matrix.envs["gpu-fix"] = EnvFacts(device="NVIDIA H200")  # the same pass, unpatched, contradicts the window
+    assert check(SEED, [matrix]).verdict == "contradicted"
+
+
 def test_release_order_ignores_local_and_dev_suffixes():
     assert release_key("0.11.1+cpu") == (0, 11, 1) < release_key("0.11.2") < release_key("0.12.0") < release_key("0.24.1.dev3+gabc")
 

@@ -107,6 +107,11 @@ def release_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0].split(".dev")[0])[:4])
 
 
+def _patched(envs: dict[str, EnvFacts], cell: MatrixCell) -> bool:
+    facts = envs.get(cell.env_id or "")
+    return facts is not None and any(note.startswith("patched with ") for note in facts.env_notes)
+
+
 def _platform(envs: dict[str, EnvFacts], cell: MatrixCell) -> str:
     """``cuda`` where the cell's engine saw a GPU (its device is not the CPU), else ``cpu``."""
     facts = envs.get(cell.env_id or "")
@@ -122,6 +127,8 @@ def check(bug: KnownBug, matrices: list[Matrix]) -> Finding:
             if not cell.vllm or not cell.status.is_verdict() or not bug.combination.matches(cell):
                 continue
             if bug.platform != "any" and _platform(matrix.envs, cell) != bug.platform:
+                continue
+            if _patched(matrix.envs, cell):  # not the published release: a fix under test (engine patches)
                 continue
             measured.setdefault(cell.vllm, []).append((cell, bug.failure.seen_in(cell)))
     if not measured:
