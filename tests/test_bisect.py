@@ -193,6 +193,11 @@ def test_bisect_runs_one_cell_a_step_and_reuses_the_store(local_ray, tmp_path, m
         manifest = json.loads(store.get(f"runs/{run_id}/manifest.json"))
         assert len(manifest["cells"]) == 1 and manifest["job_name"] == "fib"
     assert store.list("matrix/") == [] and not store.exists("index.html")
+    # Read as a matrix all the same (farm matrix, farm known-bugs check), built from its results, nothing written.
+    from farm.report.aggregate import load_matrix
+
+    step = load_matrix(store, runs[0])
+    assert [(c.engine, c.status) for c in step.cells] == [("e0", CellStatus.PASS)] and store.list("matrix/") == []
     stored = json.loads(store.get(f"bisect/{verdict.bisect_id}.json"))
     assert stored["first_changed"] == "e3" and stored["schema_version"] == 1 and stored["transcript"] == lines[:-1]
     assert lines[-2] == "4 step(s) for 6 candidates: 2 ran, 2 from the store"

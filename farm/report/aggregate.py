@@ -247,7 +247,15 @@ def _is_newest(store: Store, matrix: Matrix) -> bool:
 
 
 def load_matrix(store: Store, run_id: str | None = None) -> Matrix:
-    return Matrix.model_validate_json(store.get(matrix_key(run_id)))
+    """A run's matrix document; for a run that wrote none (a bisect step), built from its results, nothing written."""
+    try:
+        return Matrix.model_validate_json(store.get(matrix_key(run_id)))
+    except KeyNotFound:
+        if run_id is None:
+            raise
+        manifest = read_manifest(store, run_id)  # its own error names a run that is not in the store
+        scan = scan_run(store, run_id)
+        return build_matrix(manifest, list(scan.latest.values()), scan.unreadable)
 
 
 def format_table(matrix: Matrix) -> str:
