@@ -20,7 +20,7 @@ from farm.zoo import cache, compressed, quant
 
 BASES = ["deepseekv3", "mixtral", "qwen2-dense", "qwen2moe-shared"]
 MOE = ["deepseekv3", "mixtral", "qwen2moe-shared"]
-QUANTS = ["ct-w4a16", "ct-w8a8", "gptq4"]
+QUANTS = ["ct-fp8", "ct-w4a16", "ct-w8a8", "gptq4"]
 # The same architectures with 96-wide experts (the Triton WNA16 MoE path): named and built, the layout
 # tests run on their wider twins.
 NARROW = ["mixtral-narrow", "qwen2moe-narrow"]
@@ -584,6 +584,25 @@ def test_the_experts_only_variant_packs_the_routed_experts_alone(zoo_root: Path,
     config = json.loads((zoo_root / base / "config.json").read_text())
     width = config.get("moe_intermediate_size", config.get("intermediate_size"))
     assert width == 96 and width % 64  # not a multiple of 64: vLLM's Marlin MoE declines, Triton WNA16 takes it
+
+
+def test_fp8_variant_layout_and_exact_decode(zoo_root: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    path = zoo_root / "qwen2moe-shared-ct-fp8"
+    qc = json.loads((path / "config.json").read_text())["quantization_config"]
+    assert (qc["format"], qc["config_groups"]["group_0"]["weights"]["type"]) == ("float-quantized", "float")
+    assert qc["config_groups"]["group_0"]["input_activations"] == {"num_bits": 8, "type": "float", "symmetric": True,
+                                                                   "strategy": "token", "dynamic": True, "observer": None}
+    assert sorted(qc["ignore"]) == sorted(UNQUANTIZED["qwen2moe-shared"])
+    packed = load_file(path / WEIGHTS)
+    w, scale = packed["model.layers.0.self_attn.q_proj.weight"], packed["model.layers.0.self_attn.q_proj.weight_scale"]
+    assert w.dtype == torch.float8_e4m3fn and scale.shape == (w.shape[0], 1) and scale.dtype == torch.bfloat16
+    assert torch.equal(torch.log2(scale.float()).round(), torch.log2(scale.float()))  # powers of two
+    source = load_file(zoo_root / "qwen2moe-shared" / WEIGHTS)["model.layers.0.self_attn.q_proj.weight"].float()
+    decoded = w.float() * scale.float()
+    assert (decoded - source).abs().max() <= source.abs().max() / 8  # 3 mantissa bits
 
 
 def test_ct_packing_matches_compressed_tensors() -> None:

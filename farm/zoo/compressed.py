@@ -20,6 +20,13 @@ Routers, gates and lm_head stay in bf16 and are named, module by module, in the
 config's ``ignore`` list; embeddings and norms are not ``Linear`` layers, so the
 scheme's ``targets: [Linear]`` never reaches them.
 
+``ct-fp8`` (``format: float-quantized``): FP8 E4M3 weights with one scale per
+output channel, activations quantized to FP8 per token at run time (llm-compressor's
+``FP8_DYNAMIC`` scheme)::
+
+    weight       [out, in] float8_e4m3fn
+    weight_scale [out, 1]  bf16
+
 ``ct-w4a16-experts`` (MoE architectures only) packs the routed experts alone,
 the way many real MoE checkpoints are quantized (attention, shared experts and
 dense MLPs left in bf16 and listed in ``ignore``). It is also the form that gets
@@ -44,8 +51,14 @@ _SUFFIXES = (".weight_packed", ".weight_scale", ".weight_shape")
 
 
 def quantization_config(scheme: str, ignore: list[str]) -> dict[str, Any]:
-    """The ``quantization_config`` of a ``ct-w4a16`` or ``ct-w8a8`` checkpoint."""
-    if scheme == "w4a16":
+    """The ``quantization_config`` of a ``ct-w4a16``, ``ct-w8a8`` or ``ct-fp8`` checkpoint."""
+    if scheme == "fp8":
+        fmt = "float-quantized"
+        weights = {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "channel",
+                   "dynamic": False, "observer": "minmax"}
+        inputs = {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "token",
+                  "dynamic": True, "observer": None}
+    elif scheme == "w4a16":
         fmt = "pack-quantized"
         weights = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group",
                    "group_size": GROUP_SIZE, "dynamic": False, "actorder": None, "observer": "minmax"}
@@ -98,6 +111,20 @@ def quantize_w8a8(weight: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
+# The largest finite float8_e4m3fn.
+FP8_MAX = 448.0
+
+
+def quantize_fp8(weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One ``[out, in]`` weight as ``float-quantized`` FP8 E4M3 with per-channel scales (powers of two)."""
+    import torch
+
+    w = weight.float()
+    absmax = w.abs().amax(-1, keepdim=True).clamp(min=2.0**-20)
+    scale = torch.exp2(torch.ceil(torch.log2(absmax / FP8_MAX)))  # a power of two: q * scale is exact in bf16
+    return {"weight": (w / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), "weight_scale": scale.to(torch.bfloat16)}
+
+
 def dequantize(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Every tensor of a ``ct-w4a16`` or ``ct-w8a8`` checkpoint as float32, quantized linears decoded."""
     import torch
@@ -112,7 +139,7 @@ def dequantize(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             out[prefix + "weight"] = q.float() * scale.repeat_interleave(in_f // scale.shape[1], dim=1)
         elif key.endswith(_SUFFIXES):
             continue
-        elif value.dtype == torch.int8:
+        elif value.dtype in (torch.int8, torch.float8_e4m3fn):
             out[key] = value.float() * tensors[key + "_scale"].float()
         else:
             out[key] = value.float()
@@ -131,6 +158,13 @@ def build_w4a16(ctx: BuildContext) -> dict[str, Any]:
 def build_w8a8(ctx: BuildContext) -> dict[str, Any]:
     """Quantize the base model's linear weights as compressed-tensors W8A8 (INT8)."""
     return _build(ctx, "w8a8")
+
+
+@register_quantization("ct-fp8", dequantize=dequantize, format="float-quantized", weights="channel",
+                       activations="dynamic-token", bits=8, scale="pow2")
+def build_fp8(ctx: BuildContext) -> dict[str, Any]:
+    """Quantize the base model's linear weights as compressed-tensors FP8 (E4M3, dynamic activations)."""
+    return _build(ctx, "fp8")
 
 
 def _has_experts(arch: ArchSpec) -> bool:
@@ -159,7 +193,7 @@ def _build(ctx: BuildContext, scheme: str, *, experts_only: bool = False) -> dic
         value = tensors[key]
         if (routed is None or routed in key) and should_quantize(ctx.arch, key, value, group_size=group):
             prefix = key[: -len("weight")]
-            parts = pack_w4a16(value) if scheme == "w4a16" else quantize_w8a8(value)
+            parts = {"w4a16": pack_w4a16, "w8a8": quantize_w8a8, "fp8": quantize_fp8}[scheme](value)
             out.update({prefix + part: t for part, t in parts.items()})
             quantized += 1
             continue
