@@ -47,7 +47,7 @@
     return JSON.parse(await new Response(stream).text());
   }
 
-  let M, cells, byId, at, legend, symbolOf, meaningOf, sigs, hist, changes, changeOf, axisValues, rowAxes, colAxes, versionChangeOf, acrossVersions;
+  let M, cells, byId, at, legend, symbolOf, meaningOf, kindInfo, kindSymbol, causes, causeOfSig, sigs, hist, changes, changeOf, axisValues, rowAxes, colAxes, versionChangeOf, acrossVersions;
 
   function index(matrix) {
     M = matrix;
@@ -57,6 +57,11 @@
     legend = M.legend || [];
     symbolOf = new Map(legend.map((l) => [l.status, l.symbol]));
     meaningOf = new Map(legend.map((l) => [l.status, l.meaning]));
+    kindInfo = M.kinds || [];
+    kindSymbol = new Map(kindInfo.map((k) => [k.kind, k.symbol]));
+    causes = M.root_causes || [];
+    causeOfSig = new Map();
+    for (const r of causes) for (const s of r.variants || []) causeOfSig.set(s, r);
     sigs = new Map((M.signatures || []).map((g) => [g.signature, g]));
     hist = M.history || { runs: [], cells: {}, signature_since: {} };
     changes = M.changes || {};
@@ -76,17 +81,20 @@
     }
     for (const c of cells) {
       c._hay = [c.model, c.quantization, c.lora, c.engine, c.vllm, c.status, c.error_type, c.error_message, c.frame,
-        c.signature, c.cell_id, c.error_probe, ...(c.failed_probes || [])].filter(Boolean).join("\n").toLowerCase();
+        c.signature, c.kind, c.root_cause, c.cell_id, c.error_probe, ...(c.failed_probes || [])].filter(Boolean).join("\n").toLowerCase();
     }
   }
 
   /* ---------- state (kept in the URL hash, so a view can be linked and survives a live reload) ---------- */
-  const state = { view: "matrix", statuses: new Set(), axes: {}, q: "", cell: null, allHistory: false };
+  const state = { view: "matrix", statuses: new Set(), kinds: new Set(), axes: {}, q: "", cell: null, allHistory: false };
+  // A failure shows its kind's symbol (refused, broken, wrong); every other status its own.
+  const symOf = (c) => (c.status === "fail" && c.kind && kindSymbol.get(c.kind)) || symbolOf.get(c.status) || c.symbol || "?";
 
   function readHash() {
     const params = new URLSearchParams(location.hash.slice(1));
     state.view = ["matrix", "causes", "changes", "history"].includes(params.get("view")) ? params.get("view") : "matrix";
     state.statuses = new Set((params.get("status") || "").split(",").filter(Boolean));
+    state.kinds = new Set((params.get("kind") || "").split(",").filter(Boolean));
     state.q = params.get("q") || "";
     state.cell = params.get("cell") || null;
     state.allHistory = params.get("all") === "1";
@@ -100,6 +108,7 @@
     const params = new URLSearchParams();
     if (state.view !== "matrix") params.set("view", state.view);
     if (state.statuses.size) params.set("status", [...state.statuses].join(","));
+    if (state.kinds.size) params.set("kind", [...state.kinds].join(","));
     if (state.q) params.set("q", state.q);
     for (const [axis] of KEY_AXES) if (state.axes[axis]) for (const v of state.axes[axis]) params.append(axis, v);
     if (state.allHistory) params.set("all", "1");
@@ -109,7 +118,7 @@
   }
 
   function filtering() {
-    return state.statuses.size > 0 || state.q.trim() !== "" || KEY_AXES.some(([a]) => state.axes[a]);
+    return state.statuses.size > 0 || state.kinds.size > 0 || state.q.trim() !== "" || KEY_AXES.some(([a]) => state.axes[a]);
   }
   function axesMatch(c) {
     return KEY_AXES.every(([a]) => !state.axes[a] || state.axes[a].has(c[a]));
@@ -117,6 +126,7 @@
   function matches(c) {
     if (!axesMatch(c)) return false;
     if (state.statuses.size && !state.statuses.has(c.status)) return false;
+    if (state.kinds.size && !state.kinds.has(c.kind)) return false;
     const tokens = state.q.toLowerCase().split(/\s+/).filter(Boolean);
     return tokens.every((t) => c._hay.includes(t));
   }
@@ -147,6 +157,15 @@
         title: `${l.meaning} — click to show only these (several may be chosen)`, onclick: () => toggleStatus(l.status),
       }, el("span", { class: "sym", text: l.symbol }), ` ${l.status.replace("_", " ")} `, el("b", { text: n })));
     }
+    const kindCounts = M.kind_counts || {};
+    for (const k of kindInfo) {
+      const n = kindCounts[k.kind] || 0;
+      if (!n) continue;
+      chips.append(el("button", {
+        type: "button", class: "chip k-" + k.kind, "data-kind": k.kind, "aria-pressed": "false",
+        title: `${k.meaning} — click to show only failures of this kind`, onclick: () => toggleKind(k.kind),
+      }, el("span", { class: "sym", text: k.symbol }), ` ${k.kind} `, el("b", { text: n })));
+    }
     $("#summary").replaceChildren(bar);
     const legendBox = $("#legend");
     legendBox.replaceChildren(el("h3", { text: "Legend" }));
@@ -154,6 +173,10 @@
     for (const l of legend) {
       list.append(el("li", {}, el("span", { class: "mark " + statusClass(l.status), text: l.symbol }),
         el("b", { text: l.status.replace("_", " ") }), " — ", l.meaning));
+    }
+    for (const k of kindInfo) {
+      list.append(el("li", { class: "kind" }, el("span", { class: "mark k-" + k.kind, text: k.symbol }),
+        el("b", { text: "fail: " + k.kind }), " — ", k.meaning));
     }
     list.append(el("li", {}, el("span", { class: "mark chg-regressions", text: "" }), el("b", { text: "▼ regression" }), " — worse than the previous run of this job"));
     list.append(el("li", {}, el("span", { class: "mark chg-fixes", text: "" }), el("b", { text: "▲ fix" }), " — better than the previous run"));
@@ -164,6 +187,12 @@
   function toggleStatus(status) {
     if (state.statuses.has(status)) state.statuses.delete(status);
     else state.statuses.add(status);
+    update();
+  }
+
+  function toggleKind(kind) {
+    if (state.kinds.has(kind)) state.kinds.delete(kind);
+    else state.kinds.add(kind);
     update();
   }
 
@@ -206,7 +235,8 @@
   function syncFilterControls() {
     $("#q").value = state.q;
     for (const chip of document.querySelectorAll("#status-filter .chip")) {
-      chip.setAttribute("aria-pressed", String(state.statuses.has(chip.dataset.status)));
+      const on = chip.dataset.kind ? state.kinds.has(chip.dataset.kind) : state.statuses.has(chip.dataset.status);
+      chip.setAttribute("aria-pressed", String(on));
     }
     for (const [axis, label] of KEY_AXES) {
       const chosen = state.axes[axis];
@@ -285,13 +315,13 @@
         }
         const change = changeOf.get(c.cell_id);
         const td = el("td", {
-          class: `cell ${statusClass(c.status)}${change ? " chg-" + change : ""}${colEls[i].classList.contains("first") ? " first" : ""}`,
-          tabindex: 0, role: "button", "data-id": c.cell_id,
+          class: `cell ${statusClass(c.status)}${c.kind ? " k-" + c.kind : ""}${change ? " chg-" + change : ""}${colEls[i].classList.contains("first") ? " first" : ""}`,
+          tabindex: 0, role: "button", "data-id": c.cell_id, "data-kind": c.kind || "",
           title: cellTitle(c, change),
-        }, el("span", { class: "sym", text: symbolOf.get(c.status) || c.symbol || "?" }));
+        }, el("span", { class: "sym", text: symOf(c) }));
         if (table.classList.contains("roomy")) {
-          td.append(el("span", { class: "word", text: " " + c.status.replace("_", " ") }));
-          if (c.signature) td.append(el("small", { text: " " + c.signature.slice(0, 6) }));
+          td.append(el("span", { class: "word", text: " " + (c.kind || c.status.replace("_", " ")) }));
+          if (c.root_cause || c.signature) td.append(el("small", { text: " " + (c.root_cause || c.signature).slice(0, 6) }));
         }
         tr.append(td);
         gridCells.push([td, c, i]);
@@ -314,8 +344,8 @@
   }
 
   function cellTitle(c, change) {
-    const lines = [`${c.model} · ${c.quantization} / ${c.lora} · ${c.engine}`, `${symbolOf.get(c.status) || ""} ${c.status}${c.vllm ? ` on vLLM ${c.vllm}` : ""}`];
-    if (c.error_type) lines.push(`${c.error_type}${c.frame ? ` at ${c.frame}` : ""}${c.signature ? ` [${c.signature}]` : ""}`);
+    const lines = [`${c.model} · ${c.quantization} / ${c.lora} · ${c.engine}`, `${symOf(c)} ${c.status}${c.kind ? ` (${c.kind})` : ""}${c.vllm ? ` on vLLM ${c.vllm}` : ""}`];
+    if (c.error_type) lines.push(`${c.error_type}${c.frame ? ` at ${c.frame}` : ""}${c.root_cause ? ` [${c.root_cause}]` : c.signature ? ` [${c.signature}]` : ""}`);
     else if ((c.failed_probes || []).length) lines.push(`failed probes: ${c.failed_probes.join(", ")}`);
     if (change === "regressions") lines.push("▼ regression since the previous run");
     if (change === "fixes") lines.push("▲ fixed since the previous run");
@@ -385,7 +415,7 @@
     const parts = [close,
       el("p", { class: "crumbs" }, el("span", { text: c.model }), " · ", el("span", { text: c.quantization }), " / ",
         el("span", { text: c.lora === "none" ? "no LoRA" : c.lora }), " · ", el("span", { text: c.engine })),
-      el("h2", { class: "status " + statusClass(c.status) }, el("span", { class: "sym", text: symbolOf.get(c.status) || "?" }), " ", c.status.replace("_", " "),
+      el("h2", { class: "status " + statusClass(c.status) }, el("span", { class: "sym", text: symOf(c) }), " ", c.status.replace("_", " "), c.kind ? ` · ${c.kind}` : "",
         el("span", { class: "why", text: meaningOf.get(c.status) || "" })),
     ];
     const change = changeOf.get(c.cell_id);
@@ -419,9 +449,17 @@
         c.error_probe ? [" in probe ", el("code", { text: c.error_probe })] : c.error_type && c.signature ? " during engine build" : "",
         el("br"), el("span", { class: "msg", text: c.error_message || "" }),
         c.error_wrapper ? el("span", { class: "wrapper" }, el("br"), "from the engine's log; the caller saw: ", el("code", { text: c.error_wrapper })) : ""));
+      const cause = c.signature && causeOfSig.get(c.signature);
+      if (cause) {
+        const kind = kindInfo.find((k) => k.kind === cause.kind);
+        parts.push(el("p", { class: "kind-line" }, el("span", { class: "mark k-" + cause.kind, text: kind ? kind.symbol : "" }),
+          el("b", { text: cause.kind }), kind ? ` — ${kind.meaning}` : ""));
+      }
       if (c.signature) {
         const since = (hist.signature_since || {})[c.signature];
-        parts.push(el("p", {}, "signature ", el("a", { href: "#", class: "sig", onclick: (ev) => { ev.preventDefault(); showSignature(c.signature); } }, el("code", { text: c.signature })),
+        parts.push(el("p", {}, cause ? ["root cause ", el("a", { href: "#", class: "sig", onclick: (ev) => { ev.preventDefault(); showSignature(c.signature); } }, el("code", { text: cause.root_cause })),
+          ` breaks ${plural(cause.cells.length, "cell")}; its variant `] : "signature ",
+          el("a", { href: "#", class: "sig", onclick: (ev) => { ev.preventDefault(); showSignature(c.signature); } }, el("code", { text: c.signature })),
           sig ? ` breaks ${plural(sig.cells.length, "cell")}` : "", since ? `, since run ${since}` : ""));
       }
       if (sig && sig.traceback_tail) parts.push(el("details", { class: "tb", open: true }, el("summary", { text: "traceback (tail)" }), el("pre", { text: sig.traceback_tail })));
@@ -503,24 +541,54 @@
   function renderCauses() {
     const view = $("#view-causes");
     sigEls = new Map();
-    const parts = [el("p", { class: "intro", text: "Each failure signature (exception type, normalised message and innermost vLLM frame) with the cells it breaks. One signature is one bug report." })];
+    const parts = [el("p", { class: "intro", text: "Each root cause (exception type, message with class names masked, innermost vLLM function) with the cells it breaks: one root cause is one bug report. Its variants are the signatures it was seen with: the same bug with another class in the message, on another line or in another file." })];
     let shown = 0;
-    for (const g of M.signatures || []) {
-      const hit = g.cells.map((id) => byId.get(id)).filter((c) => c && matches(c));
-      if (!hit.length) continue;
-      shown++;
+    const card = (g, hit) => {
       const since = (hist.signature_since || {})[g.signature];
-      const card = el("article", { class: "cause", "data-signature": g.signature },
-        el("header", {}, el("code", { class: "sigid", text: g.signature }), " ", el("b", { text: g.error_type }),
-          g.frame ? [" at ", el("code", { text: g.frame })] : "",
-          el("span", { class: "count", text: `breaks ${hit.length}${hit.length !== g.cells.length ? ` of ${g.cells.length}` : ""} ${hit.length === 1 ? "cell" : "cells"}` })),
+      return el("div", { class: "variant", "data-signature": g.signature },
+        el("header", {}, el("code", { class: "sigid", text: g.signature }), " ", g.frame ? ["at ", el("code", { text: g.frame })] : "",
+          (g.vllm || []).length ? el("span", { class: "muted", text: ` · vLLM ${g.vllm.join(", ")}` }) : "",
+          el("span", { class: "count", text: `${hit.length}${hit.length !== g.cells.length ? ` of ${g.cells.length}` : ""} ${hit.length === 1 ? "cell" : "cells"}` })),
         el("p", { class: "msg", text: g.message }),
-        spread(hit),
         since ? el("p", { class: "muted", text: `since run ${since}${sinceTime(since)}` }) : "",
         cellChips(hit),
         g.traceback_tail ? el("details", { class: "tb" }, el("summary", { text: "traceback (tail)" }), el("pre", { text: g.traceback_tail })) : "");
-      sigEls.set(g.signature, card);
-      parts.push(card);
+    };
+    for (const r of causes) {
+      const hit = r.cells.map((id) => byId.get(id)).filter((c) => c && matches(c));
+      if (!hit.length) continue;
+      shown++;
+      const kind = kindInfo.find((k) => k.kind === r.kind);
+      const article = el("article", { class: "cause", "data-root-cause": r.root_cause, "data-kind": r.kind || "" },
+        el("header", {}, el("span", { class: "mark k-" + r.kind, title: kind ? kind.meaning : "", text: kind ? kind.symbol : "" }),
+          el("code", { class: "sigid", text: r.root_cause }), " ", el("b", { text: r.kind || "" }), " · ", el("b", { text: r.error_type }),
+          r.function ? [" in ", el("code", { text: r.function })] : "",
+          el("span", { class: "count", text: `breaks ${hit.length}${hit.length !== r.cells.length ? ` of ${r.cells.length}` : ""} ${hit.length === 1 ? "cell" : "cells"}` })),
+        el("p", { class: "msg", text: r.message }),
+        spread(hit),
+        (r.vllm || []).length ? el("p", { class: "muted", text: `vLLM ${r.vllm.join(", ")} · ${plural((r.variants || []).length, "variant")}` }) : "");
+      for (const signature of r.variants || []) {
+        const g = sigs.get(signature);
+        const mine = g ? g.cells.map((id) => byId.get(id)).filter((c) => c && matches(c)) : [];
+        if (!g || !mine.length) continue;
+        article.append(card(g, mine));
+        sigEls.set(signature, article);
+      }
+      parts.push(article);
+    }
+    const others = (M.signatures || []).filter((g) => !causeOfSig.has(g.signature));
+    const otherCards = [];
+    for (const g of others) {
+      const hit = g.cells.map((id) => byId.get(id)).filter((c) => c && matches(c));
+      if (!hit.length) continue;
+      shown++;
+      const article = el("article", { class: "cause", "data-signature": g.signature },
+        el("header", {}, el("b", { text: g.error_type })), card(g, hit));
+      sigEls.set(g.signature, article);
+      otherCards.push(article);
+    }
+    if (otherCards.length) {
+      parts.push(el("h3", { text: "Not verdicts" }), el("p", { class: "intro", text: "Exceptions that say nothing about vLLM: the farm's own code failed, or the cell could not be run." }), ...otherCards);
     }
     const unsigned = cells.filter((c) => !c.signature && ["fail", "crash", "timeout", "infra_error", "env_error"].includes(c.status) && matches(c));
     if (unsigned.length) {
@@ -536,7 +604,7 @@
       }
     }
     if (!shown && !unsigned.length) parts.push(el("p", { class: "empty-note", text: filtering() ? "No failure matches the filters." : "No failures in this run." }));
-    view.replaceChildren(...parts, twinNote("signatures"));
+    view.replaceChildren(...parts, twinNote("root_causes", "signatures"));
   }
 
   /* Which models, quantizations, adapters and versions a set of cells spans: the shape of a bug at a glance. */
@@ -560,7 +628,7 @@
     const box = el("div", { class: "cells" });
     for (const c of list.slice(0, limit)) {
       box.append(el("button", { type: "button", class: "cellchip " + statusClass(c.status), "data-id": c.cell_id, onclick: () => openCell(c.cell_id) },
-        el("span", { class: "sym", text: symbolOf.get(c.status) || "?" }), " ", el("span", { text: `${c.model} · ${c.quantization}` }), el("span", { class: "sep", text: " / " }), el("span", { text: `${c.lora} · ${c.engine}` })));
+        el("span", { class: "sym", text: symOf(c) }), " ", el("span", { text: `${c.model} · ${c.quantization}` }), el("span", { class: "sep", text: " / " }), el("span", { text: `${c.lora} · ${c.engine}` })));
     }
     if (list.length > limit) box.append(el("span", { class: "more", text: `and ${list.length - limit} more (narrow with the filters)` }));
     return box;
@@ -698,7 +766,7 @@
   }
 
   function renderTabCounts() {
-    $("#n-causes").textContent = String((M.signatures || []).length);
+    $("#n-causes").textContent = String(causes.length + (M.signatures || []).filter((g) => !causeOfSig.has(g.signature)).length);
     const sinceLast = changes.previous_run ? `▼${(changes.regressions || []).length} ▲${(changes.fixes || []).length}` : "";
     $("#n-changes").textContent = [sinceLast, acrossVersions.length ? `↔${acrossVersions.length}` : ""].filter(Boolean).join(" ");
     const runs = (hist.runs || []).length;

@@ -31,7 +31,8 @@ def write_run(store, run_id: str, job: str, day: int, outcomes: list[tuple[Cell,
                            launched_by="t@h", farm_version="0", started_at=T0 + timedelta(days=day), finished_at=T0 + timedelta(days=day))
     write_manifest(store, manifest, create=True)
     for c, status, signature in outcomes:
-        error = ErrorInfo(type="E", message="m", signature=signature) if signature else None
+        # One message per signature: each is its own root cause, which is what a diff compares.
+        error = ErrorInfo(type="E", message=f"error {signature}", signature=signature) if signature else None
         put_result(store, CellResult(run_id=run_id, cell_id=c.id, cell=c, status=status, error=error,
                                      env={"vllm": f"0.12.0.dev{day}"}, finished_at=utcnow()))
     aggregate(store, run_id)

@@ -106,7 +106,8 @@ def test_real_run_failed_cell_detail(browser, real_run):
     failed = next(c for c in matrix.cells if c.status.value == "fail")
     text = open_cell(browser, failed.cell_id)
     assert "InjectedFault" in text and "injected failure during engine build" in text
-    assert f"signature {failed.signature}" in text and "breaks 2 cells" in text
+    assert failed.kind == "broken" and "fail · broken" in text
+    assert f"root cause {failed.root_cause} breaks 2 cells; its variant {failed.signature} breaks 2 cells" in text
     assert "traceback (tail)" in text and "fault_injection.py" in text  # the traceback tail, from the signature group
     assert "load✗" in text.replace(" ", "")  # the probe that failed
     assert f"python{platform.python_version()}" in text.replace(" ", "")  # env facts
@@ -235,14 +236,34 @@ def test_sticky_headers_on_a_wide_matrix(small_screen, large_store):
 def test_root_causes_view(browser, large_store):
     matrix = open_page(browser, large_store)
     browser.click('.tabs [data-view="causes"]')
-    assert browser.count("#view-causes article.cause[data-signature]") == len(matrix.signatures)
-    first = matrix.signatures[0]
-    card = f'#view-causes article[data-signature="{first.signature}"]'
-    assert f"breaks {len(first.cells)} cells" in browser.text(card) and first.message in browser.text(card)
-    assert "since run" in browser.text(card) and ".signatures" in browser.text("#view-causes .twin-note")
+    assert browser.count("#view-causes article.cause[data-root-cause]") == len(matrix.root_causes) > 0
+    variants = sum(len(r.variants) for r in matrix.root_causes)
+    assert browser.count("#view-causes article.cause[data-root-cause] .variant[data-signature]") == variants
+    first = matrix.root_causes[0]
+    card = f'#view-causes article[data-root-cause="{first.root_cause}"]'
+    text = browser.text(card)
+    assert f"breaks {len(first.cells)} cells" in text and first.message in text and first.kind in text
+    assert all(signature in text for signature in first.variants)
+    assert "since run" in text and ".root_causes" in browser.text("#view-causes .twin-note")
     browser.click(f"{card} .cellchip")
     browser.wait_for('!document.querySelector("#detail").hidden')
     assert first.cells[0] in browser.text("#detail") and f"cell={first.cells[0]}" in browser.eval("location.hash")
+
+
+def test_failure_kinds_have_symbols_a_legend_and_a_filter(browser, large_store):
+    matrix = open_page(browser, large_store)
+    assert set(matrix.kind_counts) == {"refused", "broken", "wrong"}
+    for kind in matrix.kinds:
+        assert f"{kind.symbol}fail:{kind.kind}—" in browser.text("#legend").replace(" ", "")
+        shown = [c for c in matrix.cells if c.kind == kind.kind and c.status.value == "fail"]
+        td = f'#grid td[data-id="{shown[0].cell_id}"]'
+        assert browser.text(td).startswith(kind.symbol) and shown[0].symbol == kind.symbol
+    browser.click('#status-filter .chip[data-kind="refused"]')
+    browser.wait_for('location.hash.includes("kind=refused")')
+    assert matching_cells(browser) == matrix.kind_counts["refused"]
+    browser.click('#status-filter .chip[data-kind="refused"]')
+    browser.wait_for('!location.hash.includes("kind=")')
+    assert matching_cells(browser) == len(matrix.cells)
 
 
 def test_changes_view_lists_regressions_and_fixes(browser, large_store):

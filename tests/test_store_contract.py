@@ -207,7 +207,10 @@ def test_aggregate_writes_matrix_page_and_exports(store):
     rows = read_parquet_rows(store.get("exports/parquet/run-1.parquet"))
     assert sorted((r["model"], r["attempt"], r["latest"], r["status"]) for r in rows) == [
         ("a", 1, False, "infra_error"), ("a", 2, True, "pass"), ("b", 1, True, "fail")]
-    assert next(r for r in rows if r["model"] == "b")["error_signature"] == "abc123"
+    failed = next(r for r in rows if r["model"] == "b")
+    assert failed["error_signature"] == "abc123"
+    assert (failed["kind"], failed["root_cause"]) == ("broken", matrix.root_causes[0].root_cause)
+    assert [r["kind"] for r in rows if r["model"] == "a"] == [None, None]  # infra_error, pass: no failure kind
     retried = next(r for r in rows if r["latest"] and r["model"] == "a")
     assert (retried["failed_probes"], retried["skipped_probes"]) == ([], ["reference"])
     lines = [json.loads(line) for line in store.get("exports/jsonl/run-1.jsonl").decode().splitlines()]

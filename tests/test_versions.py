@@ -5,6 +5,7 @@ from __future__ import annotations
 from farm.model.cells import expand
 from farm.model.results import CellResult, CellStatus, EnvFacts, ErrorInfo, RunManifest, utcnow
 from farm.model.spec import parse_job
+from farm.model.verdicts import root_cause
 from farm.report.aggregate import build_matrix, format_table
 
 JOB = {
@@ -20,13 +21,22 @@ JOB = {
     ],
 }
 
-# (model, lora) → outcome per engine; "fail:sig" is a failure with that signature.
+# (model, lora) → outcome per engine; "fail:sig" is a failure with that signature (and its own root cause).
 OUTCOMES = {
     ("dense", "none"): ["pass", "pass", "pass"],
     ("dense", "attn"): ["pass", "fail:aaaa", "pass"],  # broke in v2, fixed in v3
     ("moe", "none"): ["fail:bbbb", "env_error", "pass"],  # v2's env did not build: v1 → v3 is the change
-    ("moe", "attn"): ["fail:bbbb", "fail:cccc", "fail:cccc"],  # another root cause from v2 on
+    ("moe", "attn"): ["fail:bbbb", "fail:cccc", "fail:cccc~moved"],  # another root cause from v2 on; v3: its line moved
 }
+
+
+def _error(signature: str) -> ErrorInfo:
+    # "cccc~moved": the signature of cccc's bug raised elsewhere (same type and message, another frame).
+    return ErrorInfo(type="E", message=f"error {signature.split('~')[0]}", signature=signature)
+
+
+def _cause(signature: str) -> str:
+    return root_cause(_error(signature))
 
 
 def _matrix():
@@ -39,7 +49,7 @@ def _matrix():
         version = f"0.{cell.engine.name[1]}"
         results.append(CellResult(
             run_id="r", cell_id=cell.id, cell=cell, status=CellStatus(status),
-            error=ErrorInfo(type="E", message="m", signature=signature) if signature else None,
+            error=_error(signature) if signature else None,
             env=EnvFacts() if status == "env_error" else EnvFacts(vllm=version, vllm_dist="vllm"),
         ))
     manifest = RunManifest(run_id="r", job_name="versions", job=job.model_dump(mode="json"), cells=cells,
@@ -68,6 +78,16 @@ def test_first_change_per_combination_skips_envs_that_did_not_build():
     assert (fixed.previous_engine, fixed.engine, fixed.before, fixed.after) == ("v1", "v3", "fail", "pass")
     other_cause = changes[("moe · none", "attn")]
     assert (other_cause.engine, other_cause.before_signature, other_cause.after_signature) == ("v2", "bbbb", "cccc")
+    assert (other_cause.before_root_cause, other_cause.after_root_cause) == (_cause("bbbb"), _cause("cccc"))
+
+
+def test_a_new_variant_of_the_same_root_cause_is_no_version_change():
+    # The same bug raised from a moved line (another signature, one root cause) on v3: no change there.
+    matrix = _matrix()
+    moved = [c for c in matrix.cells if (c.model, c.lora, c.engine) == ("moe", "attn", "v3")][0]
+    same_cause = [c for c in matrix.cells if (c.model, c.lora, c.engine) == ("moe", "attn", "v2")][0]
+    assert moved.signature != same_cause.signature and moved.root_cause == same_cause.root_cause
+    assert next(c for c in matrix.version_changes if (c.row, c.lora) == ("moe · none", "attn")).changes == 1
 
 
 def test_the_terminal_table_shows_versions_side_by_side_and_the_changes():
@@ -76,8 +96,8 @@ def test_the_terminal_table_shows_versions_side_by_side_and_the_changes():
     assert lines[0].split() == ["v1:", "vllm", "0.1", "v2:", "vllm", "0.2", "v3:", "vllm", "0.3"]
     assert lines[1].index("none · v2") == lines[0].index("v2:"), "each label sits over its engine's columns"
     assert "First version where the outcome changed:" in text
-    assert "  dense · none · attn: pass on v1 → fail [aaaa] on v2 (2 changes along the versions)" in lines
-    assert "  moe · none · none: fail [bbbb] on v1 → pass on v3" in lines
+    assert f"  dense · none · attn: pass on v1 → fail [{_cause('aaaa')}] on v2 (2 changes along the versions)" in lines
+    assert f"  moe · none · none: fail [{_cause('bbbb')}] on v1 → pass on v3" in lines
 
 
 def test_a_single_engine_matrix_has_no_version_lines():

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from farm.cell.signature import error_info, signature_of
+from farm.cell.signature import error_info, farm_origin, signature_of
 from farm.cell.types import Deferred, ProbeContext
 from farm.errors import FarmError
 from farm.model.cells import Cell
@@ -110,12 +110,17 @@ def execute_cell(
         except FarmError as exc:  # the farm could not prepare the cell (zoo, checkpoint): no verdict
             result.status = CellStatus.INFRA_ERROR
             result.error = ErrorInfo(type=type(exc).__name__, message=str(exc), probe=current_probe)
-        except Exception as exc:  # the engine under test failed: that is this cell's verdict
-            result.status = CellStatus.FAIL
+        except Exception as exc:  # the engine under test failed (its verdict), or the farm's own code did (no verdict)
             sys.stdout.flush()
             sys.stderr.flush()
             result.error = error_info(exc, probe=current_probe, log=log_tail(log_path, LOG_SCAN_BYTES) if log_path else "")
-            if not result.probes and "load" in settings.probes:
+            result.status = CellStatus.FAIL
+            origin = farm_origin(exc) if result.error.origin == "exception" else None
+            if origin is not None:  # the farm's own code raised, with no vLLM frame below it: no verdict
+                result.status = CellStatus.INFRA_ERROR
+                result.error.message = f"the farm's own code failed at {origin}: {result.error.message}"[:2000]
+                result.error.origin = "farm"
+            elif not result.probes and "load" in settings.probes:
                 result.probes.append(ProbeResult(name="load", passed=False, detail=result.error.type))
     result.peak_rss_mb = round(peak(), 1)
     result.timings["total"] = round(time.perf_counter() - started, 3)

@@ -51,7 +51,10 @@ def build_fault_injection_engine(cell: Cell, engine_args: dict[str, Any]) -> Ite
 
 
 class InjectedFault(RuntimeError):
-    """Raised by the fault-injection engine on ``fault: raise``."""
+    """Raised by the fault-injection engine on ``fault: raise``: the engine's failure, not the farm's
+    (``farm.cell.signature.farm_origin``); any other exception from this module is the farm's own."""
+
+    stands_in_for_engine = True
 
 
 class FaultInjectionEngine:

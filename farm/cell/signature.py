@@ -9,6 +9,7 @@ so the same bug groups together across vLLM versions whose line numbers moved.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import traceback
 from types import TracebackType
@@ -17,6 +18,8 @@ from farm.model.results import ErrorInfo
 
 ENGINE_PACKAGE = "vllm"
 TRACEBACK_TAIL_LINES = 40
+# The farm package this process runs (a cell runs a snapshot of it, farm.envs.build.farm_code).
+_FARM_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _NORMALISERS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"0x[0-9a-fA-F]+"), "<addr>"),
@@ -63,6 +66,25 @@ def engine_frame(tb: TracebackType | None) -> tuple[str, str] | None:
         if relative is not None:
             found = (f"{relative}:{frame.lineno}", frame.name)
     return found
+
+
+def farm_origin(exc: BaseException) -> str | None:
+    """``farm/x.py:LINE`` when the farm's own code raised ``exc``: the innermost frame that is the farm's or
+    the engine's is the farm's. A vLLM frame below it makes it the engine's error; frames of other libraries
+    (torch, transformers) are passed over, so a reference model that transformers cannot run is the farm's,
+    not vLLM's. An exception class marked ``stands_in_for_engine`` (the fault-injection engine's injected
+    faults, a TEST SEAM) is the engine's wherever it was raised."""
+    innermost = _innermost_cause(exc)
+    if getattr(innermost, "stands_in_for_engine", False):
+        return None
+    for tb in (innermost.__traceback__, exc.__traceback__):
+        for frame in reversed(traceback.extract_tb(tb)):
+            if _engine_relative(frame.filename) is not None:
+                return None
+            path = os.path.abspath(frame.filename)
+            if path.startswith(_FARM_DIR + os.sep):
+                return f"farm/{os.path.relpath(path, _FARM_DIR).replace(os.sep, '/')}:{frame.lineno}"
+    return None
 
 
 def _engine_relative(filename: str) -> str | None:

@@ -42,6 +42,8 @@ class VersionChange(_Doc):
     after: str
     before_signature: str | None = None
     after_signature: str | None = None
+    before_root_cause: str | None = None
+    after_root_cause: str | None = None
     before_vllm: str | None = None
     after_vllm: str | None = None
     changes: int = 1  # how many times the outcome changed along all the engines
@@ -57,6 +59,7 @@ class CellSnapshot(Document):
     row: str
     column: str
     signature: str | None = None
+    root_cause: str | None = None  # what a diff compares: a new variant of the same bug is no change
     vllm: str | None = None
     seconds: float | None = None  # the attempt's run time (timings.total): the next run's longest-first order
 
@@ -153,6 +156,14 @@ class StatusInfo(Document):
     meaning: str
 
 
+class KindInfo(Document):
+    """A legend entry of a failure kind (farm.model.verdicts)."""
+
+    kind: str
+    symbol: str
+    meaning: str
+
+
 class MatrixCell(Document):
     cell_id: str
     row: str
@@ -171,6 +182,9 @@ class MatrixCell(Document):
     error_message: str | None = None
     frame: str | None = None
     signature: str | None = None
+    # What kind of failure the verdict is (refused, broken, wrong) and its root cause (farm.model.verdicts).
+    kind: str | None = None
+    root_cause: str | None = None
     failed_probes: list[str] = Field(default_factory=list)
     probes: dict[str, bool] = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict)
@@ -185,12 +199,31 @@ class MatrixCell(Document):
 
 
 class SignatureGroup(Document):
+    """One variant of a root cause: the cells whose failures share a signature."""
+
     signature: str
     error_type: str
     frame: str | None
     message: str
     cells: list[str]
     traceback_tail: str = ""
+    root_cause: str | None = None
+    kind: str | None = None
+    vllm: list[str] = Field(default_factory=list)  # the vLLM versions it was measured on
+
+
+class RootCauseGroup(Document):
+    """One bug: its variants (signatures) differ in message details, file or line, not in what went wrong."""
+
+    root_cause: str
+    kind: str | None = None
+    error_type: str
+    function: str | None = None  # the innermost vLLM function
+    message: str  # the message template: quoted class names masked
+    variants: list[str] = Field(default_factory=list)  # signatures, most cells first
+    frames: list[str] = Field(default_factory=list)  # where it was raised, per variant
+    cells: list[str] = Field(default_factory=list)
+    vllm: list[str] = Field(default_factory=list)
 
 
 class UnreadableDocument(Document):
@@ -209,7 +242,9 @@ class Matrix(Document):
     columns: list[str]
     cells: list[MatrixCell]
     signatures: list[SignatureGroup] = Field(default_factory=list)
+    root_causes: list[RootCauseGroup] = Field(default_factory=list)
     counts: dict[str, int] = Field(default_factory=dict)
+    kind_counts: dict[str, int] = Field(default_factory=dict)
     expected_cells: int = 0
     started_at: str | None = None  # the run's start, so an older run aggregated later never becomes "latest"
     unreadable: list[UnreadableDocument] = Field(default_factory=list)
@@ -220,6 +255,7 @@ class Matrix(Document):
     matrix_key: str = ""
     finished_at: str | None = None
     legend: list[StatusInfo] = Field(default_factory=list)
+    kinds: list[KindInfo] = Field(default_factory=list)
     envs: dict[str, EnvFacts] = Field(default_factory=dict)
     history: History | None = None  # this combination's last runs of the same job (farm.report.history)
     changes: Changes | None = None  # regressions and fixes since the previous run of the same job

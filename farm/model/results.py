@@ -118,7 +118,8 @@ class ErrorInfo(Document):
     normalized_message: str | None = None
     traceback_tail: str = ""
     probe: str | None = None  # the probe that was running, or None for engine build
-    # "exception": raised in the cell's process; "log": a subprocess's traceback; "probe": wrong output, no exception
+    # "exception": raised in the cell's process; "log": a subprocess's traceback; "probe": wrong output, no exception;
+    # "farm": the farm's own code raised it (an infra_error, no verdict; the message names the farm's file:line)
     origin: str = "exception"
     wrapper: str | None = None  # what the caller saw when the root cause came from the log
     # How the cell's process ended, when it died (crash) or was killed (timeout, memory limit).

@@ -12,8 +12,9 @@ from typing import Any, TypeVar
 
 from farm.errors import KeyNotFound
 from farm.model.cells import Cell, cell_label
-from farm.model.matrix import Matrix, MatrixCell, ProbeSummary, SignatureGroup, StatusInfo, UnreadableDocument
+from farm.model.matrix import KindInfo, Matrix, MatrixCell, ProbeSummary, RootCauseGroup, SignatureGroup, StatusInfo, UnreadableDocument
 from farm.model.results import CellResult, CellStatus, Document, EnvFacts, ErrorInfo, RunManifest, no_cyclic_gc, status_counts, utcnow
+from farm.model.verdicts import FailureKind, failure_kind, innermost_function, message_template, root_cause
 from farm.report import versions
 from farm.report.history import attach_history
 from farm.store import RunScan, Store, Unreadable, log_key, matrix_key, read_manifest, result_key, scan_run
@@ -38,6 +39,7 @@ def build_matrix(
     seen_columns: set[str] = set()
     cells: list[MatrixCell] = []
     groups: dict[str, SignatureGroup] = {}
+    firsts: dict[str, ErrorInfo] = {}  # each root cause's first error, for its function and template
     envs: dict[str, EnvFacts] = {}
     env_ids: dict[str, str] = {}
     for cell, cell_id in zip(manifest.cells, manifest.cell_ids, strict=True):  # the job's order of axes
@@ -59,10 +61,34 @@ def build_matrix(
                     message=error.normalized_message or error.message,
                     cells=[],
                     traceback_tail=error.traceback_tail,
+                    root_cause=cells[-1].root_cause,
+                    kind=cells[-1].kind,
                 ),
             )
             group.cells.append(cell_id)
-    return _assemble(manifest, rows, columns, cells, groups, envs, unreadable)
+            if cells[-1].vllm and cells[-1].vllm not in group.vllm:
+                group.vllm.append(cells[-1].vllm)
+            if group.root_cause and group.root_cause not in firsts:
+                firsts[group.root_cause] = error
+    return _assemble(manifest, rows, columns, cells, groups, _root_causes(groups, firsts), envs, unreadable)
+
+
+def _root_causes(groups: dict[str, SignatureGroup], firsts: dict[str, ErrorInfo]) -> list[RootCauseGroup]:
+    """Signatures grouped by root cause (only verdicts: the farm's own errors are no bug of vLLM's)."""
+    causes: dict[str, RootCauseGroup] = {}
+    for group in sorted(groups.values(), key=lambda g: (-len(g.cells), g.signature)):
+        if not group.root_cause or group.kind is None:
+            continue
+        first = firsts[group.root_cause]
+        cause = causes.setdefault(group.root_cause, RootCauseGroup(
+            root_cause=group.root_cause, kind=group.kind, error_type=group.error_type,
+            function=innermost_function(first), message=message_template(first)))
+        cause.variants.append(group.signature)
+        if group.frame and group.frame not in cause.frames:
+            cause.frames.append(group.frame)
+        cause.cells += group.cells
+        cause.vllm += [v for v in group.vllm if v not in cause.vllm]
+    return sorted(causes.values(), key=lambda c: (-len(c.cells), c.root_cause))
 
 
 def _matrix_cell(run_id: str, cell: Cell, cell_id: str, row: str, column: str, result: CellResult | None,
@@ -73,6 +99,7 @@ def _matrix_cell(run_id: str, cell: Cell, cell_id: str, row: str, column: str, r
     100 000 MatrixCells again, or model_construct's loop over the fields, cost seconds (bench/RESULTS.md).
     """
     status = result.status if result else CellStatus.PENDING
+    kind = failure_kind(status, error) if result else None
     return _trusted(MatrixCell,
         cell_id=cell_id,
         row=row,
@@ -82,7 +109,8 @@ def _matrix_cell(run_id: str, cell: Cell, cell_id: str, row: str, column: str, r
         lora=cell.lora,
         engine=cell.engine.name,
         status=status,
-        symbol=status.symbol,
+        # A failure shows its kind (refused ⊖, broken ✗, wrong ≠); other statuses their own symbol.
+        symbol=kind.symbol if kind and status == CellStatus.FAIL else status.symbol,
         attempt=result.attempt if result else 1,
         vllm=result.env.vllm if result else None,
         vllm_commit=result.env.vllm_commit if result else None,
@@ -91,6 +119,8 @@ def _matrix_cell(run_id: str, cell: Cell, cell_id: str, row: str, column: str, r
         error_message=error.message[:500] if error else None,
         frame=error.frame if error else None,
         signature=error.signature if error else None,
+        kind=kind.value if kind else None,
+        root_cause=root_cause(error) if kind else None,
         failed_probes=[p.name for p in result.probes if p.failed] if result else [],
         probes={p.name: p.passed for p in result.probes} if result else {},
         timings=result.timings if result else {},
@@ -101,7 +131,8 @@ def _matrix_cell(run_id: str, cell: Cell, cell_id: str, row: str, column: str, r
 
 
 def _assemble(manifest: RunManifest, rows: list[str], columns: list[str], cells: list[MatrixCell],
-              groups: dict[str, SignatureGroup], envs: dict[str, EnvFacts], unreadable: list[Unreadable] | None) -> Matrix:
+              groups: dict[str, SignatureGroup], causes: list[RootCauseGroup], envs: dict[str, EnvFacts],
+              unreadable: list[Unreadable] | None) -> Matrix:
     """The matrix around its cells: counts, the columns grouped by engine version, the version changes."""
     counts = status_counts(cells)
     order = versions.engine_order(manifest, cells)
@@ -116,13 +147,16 @@ def _assemble(manifest: RunManifest, rows: list[str], columns: list[str], cells:
         columns=columns,
         cells=cells,
         signatures=sorted(groups.values(), key=lambda g: (-len(g.cells), g.signature)),
+        root_causes=causes,
         counts=counts,
+        kind_counts={k.value: n for k in FailureKind if (n := sum(1 for c in cells if c.kind == k.value))},
         expected_cells=len(manifest.cells),
         started_at=manifest.started_at.isoformat(timespec="seconds"),
         unreadable=[UnreadableDocument(key=u.key, reason=u.reason) for u in unreadable or []],
         matrix_key=matrix_key(manifest.run_id),
         finished_at=manifest.finished_at.isoformat(timespec="seconds") if manifest.finished_at else None,
         legend=[StatusInfo(status=s.value, symbol=s.symbol, meaning=s.meaning) for s in CellStatus],
+        kinds=[KindInfo(kind=k.value, symbol=k.symbol, meaning=k.meaning) for k in FailureKind],
         envs=envs,
     )
 
@@ -269,33 +303,57 @@ def format_table(matrix: Matrix) -> str:
             if cell is None:
                 line.append("")
             elif cell.signature:
-                line.append(f"{cell.symbol} {cell.status.value} [{cell.signature}]")
+                line.append(f"{cell.symbol} {_status_text(cell)} [{cell.root_cause or cell.signature}]")
             elif cell.failed_probes:
-                line.append(f"{cell.symbol} {cell.status.value} ({','.join(cell.failed_probes)})")
+                line.append(f"{cell.symbol} {_status_text(cell)} ({','.join(cell.failed_probes)})")
             else:
-                line.append(f"{cell.symbol} {cell.status.value}")
+                line.append(f"{cell.symbol} {_status_text(cell)}")
         body.append(line)
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     lines = [versions.group_header(matrix.engines, matrix.columns, widths)] if len(matrix.engines) > 1 else []
     lines += [_table_line(header, widths), _table_line(["-" * w for w in widths], widths)]
     lines += [_table_line(r, widths) for r in body]
     counts = ", ".join(f"{n} {status}" for status, n in sorted(matrix.counts.items()))
-    lines.append(f"\n{len(matrix.cells)} cells: {counts}")
+    kinds = ", ".join(f"{n} {kind}" for kind, n in matrix.kind_counts.items())
+    lines.append(f"\n{len(matrix.cells)} cells: {counts}" + (f" (failures: {kinds})" if kinds else ""))
     if len(matrix.engines) > 1:
         lines.append("\nFirst version where the outcome changed:" if matrix.version_changes
                      else "\nNo combination changed its outcome between versions.")
         lines += versions.format_changes(matrix.version_changes)
-    labels = {c.cell_id: cell_label(c.model, c.quantization, c.lora, c.engine) for c in matrix.cells}
-    if matrix.signatures:
-        lines.append("\nRoot causes:")
-    for group in matrix.signatures:
-        where = f" at {group.frame}" if group.frame else ""
-        lines.append(f"[{group.signature}] {group.error_type}{where}: {group.message[:160]} — {len(group.cells)} cell(s)")
-        lines += [f"    {labels.get(cell_id, cell_id)}" for cell_id in group.cells]
-        lines += [f"    | {line}" for line in group.traceback_tail.splitlines()[-TRACEBACK_LINES_SHOWN:]]
+    lines += _format_causes(matrix)
     for document in matrix.unreadable:
         lines.append(f"unreadable: {document.key}: {document.reason}")
     return "\n".join(lines)
+
+
+def _status_text(cell: MatrixCell) -> str:
+    return f"{cell.status.value}/{cell.kind}" if cell.kind else cell.status.value
+
+
+def _format_causes(matrix: Matrix) -> list[str]:
+    """Root causes (one bug each, with its kind and variants), then failures of the farm's own (no verdict)."""
+    labels = {c.cell_id: cell_label(c.model, c.quantization, c.lora, c.engine) for c in matrix.cells}
+    variants = {g.signature: g for g in matrix.signatures}
+    lines = ["\nRoot causes:"] if matrix.root_causes else []
+    for cause in matrix.root_causes:
+        where = f" in {cause.function}" if cause.function else ""
+        versions_seen = f"; vLLM {', '.join(cause.vllm)}" if cause.vllm else ""
+        lines.append(f"[{cause.root_cause}] {cause.kind}: {cause.error_type}{where}: {cause.message[:160]} "
+                     f"— {len(cause.cells)} cell(s){versions_seen}")
+        for signature in cause.variants:
+            group = variants[signature]
+            lines.append(f"  variant [{signature}] at {group.frame or '?'}: {group.message[:120]} — {len(group.cells)} cell(s)")
+            lines += [f"    {labels.get(cell_id, cell_id)}" for cell_id in group.cells]
+        first = variants[cause.variants[0]]
+        lines += [f"    | {line}" for line in first.traceback_tail.splitlines()[-TRACEBACK_LINES_SHOWN:]]
+    other = [g for g in matrix.signatures if g.kind is None]
+    if other:
+        lines.append("\nNot verdicts (the farm's own errors, infrastructure):")
+    for group in other:
+        where = f" at {group.frame}" if group.frame else ""
+        lines.append(f"[{group.signature}] {group.error_type}{where}: {group.message[:160]} — {len(group.cells)} cell(s)")
+        lines += [f"    {labels.get(cell_id, cell_id)}" for cell_id in group.cells]
+    return lines
 
 
 def _table_line(cells: list[str], widths: list[int]) -> str:

@@ -17,6 +17,7 @@ import logging
 from typing import Any
 
 from farm.model.results import no_cyclic_gc
+from farm.model.verdicts import failure_kind, root_cause
 from farm.store import RunScan, Store, export_key, result_key
 
 log = logging.getLogger("farm.report.export")
@@ -24,7 +25,8 @@ log = logging.getLogger("farm.report.export")
 _STRINGS = ("run_id", "cell_id", "key", "status", "model", "quantization", "lora", "engine", "model_source",
             "lora_source", "vllm_quantization", "vllm", "vllm_commit", "vllm_dist", "ray", "torch", "transformers",
             "python", "platform", "device",
-            "hostname", "cuda", "cpu", "error_type", "error_message", "error_frame", "error_signature", "error_probe")
+            "hostname", "cuda", "cpu", "kind", "root_cause", "error_type", "error_message", "error_frame", "error_signature",
+            "error_probe")
 
 
 def rows(scan: RunScan) -> list[dict[str, Any]]:
@@ -34,6 +36,7 @@ def rows(scan: RunScan) -> list[dict[str, Any]]:
         attempts = scan.attempts[cell_id]
         for result in attempts:
             error = result.error
+            kind = failure_kind(result.status, error)
             out.append({
                 "run_id": result.run_id,
                 "cell_id": result.cell_id,
@@ -47,6 +50,8 @@ def rows(scan: RunScan) -> list[dict[str, Any]]:
                 "vllm_quantization": result.cell.vllm_quantization,
                 **result.env.model_dump(include={"vllm", "vllm_commit", "vllm_dist", "ray", "torch", "transformers",
                                                  "python", "platform", "device", "hostname", "cuda", "cpu", "cpu_features"}),
+                "kind": kind.value if kind else None,
+                "root_cause": root_cause(error) if kind else None,
                 "error_type": error.type if error else None,
                 "error_message": error.message if error else None,
                 "error_frame": error.frame if error else None,

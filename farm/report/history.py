@@ -43,7 +43,7 @@ def summarize(matrix: Matrix) -> RunSummary:
         counts=matrix.counts,
         cells={
             c.cell_id: CellSnapshot(status=c.status.value, row=c.row, column=c.column, signature=c.signature,
-                                    vllm=c.vllm, seconds=c.timings.get("total"))
+                                    root_cause=c.root_cause, vllm=c.vllm, seconds=c.timings.get("total"))
             for c in matrix.cells
         },
     )
@@ -106,6 +106,11 @@ def build_history(runs: list[RunSummary], window: int = HISTORY_WINDOW) -> Histo
     )
 
 
+def _cause(snapshot: CellSnapshot) -> str | None:
+    """What a diff compares of a failure: its root cause; a summary written before root causes, its signature."""
+    return snapshot.root_cause or snapshot.signature
+
+
 def diff(previous: RunSummary | None, current: RunSummary) -> Changes:
     """What changed from ``previous`` to ``current``; empty when there is no previous run."""
     if previous is None:
@@ -125,7 +130,7 @@ def diff(previous: RunSummary | None, current: RunSummary) -> Changes:
             changes.added.append(change)
         elif after is None:
             changes.removed.append(change)
-        elif (before.status, before.signature) != (after.status, after.signature):
+        elif (before.status, _cause(before)) != (after.status, _cause(after)):
             rank_before, rank_after = _rank(before.status), _rank(after.status)
             if rank_before is not None and rank_after is not None and rank_after < rank_before:
                 changes.regressions.append(change)

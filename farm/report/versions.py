@@ -55,7 +55,8 @@ def engine_groups(manifest: RunManifest, cells: Sequence[MatrixCell], columns: S
 
 
 def _outcome(cell: MatrixCell) -> tuple[str, str]:
-    return cell.status.value, cell.signature or ",".join(cell.failed_probes)
+    # The root cause, not the signature: a bug whose line or file moved between versions did not change.
+    return cell.status.value, cell.root_cause or cell.signature or ",".join(cell.failed_probes)
 
 
 def first_changes(cells: Sequence[MatrixCell], order: Sequence[str]) -> list[VersionChange]:
@@ -75,6 +76,7 @@ def first_changes(cells: Sequence[MatrixCell], order: Sequence[str]) -> list[Ver
             engine=after.engine, previous_engine=before.engine,
             before=before.status.value, after=after.status.value,
             before_signature=before.signature, after_signature=after.signature,
+            before_root_cause=before.root_cause, after_root_cause=after.root_cause,
             before_vllm=before.vllm, after_vllm=after.vllm, changes=len(steps),
         ))
     return changes
@@ -100,8 +102,9 @@ def group_header(groups: Sequence[EngineGroup], columns: Sequence[str], widths: 
 def format_changes(changes: Sequence[VersionChange]) -> list[str]:
     lines = []
     for change in changes:
-        before = change.before + (f" [{change.before_signature}]" if change.before_signature else "")
-        after = change.after + (f" [{change.after_signature}]" if change.after_signature else "")
+        before_cause, after_cause = change.before_root_cause or change.before_signature, change.after_root_cause or change.after_signature
+        before = change.before + (f" [{before_cause}]" if before_cause else "")
+        after = change.after + (f" [{after_cause}]" if after_cause else "")
         more = f" ({change.changes} changes along the versions)" if change.changes > 1 else ""
         lines.append(f"  {change.row} · {change.lora}: {before} on {change.previous_engine} → {after} on {change.engine}{more}")
     return lines
