@@ -14,8 +14,11 @@ from farm.errors import BisectError
 from farm.model.cells import expand
 from farm.model.results import CellResult, CellStatus, ErrorInfo, utcnow
 from farm.model.spec import parse_job
+from farm.model.verdicts import root_cause
 from farm.ops.bisect import Observation, Outcome, bisect, commit_engines, read_commits, search, single_cell_job
 from farm.store import open_store, put_result
+
+STORED_ERROR = ErrorInfo(type="AttributeError", message="no w2_weight", signature="5ca1ab1e00")
 
 PASS = Outcome("pass")
 BROKEN = Outcome("fail", "a1b2c3d4e5")
@@ -178,12 +181,12 @@ def test_bisect_runs_one_cell_a_step_and_reuses_the_store(local_ray, tmp_path, m
         _, cell = single_cell_job(job, base, engine)
         assert cell.id in {c.id for c in expand(job)}, "a step's cell is the job's own cell"
         put_result(store, CellResult(run_id="nightly-1", cell_id=cell.id, cell=cell, status=CellStatus.FAIL,
-                                     error=ErrorInfo(type="AttributeError", message="no w2_weight", signature="5ca1ab1e00"),
+                                     error=STORED_ERROR,
                                      finished_at=utcnow()))
     lines: list[str] = []
     verdict = bisect(job, "m/q/none", "e0", "e5", store=store, say=lines.append)
     assert (verdict.result, verdict.last_good, verdict.first_changed) == ("found", "e2", "e3")
-    assert verdict.first_changed_outcome == "fail [5ca1ab1e00]" and verdict.good_outcome == "pass"
+    assert verdict.first_changed_outcome == f"fail [{root_cause(STORED_ERROR)}]" and verdict.good_outcome == "pass"
     assert [(s.candidate, s.source) for s in verdict.steps] == [("e0", "ran"), ("e5", "store"), ("e2", "ran"),
                                                                  ("e3", "store")]
     assert verdict.runs == 2 and verdict.monotonic

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from farm.errors import BisectError
 from farm.model.results import CellResult, CellStatus, Document
+from farm.model.verdicts import root_cause
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,7 @@ class Outcome:
     """What a cell's result says about its engine: a status and its root cause."""
 
     status: str
-    cause: str = ""  # the failure signature, or the probes that failed; "" for a pass
+    cause: str = ""  # the failure's root cause (farm.model.verdicts), or the probes that failed; "" for a pass
 
     @property
     def verdict(self) -> bool:
@@ -29,7 +30,8 @@ class Outcome:
 
     @classmethod
     def of(cls, result: CellResult) -> Outcome:
-        cause = (result.error.signature if result.error else None) or ",".join(p.name for p in result.probes if p.failed)
+        # The root cause, not the signature: the same bug on a line that moved between releases is no change.
+        cause = root_cause(result.error) or ",".join(p.name for p in result.probes if p.failed)
         return cls(result.status.value, cause or "")
 
 
