@@ -134,3 +134,11 @@ def test_same_root_cause_in_process_and_from_log_share_a_signature():
         "vllm/model_executor/layers/fused_moe/oracle/int_wna16.py:361", "select_wna16_moe_backend",
     )
     assert from_log.signature == in_process
+
+
+def test_the_multiproc_executors_worker_error_is_a_wrapper():
+    from farm.cell.signature import is_wrapper
+
+    # vLLM 0.20-0.22 on CPU: the worker's traceback is in the log above this line.
+    assert is_wrapper(RuntimeError("Worker failed with error ''_OpNamespace' '_moe_C' object has no attribute "
+                                   "'topk_softmax'', please check the stack trace above for the root cause"))

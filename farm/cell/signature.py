@@ -144,7 +144,9 @@ def _innermost_cause(exc: BaseException) -> BaseException:
 # another process, printed the real traceback to the log, and the caller got this wrapper.
 WRAPPER_MESSAGES = re.compile(
     r"See root cause above|See stack trace for root cause|Engine core initialization failed"
-    r"|WorkerProc initialization failed|EngineCore encountered an issue|Engine process failed to start",
+    r"|WorkerProc initialization failed|EngineCore encountered an issue|Engine process failed to start"
+    # vLLM 0.20-0.22's multiproc executor: "Worker failed with error '…', please check the stack trace above …"
+    r"|check the stack trace above for the root cause",
     re.IGNORECASE,
 )
 WRAPPER_TYPES = {"EngineDeadError", "EngineGenerateError"}

@@ -127,14 +127,16 @@ def kind_rule(error: ErrorInfo) -> KindRule:
 
 # --- root causes --------------------------------------------------------------------------------------------
 
-# A quoted class name ('SharedFusedMoE', 'FusedMoE'): the architecture's, not the bug's.
-_QUOTED_CLASS = re.compile(r"'[A-Z][A-Za-z0-9_]*'")
+# A class name the architecture or the tokenizer puts in the message, not the bug: quoted ('SharedFusedMoE' for
+# Qwen2-MoE, 'FusedMoE' for Mixtral), or a bare CamelCase name before "has no attribute" (Qwen2Tokenizer,
+# TokenizersBackend: vLLM 0.11.0 reading a tokenizer attribute that transformers 5 removed).
+_CLASS_NAME = re.compile(r"'[A-Z][A-Za-z0-9_]*'|\b[A-Z][a-z0-9]+[A-Z][A-Za-z0-9_]*(?= (?:object )?has no attribute)")
 _FRAME_LINE = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>.+)$')
 
 
 def message_template(error: ErrorInfo) -> str:
-    """The normalised message with quoted class names masked: what stays when the architecture changes."""
-    return _QUOTED_CLASS.sub("'<class>'", error.normalized_message or error.message or "")
+    """The normalised message with class names masked: what stays when the architecture changes."""
+    return _CLASS_NAME.sub("<class>", error.normalized_message or error.message or "")
 
 
 def innermost_function(error: ErrorInfo) -> str | None:
