@@ -110,3 +110,10 @@ def test_a_single_engine_matrix_has_no_version_lines():
     assert len(matrix.engines) == 1 and matrix.version_changes == []
     text = format_table(matrix)
     assert text.splitlines()[0].startswith("model · quantization") and "version" not in text
+
+
+def test_versions_sort_as_releases():
+    from farm.report.versions import release_order
+
+    assert sorted(["0.28.0", "0.11.2", "0.9.2", "0.11.1+cpu", "0.11.1", "0.24.1.dev3+gabc", "0.24.1"], key=release_order) == \
+        ["0.9.2", "0.11.1", "0.11.1+cpu", "0.11.2", "0.24.1", "0.24.1.dev3+gabc", "0.28.0"]

@@ -88,6 +88,10 @@ def _root_causes(groups: dict[str, SignatureGroup], firsts: dict[str, ErrorInfo]
             cause.frames.append(group.frame)
         cause.cells += group.cells
         cause.vllm += [v for v in group.vllm if v not in cause.vllm]
+    for group in groups.values():
+        group.vllm.sort(key=versions.release_order)
+    for cause in causes.values():
+        cause.vllm.sort(key=versions.release_order)
     return sorted(causes.values(), key=lambda c: (-len(c.cells), c.root_cause))
 
 

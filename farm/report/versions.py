@@ -10,10 +10,16 @@ version, and the change is measured against the last version that did run.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from farm.model.matrix import EngineGroup, MatrixCell, VersionChange
 from farm.model.results import RunManifest
+
+
+def release_order(version: str) -> tuple[tuple[int, ...], str]:
+    """Sorts vLLM versions as releases: 0.9.2 < 0.11.1 < 0.11.1+cpu < 0.24.1.dev3 (numbers, then the text)."""
+    return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0].split(".dev")[0])[:4]), version
 
 
 def engine_order(manifest: RunManifest, cells: Sequence[MatrixCell]) -> list[str]:
