@@ -92,7 +92,7 @@
 
   function readHash() {
     const params = new URLSearchParams(location.hash.slice(1));
-    state.view = ["matrix", "causes", "changes", "history"].includes(params.get("view")) ? params.get("view") : "matrix";
+    state.view = ["matrix", "causes", "changes", "history", "bugs"].includes(params.get("view")) ? params.get("view") : "matrix";
     state.statuses = new Set((params.get("status") || "").split(",").filter(Boolean));
     state.kinds = new Set((params.get("kind") || "").split(",").filter(Boolean));
     state.q = params.get("q") || "";
@@ -748,13 +748,37 @@
     view.replaceChildren(...parts, twinNote("history"));
   }
 
+  /* ---------- the known-bug ledger (farm known-bugs check --publish) ---------- */
+  const VERDICT_CLASS = { rediscovered: "s-pass", contradicted: "s-fail", "not reproducible": "s-pending" };
+  function renderBugs() {
+    const view = $("#view-bugs");
+    const check = M.known_bugs;
+    if (!check) {
+      view.replaceChildren(el("p", { class: "empty-note" }, "No known-bug check published to this store yet: ",
+        el("code", { text: "farm known-bugs check RUN … --publish" }), " compares jobs/known_bugs.yaml with measured runs."));
+      return;
+    }
+    const parts = [el("p", { class: "intro" }, "The known-bug ledger ", el("code", { text: check.ledger }),
+      " against the measured verdicts of ", plural(check.runs.length, "run"), " (", check.runs.join(", "), "), checked ", fmtTime(check.checked_at),
+      ". Rediscovered: the measured releases agree with the published window; contradicted: a measured cell disagrees (the evidence names it); not reproducible: nothing measured shows it here. The ledger is never written into a result.")];
+    for (const f of check.findings || []) {
+      parts.push(el("article", { class: "cause bug", "data-bug": f.id },
+        el("header", {}, el("span", { class: "mark " + (VERDICT_CLASS[f.verdict] || "s-unknown"), text: f.verdict }),
+          el("code", { class: "sigid", text: f.id }), " ", el("b", { text: f.title || "" }),
+          el("span", { class: "count", text: (f.tracker || []).join(", ") })),
+        el("p", { class: "msg", text: f.why }),
+        (f.evidence || []).length ? el("ul", { class: "evidence" }, f.evidence.map((line) => el("li", { text: line }))) : ""));
+    }
+    view.replaceChildren(...parts, twinNote("known_bugs"));
+  }
+
   function twinNote(...sections) {
     return el("p", { class: "twin-note" }, "JSON twin of this view: ", storeLink(M.matrix_key, M.matrix_key), " → ",
       sections.map((section, i) => [i ? ", " : "", el("code", { text: "." + section })]));
   }
 
   /* ---------- views ---------- */
-  const renderers = { causes: renderCauses, changes: renderChanges, history: renderHistory };
+  const renderers = { causes: renderCauses, changes: renderChanges, history: renderHistory, bugs: renderBugs };
   function update() {
     writeHash();
     syncFilterControls();
@@ -771,6 +795,8 @@
     $("#n-changes").textContent = [sinceLast, acrossVersions.length ? `↔${acrossVersions.length}` : ""].filter(Boolean).join(" ");
     const runs = (hist.runs || []).length;
     $("#n-history").textContent = runs > 1 ? String(runs) : "";
+    const found = (M.known_bugs || {}).findings || [];
+    $("#n-bugs").textContent = found.length ? `${found.filter((f) => f.verdict === "rediscovered").length}/${found.length}` : "";
   }
 
   function wire() {
@@ -790,6 +816,7 @@
     });
     $("#clear").addEventListener("click", () => {
       state.statuses.clear();
+      state.kinds.clear();
       state.q = "";
       for (const [axis] of KEY_AXES) state.axes[axis] = null;
       update();

@@ -106,3 +106,25 @@ def test_a_bad_ledger_is_one_line(farm_cli, tmp_path):
     ledger.write_text("bugs:\n  - {id: x, title: t, tracker: [u], combination: {}, failure: {}, window: {sice: 0.1}}\n")
     code, _, err = farm_cli("known-bugs", "check", "r", "--ledger", str(ledger), "--store", str(tmp_path))
     assert code == 1 and err.startswith(f"farm: error: {ledger}: bugs[0].window") and len(err.strip().splitlines()) == 1
+
+
+def test_a_published_check_is_kept_in_the_store_and_shown_on_the_page(farm_cli, tmp_path):
+    from farm.model.matrix import LedgerCheck, Matrix
+    from farm.report.render import embedded_matrix
+
+    store = tmp_path / "store"
+    (store / "matrix").mkdir(parents=True)
+    document = json.loads((REPO / "docs" / "gpu" / "matrix.json").read_text())
+    for name in (f"{document['run_id']}.json", "latest.json"):
+        (store / "matrix" / name).write_text(json.dumps(document))
+    code, out, err = farm_cli("known-bugs", "check", document["run_id"], "--store", str(store), "--publish",
+                              "--ledger", str(REPO / "jobs" / "known_bugs.yaml"))
+    assert code == 0, err
+    assert "published to" in out and "known-bugs/latest.json and the page index.html" in out
+    check = LedgerCheck.model_validate_json((store / "known-bugs" / "latest.json").read_text())
+    ledger = load_ledger(REPO / "jobs" / "known_bugs.yaml")
+    assert [f.id for f in check.findings] == [b.id for b in ledger.bugs] and check.runs == [document["run_id"]]
+    assert next(f for f in check.findings if f.id == "seed-sharedfusedmoe-w2-weight").verdict == "not reproducible"
+    latest = Matrix.model_validate_json((store / "matrix" / "latest.json").read_text())
+    assert latest.known_bugs == check and latest.cells == Matrix.model_validate(document).cells
+    assert embedded_matrix((store / "index.html").read_text()).known_bugs == check

@@ -353,3 +353,25 @@ def test_hostile_strings_render_as_text(browser, tmp_path):
     browser.click('.tabs [data-view="matrix"]')
     open_cell(browser, next(c.cell_id for c in matrix.cells if c.error_message and "onerror" in c.error_message))
     assert '"><img src=x onerror=' in browser.text("#detail")
+
+
+def test_the_known_bugs_view_shows_the_published_ledger_check(browser, tmp_path):
+    from farm.model.matrix import LedgerCheck, LedgerFinding
+    from farm.report.aggregate import publish_known_bugs
+
+    store = LocalStore(tmp_path / "store")
+    document = (Path(__file__).parents[1] / "docs" / "gpu" / "matrix.json").read_text()
+    store.put("matrix/latest.json", document.encode())
+    check = LedgerCheck(checked_at="2026-12-05T18:00:00+00:00", ledger="jobs/known_bugs.yaml", runs=["seed-fix-1", "gpu-smoke-1"],
+                        findings=[LedgerFinding(id="seed", title="w2_weight in FusedMoEWithLoRA.__init__", verdict="rediscovered",
+                                                why="every measured release agrees", evidence=["0.11.1: 4 of 4 cell(s) show it"],
+                                                tracker=["vllm-project/vllm#29475"]),
+                                  LedgerFinding(id="fp8", verdict="not reproducible", why="no run measured it <b>x</b>")])
+    assert publish_known_bugs(store, check) == "index.html"
+    open_page(browser, store, "#view=bugs")
+    assert browser.text("#n-bugs") == "1/2"
+    assert browser.count("#view-bugs article.bug") == 2
+    seed = browser.text('#view-bugs article[data-bug="seed"]')
+    assert "rediscovered" in seed and "vllm-project/vllm#29475" in seed and "0.11.1: 4 of 4 cell(s) show it" in seed
+    assert "no run measured it <b>x</b>" in browser.text('#view-bugs article[data-bug="fp8"]')  # text, never markup
+    assert "seed-fix-1, gpu-smoke-1" in browser.text("#view-bugs .intro")

@@ -10,6 +10,7 @@ import pytest
 
 from farm.errors import KeyExists, KeyNotFound, StoreError
 from farm.model.cells import Cell
+from farm.model.matrix import LedgerCheck, LedgerFinding
 from farm.model.results import CellResult, CellStatus, ErrorInfo, ProbeResult, RunManifest, utcnow
 from farm.model.spec import Engine
 from farm.report.aggregate import aggregate, load_matrix
@@ -198,8 +199,12 @@ def test_aggregate_writes_matrix_page_and_exports(store):
     put_result(store, make_result("run-1", cells[1], CellStatus.FAIL,
                                   error=ErrorInfo(type="AttributeError", message="boom", signature="abc123")))
     store.put(result_key("run-1", cells[2].id, 1), b'{"schema_version": 1, "run_id": "run-1", "cell')
+    published = LedgerCheck(checked_at="2026-12-05T00:00:00+00:00", ledger="jobs/known_bugs.yaml", runs=["run-0"],
+                            findings=[LedgerFinding(id="b", verdict="rediscovered", why="w")])
+    store.put("known-bugs/latest.json", published.model_dump_json().encode())
     matrix_key, page_key = aggregate(store, "run-1")
     matrix = load_matrix(store, "run-1")
+    assert matrix.known_bugs == published  # the last published ledger check rides along to the page
     assert json.loads(store.get(matrix_key)) == json.loads(store.get("matrix/latest.json"))
     assert matrix.counts == {"pass": 1, "fail": 1, "pending": 1}
     assert [u.key for u in matrix.unreadable] == [result_key("run-1", cells[2].id, 1)]

@@ -82,6 +82,8 @@ def add_parsers(sub: Any) -> None:
     check.add_argument("--ledger", type=Path, default=Path("jobs/known_bugs.yaml"), help="default: jobs/known_bugs.yaml")
     store_arguments(check)
     check.add_argument("--json", action="store_true", help="print the findings as JSON")
+    check.add_argument("--publish", action="store_true",
+                       help="keep the findings in the store (known-bugs/latest.json) and show them on its page")
     check.set_defaults(handler=_known_bugs_check)
 
 
@@ -155,8 +157,8 @@ def _diff(args: argparse.Namespace) -> int:
 def _known_bugs_check(args: argparse.Namespace) -> int:
     import json
 
-    from farm.ops.known_bugs import as_json, check, load_ledger, report
-    from farm.report.aggregate import load_matrix
+    from farm.ops.known_bugs import as_check, as_json, check, load_ledger, report
+    from farm.report.aggregate import load_matrix, publish_known_bugs
     from farm.store import open_store
 
     ledger = load_ledger(args.ledger)
@@ -164,6 +166,10 @@ def _known_bugs_check(args: argparse.Namespace) -> int:
     matrices = [load_matrix(store, run_id) for run_id in args.run_ids]
     findings = [check(bug, matrices) for bug in ledger.bugs]
     print(json.dumps(as_json(findings), indent=1) if args.json else report(findings))
+    if args.publish:
+        page = publish_known_bugs(store, as_check(findings, str(args.ledger), list(args.run_ids)))
+        print(f"published to {store.url}: known-bugs/latest.json" + (f" and the page {page}" if page else
+              " (no matrix in the store yet: the next run's page shows it)"), file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

@@ -226,6 +226,26 @@ class RootCauseGroup(Document):
     vllm: list[str] = Field(default_factory=list)
 
 
+class LedgerFinding(Document):
+    """One known bug of jobs/known_bugs.yaml against measured runs (farm.ops.known_bugs)."""
+
+    id: str
+    title: str = ""
+    verdict: str  # rediscovered | contradicted | not reproducible
+    why: str
+    evidence: list[str] = Field(default_factory=list)
+    tracker: list[str] = Field(default_factory=list)
+
+
+class LedgerCheck(Document):
+    """A published `farm known-bugs check`: which runs it read and what it found, for the page."""
+
+    checked_at: str
+    ledger: str
+    runs: list[str]
+    findings: list[LedgerFinding] = Field(default_factory=list)
+
+
 class UnreadableDocument(Document):
     """A result object in the store that could not be read (truncated, corrupt, misplaced)."""
 
@@ -259,6 +279,7 @@ class Matrix(Document):
     envs: dict[str, EnvFacts] = Field(default_factory=dict)
     history: History | None = None  # this combination's last runs of the same job (farm.report.history)
     changes: Changes | None = None  # regressions and fixes since the previous run of the same job
+    known_bugs: LedgerCheck | None = None  # the last published known-bug check of this store
 
     def at(self, row: str, column: str) -> MatrixCell | None:
         return next((c for c in self.cells if c.row == row and c.column == column), None)

@@ -28,8 +28,8 @@ from pydantic import Field, ValidationError
 
 from farm.errors import JobSpecError
 from farm.model.base import StrictModel, one_line
-from farm.model.matrix import Matrix, MatrixCell
-from farm.model.results import CellStatus, EnvFacts
+from farm.model.matrix import LedgerCheck, LedgerFinding, Matrix, MatrixCell
+from farm.model.results import CellStatus, EnvFacts, utcnow
 
 Verdict = Literal["rediscovered", "contradicted", "not reproducible"]
 
@@ -175,6 +175,15 @@ def report(findings: list[Finding]) -> str:
     counts = {v: sum(1 for f in findings if f.verdict == v) for v in ("rediscovered", "contradicted", "not reproducible")}
     lines.append(", ".join(f"{n} {verdict}" for verdict, n in counts.items()))
     return "\n".join(lines)
+
+
+def as_check(findings: list[Finding], ledger: str, runs: list[str]) -> LedgerCheck:
+    """The findings as the store keeps them and the page shows them."""
+    return LedgerCheck(
+        checked_at=utcnow().isoformat(timespec="seconds"), ledger=ledger, runs=runs,
+        findings=[LedgerFinding(id=f.bug.id, title=f.bug.title, verdict=f.verdict, why=f.why, evidence=f.evidence,
+                                tracker=f.bug.tracker) for f in findings],
+    )
 
 
 def as_json(findings: list[Finding]) -> list[dict[str, Any]]:

@@ -12,13 +12,13 @@ from typing import Any, TypeVar
 
 from farm.errors import KeyNotFound
 from farm.model.cells import Cell, cell_label
-from farm.model.matrix import KindInfo, Matrix, MatrixCell, ProbeSummary, RootCauseGroup, SignatureGroup, StatusInfo, UnreadableDocument
+from farm.model.matrix import KindInfo, LedgerCheck, Matrix, MatrixCell, ProbeSummary, RootCauseGroup, SignatureGroup, StatusInfo, UnreadableDocument
 from farm.model.results import CellResult, CellStatus, Document, EnvFacts, ErrorInfo, RunManifest, no_cyclic_gc, status_counts, utcnow
 from farm.model.verdicts import FailureKind, failure_kind, innermost_function, message_template, root_cause
 from farm.report import versions
 from farm.report.history import attach_history
 from farm.store import RunScan, Store, Unreadable, log_key, matrix_key, read_manifest, result_key, scan_run
-from farm.store.layout import PAGE_KEY
+from farm.store.layout import KNOWN_BUGS_KEY, PAGE_KEY
 
 log = logging.getLogger("farm.report.aggregate")
 
@@ -251,6 +251,7 @@ def _aggregate(store: Store, run_id: str, scan: RunScan | None, exports: bool,
         scan = scan_run(store, run_id, all_attempts=exports)
     matrix = build_matrix(manifest, list(scan.latest.values()), scan.unreadable)
     attach_history(store, matrix)
+    matrix.known_bugs = read_known_bugs(store)
     data = matrix.model_dump_json().encode()  # compact: for programs (the page, farm matrix); ~100 MB at 100 000 cells
     key = matrix_key(run_id)
     store.put(key, data, overwrite=True)
@@ -263,6 +264,35 @@ def _aggregate(store: Store, run_id: str, scan: RunScan | None, exports: bool,
         log.warning("%s is not the newest run in %s: matrix/latest.json and the page stay as they are",
                     run_id, store.url)
     return key, PAGE_KEY
+
+
+def read_known_bugs(store: Store) -> LedgerCheck | None:
+    """The last published known-bug check, if any (one that cannot be read is left out, with a warning)."""
+    try:
+        return LedgerCheck.model_validate_json(store.get(KNOWN_BUGS_KEY))
+    except KeyNotFound:
+        return None
+    except ValueError as exc:
+        log.warning("%s in %s is unreadable (%s): the page shows no ledger", KNOWN_BUGS_KEY, store.url, str(exc)[:200])
+        return None
+
+
+def publish_known_bugs(store: Store, check: LedgerCheck) -> str | None:
+    """Store ``check`` and show it on the page now: the newest matrix and the page are written again with it.
+    Returns the page's key, or None when the store has no matrix yet (the next run's page shows it)."""
+    from farm.report.render import render_page
+
+    store.put(KNOWN_BUGS_KEY, check.model_dump_json(indent=1).encode(), overwrite=True)
+    try:
+        matrix = Matrix.model_validate_json(store.get(matrix_key()))
+    except KeyNotFound:
+        return None
+    matrix.known_bugs = check
+    data = matrix.model_dump_json().encode()
+    store.put(matrix_key(), data, overwrite=True)
+    store.put(matrix_key(matrix.run_id), data, overwrite=True)
+    store.put(PAGE_KEY, render_page(matrix, data).encode(), overwrite=True)
+    return PAGE_KEY
 
 
 class _MatrixHead(Document):

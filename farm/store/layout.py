@@ -26,6 +26,7 @@ from farm.errors import StoreError
 
 MARKER_KEY = "farm-store.json"  # written once by check(); says "a farm store lives here"
 PAGE_KEY = "index.html"
+KNOWN_BUGS_KEY = "known-bugs/latest.json"  # the last `farm known-bugs check --publish`: the page shows it
 RUNS_PREFIX = "runs/"
 BISECT_PREFIX = "bisect"
 
