@@ -566,7 +566,9 @@
           el("span", { class: "count", text: `breaks ${hit.length}${hit.length !== r.cells.length ? ` of ${r.cells.length}` : ""} ${hit.length === 1 ? "cell" : "cells"}` })),
         el("p", { class: "msg", text: r.message }),
         spread(hit),
-        (r.vllm || []).length ? el("p", { class: "muted", text: `vLLM ${r.vllm.join(", ")} · ${plural((r.variants || []).length, "variant")}` }) : "");
+        (r.vllm || []).length ? el("p", { class: "muted", text: `vLLM ${r.vllm.join(", ")} · ${plural((r.variants || []).length, "variant")}` }) : "",
+        el("p", { class: "repro" }, "reproduce it with vLLM alone: ", el("code", { text: `farm repro ${r.root_cause} --run ${M.run_id}` }),
+          " writes a standalone repro.py for a vLLM issue"));
       for (const signature of r.variants || []) {
         const g = sigs.get(signature);
         const mine = g ? g.cells.map((id) => byId.get(id)).filter((c) => c && matches(c)) : [];

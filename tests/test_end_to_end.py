@@ -7,6 +7,7 @@ Ray actors), so the module shares it.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -162,3 +163,50 @@ def test_results_are_valid_documents(finished_run):
     _, store = finished_run
     for key in store.list("runs/e2e-1/cells/"):
         CellResult.model_validate_json(store.get(key))
+
+
+def _repro(store, what: str, out) -> str:
+    made = subprocess.run([sys.executable, "-m", "farm", "repro", what, "--run", "e2e-1", "--store", str(store.root),
+                           "-o", str(out)], capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    return out.read_text()
+
+
+def _run_repro(script, tmp_path, items: list[str]) -> subprocess.CompletedProcess:
+    from farm import zoo
+
+    # vLLM only: a poisoned `farm` package first on the path fails any import of the farm.
+    poison = tmp_path / "poison" / "farm"
+    poison.mkdir(parents=True, exist_ok=True)
+    (poison / "__init__.py").write_text("raise ImportError('repro.py must not import the farm')\n")
+    env = {**os.environ, "PYTHONPATH": str(poison.parent), "FARM_REPRO_MODEL": str(zoo.default_root() / items[0]),
+           **({"FARM_REPRO_LORA": str(zoo.default_root() / items[1])} if len(items) > 1 else {})}
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+
+
+def test_a_repro_fails_with_the_recorded_signature_and_a_passing_cells_exits_0(finished_run, tmp_path):
+    _, store = finished_run
+    matrix = Matrix.model_validate_json(store.get("matrix/e2e-1.json"))
+    moe = next(c for c in matrix.cells if (c.model, c.lora) == ("moe", "attn"))
+    text = _repro(store, moe.root_cause, tmp_path / "moe.py")
+    assert "import farm" not in text and "from farm" not in text
+    assert "farm zoo build --only qwen2moe-shared qwen2moe-shared-lora-attn" in text
+    assert f"Measured on vLLM {moe.vllm}" in text and "platform: " in text and moe.signature in text
+    failed = _run_repro(tmp_path / "moe.py", tmp_path, ["qwen2moe-shared", "qwen2moe-shared-lora-attn"])
+    assert failed.returncode == 3, failed.stdout[-2000:] + failed.stderr[-3000:]
+    assert f"signature {moe.signature} (the one the farm recorded)" in failed.stdout
+    assert "FAILED: AttributeError at vllm/model_executor/layers/fused_moe/experts/triton_moe.py:" in failed.stdout
+    dense = next(c for c in matrix.cells if (c.model, c.quantization, c.lora) == ("dense", "none", "attn"))
+    _repro(store, dense.cell_id, tmp_path / "dense.py")
+    passed = _run_repro(tmp_path / "dense.py", tmp_path, ["qwen2-dense", "qwen2-dense-lora-attn"])
+    assert passed.returncode == 0, passed.stdout[-2000:] + passed.stderr[-3000:]
+    assert "PASSED: no failure" in passed.stdout
+
+
+def test_repro_of_an_unknown_root_cause_is_one_line(finished_run, tmp_path):
+    _, store = finished_run
+    made = subprocess.run([sys.executable, "-m", "farm", "repro", "Rnothing", "--run", "e2e-1", "--store", str(store.root),
+                           "-o", str(tmp_path / "x.py")], capture_output=True, text=True, timeout=120)
+    assert made.returncode == 1 and len(made.stderr.strip().splitlines()) == 1
+    assert made.stderr.startswith("farm: error: run e2e-1 has no root cause, signature or cell 'Rnothing'")
+    assert not (tmp_path / "x.py").exists()

@@ -245,6 +245,7 @@ def test_root_causes_view(browser, large_store):
     assert f"breaks {len(first.cells)} cells" in text and first.message in text and first.kind in text
     assert all(signature in text for signature in first.variants)
     assert "since run" in text and ".root_causes" in browser.text("#view-causes .twin-note")
+    assert f"farm repro {first.root_cause} --run {matrix.run_id}" in text
     browser.click(f"{card} .cellchip")
     browser.wait_for('!document.querySelector("#detail").hidden')
     assert first.cells[0] in browser.text("#detail") and f"cell={first.cells[0]}" in browser.eval("location.hash")

@@ -26,7 +26,7 @@ EPILOG = """examples:
 
 
 def add_parsers(sub: Any) -> None:
-    """Add submit, diff, bisect and known-bugs to the `farm` command's subparsers."""
+    """Add submit, diff, bisect, repro and known-bugs to the `farm` command's subparsers."""
     submit = sub.add_parser("submit", help="submit a job to a Ray cluster (Ray's job SDK); print how to follow it",
                             epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     submit.add_argument("job", type=Path)
@@ -74,6 +74,13 @@ def add_parsers(sub: Any) -> None:
     bisect.add_argument("--address", help="Ray cluster to join (default $RAY_ADDRESS, else a local Ray on 127.0.0.1)")
     bisect.add_argument("--json", action="store_true", help="print the verdict document at the end")
     bisect.set_defaults(handler=_bisect)
+
+    repro = sub.add_parser("repro", help="a standalone repro.py (vLLM only, no farm) for a root cause, signature or cell")
+    repro.add_argument("what", metavar="ROOT_CAUSE|SIGNATURE|CELL_ID", help="as farm matrix and the page show it")
+    repro.add_argument("--run", help="the run to take the cell from (default: the run matrix/latest.json shows)")
+    store_arguments(repro)
+    repro.add_argument("-o", "--output", type=Path, default=Path("repro.py"), help="default: ./repro.py")
+    repro.set_defaults(handler=_repro)
 
     known = sub.add_parser("known-bugs", help="the known-bug ledger (jobs/known_bugs.yaml) against measured runs")
     known_sub = known.add_subparsers(metavar="ACTION")
@@ -170,6 +177,27 @@ def _known_bugs_check(args: argparse.Namespace) -> int:
         page = publish_known_bugs(store, as_check(findings, str(args.ledger), list(args.run_ids)))
         print(f"published to {store.url}: known-bugs/latest.json" + (f" and the page {page}" if page else
               " (no matrix in the store yet: the next run's page shows it)"), file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _repro(args: argparse.Namespace) -> int:
+    from farm.model.results import CellResult
+    from farm.ops.repro import ReproError, make_repro, pick_cell, platform_of
+    from farm.report.aggregate import load_matrix
+    from farm.store import open_store, read_manifest
+
+    store = open_store(args.store, s3_endpoint=args.s3_endpoint)
+    matrix = load_matrix(store, args.run)
+    cell = pick_cell(matrix, args.what)
+    if cell.result_key is None:
+        raise ReproError(f"cell {cell.cell_id} of run {matrix.run_id} has no result yet: nothing to reproduce")
+    result = CellResult.model_validate_json(store.get(cell.result_key))
+    manifest = read_manifest(store, matrix.run_id)
+    repro = make_repro(result, manifest.job, cell, platform_of(result.env))
+    args.output.write_text(repro.script)
+    args.output.chmod(0o755)
+    print(f"{args.output}: cell {cell.cell_id} ({result.cell.label}) of run {matrix.run_id}, "
+          f"{cell.status.value}{' (' + cell.kind + ')' if cell.kind else ''}; run it with `python {args.output}`")
     return 0
 
 
