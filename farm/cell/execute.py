@@ -111,22 +111,27 @@ def execute_cell(
             result.status = CellStatus.INFRA_ERROR
             result.error = ErrorInfo(type=type(exc).__name__, message=str(exc), probe=current_probe)
         except Exception as exc:  # the engine under test failed (its verdict), or the farm's own code did (no verdict)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            result.error = error_info(exc, probe=current_probe, log=log_tail(log_path, LOG_SCAN_BYTES) if log_path else "")
-            result.status = CellStatus.FAIL
-            origin = farm_origin(exc) if result.error.origin == "exception" else None
-            if origin is not None:  # the farm's own code raised, with no vLLM frame below it: no verdict
-                result.status = CellStatus.INFRA_ERROR
-                result.error.message = f"the farm's own code failed at {origin}: {result.error.message}"[:2000]
-                result.error.origin = "farm"
-            elif not result.probes and "load" in settings.probes:
-                result.probes.append(ProbeResult(name="load", passed=False, detail=result.error.type))
+            _record_exception(result, exc, current_probe, settings, log_path)
     result.peak_rss_mb = round(peak(), 1)
     result.timings["total"] = round(time.perf_counter() - started, 3)
     result.env = env_facts()
     result.finished_at = utcnow()
     return result
+
+
+def _record_exception(result: CellResult, exc: Exception, probe: str | None, settings: CellSettings,
+                      log_path: Path | None) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    result.error = error_info(exc, probe=probe, log=log_tail(log_path, LOG_SCAN_BYTES) if log_path else "")
+    result.status = CellStatus.FAIL
+    origin = farm_origin(exc) if result.error.origin == "exception" else None
+    if origin is not None:  # the farm's own code raised, with no vLLM frame below it: no verdict
+        result.status = CellStatus.INFRA_ERROR
+        result.error.message = f"the farm's own code failed at {origin}: {result.error.message}"[:2000]
+        result.error.origin = "farm"
+    elif not result.probes and "load" in settings.probes:
+        result.probes.append(ProbeResult(name="load", passed=False, detail=result.error.type))
 
 
 def wrong_output(failed: list[ProbeResult]) -> ErrorInfo:

@@ -75,6 +75,10 @@ def add_parsers(sub: Any) -> None:
     bisect.add_argument("--json", action="store_true", help="print the verdict document at the end")
     bisect.set_defaults(handler=_bisect)
 
+    _add_repro_and_known_bugs(sub)
+
+
+def _add_repro_and_known_bugs(sub: Any) -> None:
     repro = sub.add_parser("repro", help="a standalone repro.py (vLLM only, no farm) for a root cause, signature or cell")
     repro.add_argument("what", metavar="ROOT_CAUSE|SIGNATURE|CELL_ID", help="as farm matrix and the page show it")
     repro.add_argument("--run", help="the run to take the cell from (default: the run matrix/latest.json shows)")
