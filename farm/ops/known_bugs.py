@@ -30,6 +30,7 @@ from farm.errors import JobSpecError
 from farm.model.base import StrictModel, one_line
 from farm.model.matrix import LedgerCheck, LedgerFinding, Matrix, MatrixCell
 from farm.model.results import CellStatus, EnvFacts, utcnow
+from farm.report.versions import release_order
 
 Verdict = Literal["rediscovered", "contradicted", "not reproducible"]
 
@@ -104,7 +105,7 @@ def load_ledger(path: str | Path) -> Ledger:
 
 def release_key(version: str) -> tuple[int, ...]:
     """``0.11.1`` → (0, 11, 1); a local or dev suffix is ignored (``0.11.1+cpu``, ``0.24.1.dev3+g…``)."""
-    return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0].split(".dev")[0])[:4])
+    return release_order(version)[0]
 
 
 def _patched(envs: dict[str, EnvFacts], cell: MatrixCell) -> bool:
