@@ -186,7 +186,7 @@ def _known_bugs_check(args: argparse.Namespace) -> int:
 
 def _repro(args: argparse.Namespace) -> int:
     from farm.model.results import CellResult
-    from farm.ops.repro import ReproError, make_repro, pick_cell, platform_of
+    from farm.ops.repro import ReproError, make_repro, pick_cell
     from farm.report.aggregate import load_matrix
     from farm.store import open_store, read_manifest
 
@@ -197,8 +197,7 @@ def _repro(args: argparse.Namespace) -> int:
         raise ReproError(f"cell {cell.cell_id} of run {matrix.run_id} has no result yet: nothing to reproduce")
     result = CellResult.model_validate_json(store.get(cell.result_key))
     manifest = read_manifest(store, matrix.run_id)
-    repro = make_repro(result, manifest.job, cell, platform_of(result.env))
-    args.output.write_text(repro.script)
+    args.output.write_text(make_repro(result, manifest.job))
     args.output.chmod(0o755)
     print(f"{args.output}: cell {cell.cell_id} ({result.cell.label}) of run {matrix.run_id}, "
           f"{cell.status.value}{' (' + cell.kind + ')' if cell.kind else ''}; run it with `python {args.output}`")

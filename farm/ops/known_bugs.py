@@ -182,11 +182,14 @@ def as_check(findings: list[Finding], ledger: str, runs: list[str]) -> LedgerChe
     """The findings as the store keeps them and the page shows them."""
     return LedgerCheck(
         checked_at=utcnow().isoformat(timespec="seconds"), ledger=ledger, runs=runs,
-        findings=[LedgerFinding(id=f.bug.id, title=f.bug.title, verdict=f.verdict, why=f.why, evidence=f.evidence,
-                                tracker=f.bug.tracker) for f in findings],
+        findings=[_document(f) for f in findings],
     )
 
 
+def _document(finding: Finding) -> LedgerFinding:
+    return LedgerFinding(id=finding.bug.id, title=finding.bug.title, verdict=finding.verdict, why=finding.why,
+                         evidence=finding.evidence, tracker=finding.bug.tracker)
+
+
 def as_json(findings: list[Finding]) -> list[dict[str, Any]]:
-    return [{"id": f.bug.id, "verdict": f.verdict, "why": f.why, "evidence": f.evidence, "tracker": f.bug.tracker}
-            for f in findings]
+    return [_document(f).model_dump(exclude={"title"}) for f in findings]

@@ -14,7 +14,6 @@ the vLLM release and the platform the farm measured it on.
 from __future__ import annotations
 
 import pprint
-from dataclasses import dataclass
 from typing import Any
 
 from farm.cell.engine import engine_kwargs
@@ -34,12 +33,6 @@ class ReproError(FarmError):
     """No cell in the run matches what `farm repro` was asked for."""
 
 
-@dataclass
-class Repro:
-    script: str
-    cell: MatrixCell
-
-
 def pick_cell(matrix: Matrix, wanted: str) -> MatrixCell:
     """The cell a root cause, a signature or a cell id names: for a failure, its first cell in the matrix."""
     for field in ("root_cause", "signature", "cell_id"):
@@ -50,7 +43,7 @@ def pick_cell(matrix: Matrix, wanted: str) -> MatrixCell:
     raise ReproError(f"run {matrix.run_id} has no root cause, signature or cell {wanted!r}; its root causes: {causes}")
 
 
-def make_repro(result: CellResult, job: dict[str, Any], cell: MatrixCell, platform: str) -> Repro:
+def make_repro(result: CellResult, job: dict[str, Any]) -> str:
     """The script for ``result``'s cell; ``job`` is the run's job (its engine arguments and prompts)."""
     model_item, lora_item = zoo_item(result.cell.model_source), zoo_item(result.cell.lora_source)
     kwargs = engine_kwargs(result.cell, dict(job.get("engine_args") or {}), "MODEL")
@@ -58,12 +51,10 @@ def make_repro(result: CellResult, job: dict[str, Any], cell: MatrixCell, platfo
     kwargs.pop("distributed_executor_backend", None)  # the farm's Ray placement; plain vLLM picks its own
     generation = job.get("generation") or {}
     prompts = list(generation.get("prompts") or ["The capital of France is"])[:4]
-    error = result.error
-    failed = result.status is not CellStatus.PASS and error is not None
+    error = result.error if result.status is not CellStatus.PASS else None
     env = {k: v for k, v in engine_environment().items() if k in _REPRO_ENVIRONMENT}
-    header = _header(result, cell, platform, model_item, lora_item, failed)
-    body = _TEMPLATE.format(
-        header=header,
+    return _TEMPLATE.format(
+        header=_header(result, model_item, lora_item),
         # Python literals (True, None), not JSON.
         env=pprint.pformat(env),
         model=repr(_model_default(result.cell.model_source, model_item)),
@@ -71,9 +62,8 @@ def make_repro(result: CellResult, job: dict[str, Any], cell: MatrixCell, platfo
         engine_args=pprint.pformat(kwargs, sort_dicts=True),
         prompts=pprint.pformat(prompts),
         max_tokens=int(generation.get("max_tokens") or 16),
-        expected=repr(error.signature if failed and error else None),
+        expected=repr(error.signature if error else None),
     )
-    return Repro(script=body, cell=cell)
 
 
 def _model_default(source: str | None, item: str | None) -> str | None:
@@ -82,16 +72,15 @@ def _model_default(source: str | None, item: str | None) -> str | None:
     return source
 
 
-def _header(result: CellResult, cell: MatrixCell, platform: str, model_item: str | None, lora_item: str | None,
-            failed: bool) -> str:
+def _header(result: CellResult, model_item: str | None, lora_item: str | None) -> str:
     env = result.env
     items = [i for i in (model_item, lora_item) if i]
     lines = [
         f"Reproduces farm cell {result.cell_id} ({result.cell.label}) of run {result.run_id}.",
         f"Measured on vLLM {env.vllm} ({env.vllm_dist or 'vllm'}{', commit ' + env.vllm_commit if env.vllm_commit else ''}), "
-        f"torch {env.torch}, transformers {env.transformers}, Python {env.python}; platform: {platform}.",
+        f"torch {env.torch}, transformers {env.transformers}, Python {env.python}; platform: {platform_of(env)}.",
     ]
-    if failed and result.error:
+    if result.status is not CellStatus.PASS and result.error:
         kind = failure_kind(result.status, result.error)
         lines += [f"Outcome there: {result.status.value} ({kind.value if kind else 'no kind'}), root cause "
                   f"{root_cause(result.error)}, signature {result.error.signature}:",
