@@ -15,6 +15,7 @@ import shutil
 import site
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -23,10 +24,11 @@ import pytest
 
 from farm import envs
 from farm.cell import facts
-from farm.envs import cache
+from farm.envs import cache, kind_of
 from farm.envs.build import BuiltEnv, farm_code
 from farm.envs.node import node_context, prepare_here
 from farm.envs.registry import EnvFailure, NodeContext, PreparedEnv, register
+from farm.envs.uv import shared_cache, uv_command
 from farm.errors import JobSpecError
 from farm.model.cells import expand
 from farm.model.engines import ENGINE_SPECS, PackageEngine
@@ -160,7 +162,9 @@ class LinkedEngine(PackageEngine):
 
 class Linked(BuiltEnv):
     """A test-only kind (registered like a plug-in): a venv that links the test interpreter's site-packages,
-    so it has the cluster's Ray and a vLLM in a second, and counts its builds in ``requirements[0]``."""
+    so it has the cluster's Ray and a vLLM in a second, and counts its builds in ``requirements[0]``; with a
+    ``requirements[1]``, it also installs that wheel with uv through the node's shared uv cache, as the uv and
+    release kinds do."""
 
     name = "linked-test"
     spec = LinkedEngine
@@ -173,6 +177,8 @@ class Linked(BuiltEnv):
             [node.python, "-c", f"open({str(pth)!r}, 'w').write({_site_packages()!r})"],
             [node.python, "-c", f"open({str(pth.with_name('linked_module.py'))!r}, 'w').write('VALUE = 1')"],
             [node.python, "-c", count, engine.requirements[0]],
+            *([[*uv_command(), "pip", "install", "--python", str(env_dir / "bin" / "python"), *shared_cache(),
+                "--no-index", engine.requirements[1]]] if len(engine.requirements) > 1 else []),
         ]
 
 
@@ -219,10 +225,49 @@ def test_two_processes_racing_build_the_env_once(env_cache, tmp_path):
     assert manifest.ready and manifest.engines == ["linked"] and manifest.size_bytes > 0
     # Warm: found, not built; a rebuild request rebuilds once.
     assert prepare_here(engine).built is False
-    import time
-
     assert prepare_here(engine, rebuild_before=time.time()).built is True
     assert len(counter.read_text().splitlines()) == 2
+
+
+def _tiny_wheel(folder: Path) -> Path:
+    """A pure-Python wheel as packaging tools write it (module, METADATA, WHEEL, RECORD)."""
+    import zipfile
+
+    wheel = folder / "farmtiny-1.0-py3-none-any.whl"
+    files = {
+        "farmtiny/__init__.py": "VALUE = 1\n" + "# padding\n" * 2000,
+        "farmtiny-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: farmtiny\nVersion: 1.0\n",
+        "farmtiny-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: farm-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files["farmtiny-1.0.dist-info/RECORD"] = "".join(f"{name},,\n" for name in files) + "farmtiny-1.0.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return wheel
+
+
+def test_envs_built_at_once_share_the_uv_cache_files(env_cache, tmp_path):
+    # Two cold installs of one wheel at once each unpacked it into uv's cache (CI's parallel builds of two
+    # 0.11.1 envs held torch and the CUDA libraries twice): installs through the shared cache take turns.
+    wheel = _tiny_wheel(tmp_path)
+    engines = [LinkedEngine(name=f"linked{i}", requirements=[str(tmp_path / f"builds{i}.txt"), str(wheel)]) for i in range(2)]
+    fork = multiprocessing.get_context("fork")
+    children = [fork.Process(target=_prepare_in_child, args=(e.model_dump_json(), str(tmp_path / f"out{i}")))
+                for i, e in enumerate(engines)]
+    with cache.uv_cache_writer():
+        for child in children:
+            child.start()
+        logs = [cache.env_dir(kind_of(e).key(e, node_context())) / cache.BUILD_LOG for e in engines]
+        deadline = time.monotonic() + 60
+        while not all(log.exists() and "pip install" in log.read_text() for log in logs) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
+        assert not list(env_cache.glob("*/lib/python*/site-packages/farmtiny")), "an install went past the cache's lock"
+    for child in children:
+        child.join(60)
+    outcomes = [PreparedEnv.model_validate_json((tmp_path / f"out{i}").read_text()) for i in range(2)]
+    installed = [next(Path(o.path).glob("lib/python*/site-packages/farmtiny/__init__.py")).stat() for o in outcomes]
+    assert installed[0].st_ino == installed[1].st_ino and installed[0].st_nlink == 3, "both envs link the cache's one copy"
 
 
 def test_envs_are_compiled_to_bytecode_once_and_old_ones_on_first_use(env_cache, tmp_path):

@@ -252,7 +252,7 @@ def _run_step(step: Step, log: Path, deadline: float, engine: PackageEngine) -> 
         step(log)
         return
     _append(log, f"$ {' '.join(step)}\n")
-    with open(log, "ab") as out:
+    with uv_cache_guard(step), open(log, "ab") as out:
         try:
             proc = subprocess.run(list(step), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                   timeout=remaining, env=clean_build_environ())
@@ -264,6 +264,11 @@ def _run_step(step: Step, log: Path, deadline: float, engine: PackageEngine) -> 
     if proc.returncode != 0:
         raise EnvBuildError(f"building engine {engine.name!r} failed on {socket.gethostname()}: "
                             f"`{_short(step)}` exited {proc.returncode} (the log tail says why); fix the engine in the job")
+
+
+def uv_cache_guard(step: Sequence[str]) -> contextlib.AbstractContextManager[Any]:
+    """The shared uv cache's writer lock for a command that installs through it (see ``cache.uv_cache_writer``)."""
+    return cache.uv_cache_writer() if str(cache.uv_cache()) in step else contextlib.nullcontext()
 
 
 def _short(step: Sequence[str], limit: int = 200) -> str:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.envs import cache, glibc_compat
-from farm.envs.build import BuiltEnv, Step, clean_build_environ
+from farm.envs.build import BuiltEnv, Step, clean_build_environ, uv_cache_guard
 from farm.envs.registry import EnvVersions, NodeContext, register
 from farm.envs.uv import index_options, shared_cache, uv_command
 from farm.errors import EnvBuildError
@@ -225,7 +225,7 @@ def _metadata(site: Path, engine: ReleaseEngine) -> email.message.Message:
 
 
 def _install(install: list[str], env_dir: Path, extra: list[str], log: Path) -> None:
-    with open(log, "ab") as out:
+    with uv_cache_guard(install), open(log, "ab") as out:
         proc = subprocess.run([*install, "-r", str(env_dir / REQUIREMENTS_FILE), *extra], stdout=out,
                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False,
                               env=clean_build_environ())

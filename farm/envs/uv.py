@@ -46,7 +46,7 @@ def uv_command() -> list[str]:
 def shared_cache() -> list[str]:
     """uv's options for the node's one uv cache, on the env cache's file system: envs hard-link their files from it,
     so envs that share wheels (torch, the nvidia libraries) share their disk."""
-    return ["--cache-dir", str(cache.root() / ".uv-cache"), "--link-mode", "hardlink"]
+    return ["--cache-dir", str(cache.uv_cache()), "--link-mode", "hardlink"]
 
 
 def index_options(engine: PackageEngine, extra_index_urls: list[str] | None = None) -> list[str]:
