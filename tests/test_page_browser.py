@@ -358,7 +358,7 @@ def test_hostile_strings_render_as_text(browser, tmp_path):
 
 def test_the_known_bugs_view_shows_the_published_ledger_check(browser, tmp_path):
     from farm.model.matrix import LedgerCheck, LedgerFinding
-    from farm.report.aggregate import publish_known_bugs
+    from farm.report.ledger import publish_known_bugs
 
     store = LocalStore(tmp_path / "store")
     document = (Path(__file__).parents[1] / "docs" / "gpu" / "matrix.json").read_text()
@@ -376,3 +376,41 @@ def test_the_known_bugs_view_shows_the_published_ledger_check(browser, tmp_path)
     assert "rediscovered" in seed and "vllm-project/vllm#29475" in seed and "0.11.1: 4 of 4 cell(s) show it" in seed
     assert "no run measured it <b>x</b>" in browser.text('#view-bugs article[data-bug="fp8"]')  # text, never markup
     assert "seed-fix-1, gpu-smoke-1" in browser.text("#view-bugs .intro")
+
+
+def test_a_matrix_of_runs_on_two_platforms(browser, tmp_path):
+    """`farm matrix RUN RUN --html`'s page: the platform as the top column level, its filter, its differences."""
+    from farm.report.render import render_page
+
+    from .test_versions import _merged
+
+    matrix = _merged()
+    page = tmp_path / "merged.html"
+    page.write_text(render_page(matrix))
+    browser.open(page.as_uri())
+    platforms = browser.eval("""[...document.querySelectorAll("#grid thead tr.platforms th.platform")]
+                                .map(th => [th.textContent, th.colSpan])""")
+    assert platforms == [["x86_64 CPU · AMX", 6], ["NVIDIA H200 · sm_90", 4]]
+    groups = browser.eval('[...document.querySelectorAll("#grid thead th.group")].map(th => [th.firstChild.textContent, th.colSpan])')
+    assert groups == [["v1", 2], ["v2", 2], ["v3", 2], ["v2", 2], ["v3", 2]], "an engine name on two platforms: two groups"
+    # Sticky header rows stack: the third sits below the other two.
+    tops = browser.eval('[1, 2, 3].map(n => getComputedStyle(document.querySelector(`#grid thead tr:nth-child(${n}) th:not(.corner)`)).top)')
+    assert tops == ["0px", "26px", "52px"]
+    # Every cell of the combination that differs by platform is flagged, and its detail says how.
+    flagged = {(c.row, c.lora) for c in matrix.cells
+               if browser.eval(f'document.querySelector(\'#grid td[data-id="{c.cell_id}"]\').classList.contains("plat-diff")')}
+    assert flagged == {("moe · none", "none")}
+    gpu = next(c for c in matrix.cells if (c.row, c.lora, c.engine, c.platform) == ("moe · none", "none", "v3", "NVIDIA H200 · sm_90"))
+    text = open_cell(browser, gpu.cell_id)
+    assert "Across platforms: this combination's verdict differs by platform on vLLM 0.3" in text and "NVIDIA H200 · sm_90" in text
+    browser.key("Escape", key_code=27)
+    # The platform filter: unticking the H200 leaves the CPU's columns.
+    browser.click('#axis-filters details[data-axis="platform"] summary')
+    browser.click('#axis-filters input[data-axis="platform"][value="NVIDIA H200 · sm_90"]')
+    assert browser.count("#grid thead th.col", visible=True) == 6
+    assert browser.eval('[...document.querySelectorAll("#grid thead th.platform")].filter(th => !th.hidden).map(th => th.textContent)') == [
+        "x86_64 CPU · AMX"]
+    browser.click('.tabs [data-view="changes"]')
+    rows = browser.eval('[...document.querySelectorAll("table.platforms tbody tr")].map(tr => tr.textContent)')
+    assert len(rows) == 2 and "moe · none" in rows[0] and "x86_64 CPU · AMX" in rows[0] and "pass" in rows[0]
+    assert "NVIDIA H200 · sm_90" in rows[1] and "fail" in rows[1] and "0.3" in rows[0]

@@ -6,7 +6,8 @@ from farm.model.cells import expand
 from farm.model.results import CellResult, CellStatus, EnvFacts, ErrorInfo, RunManifest, utcnow
 from farm.model.spec import parse_job
 from farm.model.verdicts import root_cause
-from farm.report.aggregate import build_matrix, format_table
+from farm.report.aggregate import build_matrix
+from farm.report.table import format_table
 
 JOB = {
     "name": "versions",
@@ -117,3 +118,106 @@ def test_versions_sort_as_releases():
 
     assert sorted(["0.28.0", "0.11.2", "0.9.2", "0.11.1+cpu", "0.11.1", "0.24.1.dev3+gabc", "0.24.1"], key=release_order) == \
         ["0.9.2", "0.11.1", "0.11.1+cpu", "0.11.2", "0.24.1", "0.24.1.dev3+gabc", "0.28.0"]
+
+
+# --- platforms: runs on a CPU and on a GPU merged into one matrix ---------------------------------------------
+
+# What the cells measured (farm.cell.execute.env_facts): this kind of machine, and the H200 the GPU run used.
+CPU_FACTS = dict(platform="Linux-x86_64", device="cpu (2 cores)", cpu="Intel(R) Xeon(R) Processor",
+                 cpu_features=["avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8"])
+GPU_FACTS = dict(platform="Linux-x86_64", device="NVIDIA H200", cuda="13.0", compute_capability="9.0",
+                 cpu="Intel(R) Xeon(R) Processor", cpu_features=CPU_FACTS["cpu_features"])
+
+
+def test_a_platform_is_named_from_what_the_cell_measured():
+    from farm.model.platforms import platform_of
+
+    assert platform_of(EnvFacts(**GPU_FACTS)) == "NVIDIA H200 · sm_90"
+    assert platform_of(EnvFacts(**{**GPU_FACTS, "compute_capability": None})) == "NVIDIA H200", "a result from before it was measured"
+    assert platform_of(EnvFacts(**CPU_FACTS)) == "x86_64 CPU · AMX"
+    assert platform_of(EnvFacts(**{**CPU_FACTS, "cpu_features": ["avx2", "avx512f"]})) == "x86_64 CPU · AVX-512"
+    assert platform_of(EnvFacts(**{**CPU_FACTS, "cpu_features": ["avx2"]})) == "x86_64 CPU · AVX2"
+    assert platform_of(EnvFacts(platform="Linux-aarch64", device="cpu (64 cores)")) == "aarch64 CPU"
+    assert platform_of(EnvFacts()) is None, "a result that measured nothing (an env that did not build)"
+
+
+def _run(run_id: str, engines: list[dict], outcomes: dict[tuple[str, str], list[str]], facts: dict) -> tuple:
+    """A run of JOB's models on ``engines``; outcomes per (model, lora) and engine as in OUTCOMES."""
+    job = parse_job({**JOB, "engines": engines})
+    cells = expand(job)
+    names = [e["name"] for e in engines]
+    results = []
+    for cell in cells:
+        status, _, signature = outcomes[(cell.model, cell.lora)][names.index(cell.engine.name)].partition(":")
+        results.append(CellResult(run_id=run_id, cell_id=cell.id, cell=cell, status=CellStatus(status),
+                                  error=_error(signature) if signature else None,
+                                  env=EnvFacts(vllm=cell.engine.requirements[0].split("==")[1], **facts)))
+    manifest = RunManifest(run_id=run_id, job_name="versions", job=job.model_dump(mode="json"), cells=cells,
+                           launched_by="t", farm_version="0", started_at=utcnow())
+    return manifest, results
+
+
+GPU_ENGINES = [{"name": "v2", "kind": "uv", "requirements": ["vllm==0.2"]}, {"name": "v3", "kind": "uv", "requirements": ["vllm==0.3"]}]
+GPU_OUTCOMES = {
+    ("dense", "none"): ["pass", "pass"],  # as on the CPU
+    ("dense", "attn"): ["pass", "pass"],  # CPU: fails on v2 only: the same release differs by platform
+    ("moe", "none"): ["fail:dddd", "fail:dddd"],  # CPU passes on v3: differs on 0.3
+    ("moe", "attn"): ["fail:cccc", "fail:cccc"],  # the same bug on both
+}
+
+
+def _merged():
+    from farm.report.aggregate import merge_runs
+
+    return merge_runs([_run("cpu-1", JOB["engines"], OUTCOMES, CPU_FACTS), _run("gpu-1", GPU_ENGINES, GPU_OUTCOMES, GPU_FACTS)])
+
+
+def test_runs_on_two_platforms_merge_with_the_platform_as_the_top_column_level():
+    matrix = _merged()
+    cpu, gpu = "x86_64 CPU · AMX", "NVIDIA H200 · sm_90"
+    assert matrix.platforms == [cpu, gpu] and matrix.runs == ["cpu-1", "gpu-1"] and matrix.run_id == "cpu-1 + gpu-1"
+    assert matrix.matrix_key == "", "a merged matrix is kept nowhere in the store"
+    assert matrix.columns == [f"{lora} · {engine} · {platform}" for platform, engines in ((cpu, "v1 v2 v3"), (gpu, "v2 v3"))
+                              for engine in engines.split() for lora in ("none", "attn")]
+    # Engines of one name on two platforms are two groups.
+    assert [(g.platform, g.engine, g.kind) for g in matrix.engines] == [
+        (cpu, "v1", "pip"), (cpu, "v2", "pip"), (cpu, "v3", "pip"), (gpu, "v2", "uv"), (gpu, "v3", "uv")]
+    assert len(matrix.cells) == 12 + 8 and {c.platform for c in matrix.cells} == {cpu, gpu}
+    # Versions are compared on one platform at a time: the GPU's v2 after the CPU's v3 is no change.
+    changes = {(c.row, c.lora, c.platform): c for c in matrix.version_changes}
+    assert set(changes) == {("dense · none", "attn", cpu), ("moe · none", "none", cpu), ("moe · none", "attn", cpu)}
+    cause = next(c for c in matrix.root_causes if c.root_cause == _cause("cccc"))
+    assert cause.platforms == [cpu, gpu] and cause.vllm == ["0.2", "0.3"]
+
+
+def test_verdicts_that_differ_by_platform_are_compared_on_a_shared_release():
+    differences = {(d.row, d.lora): d for d in _merged().platform_differences}
+    assert set(differences) == {("moe · none", "none")}
+    moe = differences[("moe · none", "none")]
+    assert moe.release == "0.3", "the newest release both measured"
+    assert [(o.platform, o.engine, o.status, o.vllm) for o in moe.outcomes] == [
+        ("x86_64 CPU · AMX", "v3", "pass", "0.3"), ("NVIDIA H200 · sm_90", "v3", "fail", "0.3")]
+    # Not listed: dense · attn fails on the CPU's v2 only, and on 0.3, the newest release both measured, both
+    # pass; moe · attn fails on both with one root cause (the CPU's v3 raises it from a moved line).
+
+
+def test_the_terminal_table_names_the_platforms_and_their_differences():
+    text = format_table(_merged())
+    lines = text.splitlines()
+    assert lines[0].split("──")[1].strip() == "x86_64 CPU · AMX" and "── NVIDIA H200 · sm_90 " in lines[0]
+    assert lines[0].index("── NVIDIA H200") == lines[2].index("none · v2 · NVIDIA H200"), "over its own columns"
+    assert "Verdicts that differ by platform:" in lines
+    assert "  moe · none · none (vLLM 0.3):" in lines and "    NVIDIA H200 · sm_90: fail/broken [" + _cause("dddd") + "] on v3 (vLLM 0.3)" in lines
+    assert f"  dense · none · attn [x86_64 CPU · AMX]: pass on v1 → fail [{_cause('aaaa')}] on v2 (2 changes along the versions)" in lines
+
+
+def test_a_cell_in_two_runs_on_one_platform_shows_the_later_run():
+    from farm.report.aggregate import merge_runs
+
+    first = _run("a", JOB["engines"], OUTCOMES, CPU_FACTS)
+    again = _run("b", JOB["engines"][2:], {k: [v[0]] for k, v in GPU_OUTCOMES.items()}, CPU_FACTS)  # v3 rerun
+    matrix = merge_runs([first, again])
+    assert matrix.platforms == ["x86_64 CPU · AMX"] and matrix.columns[-1] == "attn · v3", "one platform: no platform level"
+    assert len(matrix.cells) == 12 and matrix.platform_differences == []
+    moe_v3 = next(c for c in matrix.cells if (c.model, c.lora, c.engine) == ("moe", "none", "v3"))
+    assert (moe_v3.status, moe_v3.signature) == (CellStatus.FAIL, "dddd") and moe_v3.result_key.startswith("runs/b/")

@@ -169,7 +169,7 @@ def env_facts() -> EnvFacts:
         imported = sys.modules.get(module)
         if imported:
             setattr(facts, module, getattr(imported, "__version__", None))
-    facts.device = _device()
+    facts.device, facts.compute_capability = _device()
     facts.cuda = _torch_cuda()
     facts.cpu, facts.cpu_features = _cpu()
     facts.env_notes = _env_notes()
@@ -217,16 +217,18 @@ def _torch_cuda() -> str | None:
     return getattr(getattr(torch, "version", None), "cuda", None) if torch else None
 
 
-def _device() -> str:
+def _device() -> tuple[str, str | None]:
+    """The device's name and, for a GPU, its compute capability ("9.0")."""
     # Only a torch the engine imported: importing it here would cost seconds in a cell whose
     # engine never did (the fault-injection test seam), and such an engine used no GPU.
     torch = sys.modules.get("torch")
     try:
         if torch is not None and torch.cuda.is_available():
-            return torch.cuda.get_device_name(0)
+            major, minor = torch.cuda.get_device_capability(0)
+            return torch.cuda.get_device_name(0), f"{major}.{minor}"
     except Exception:
         pass
-    return f"cpu ({os.cpu_count()} cores)"
+    return f"cpu ({os.cpu_count()} cores)", None
 
 
 @contextmanager

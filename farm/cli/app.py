@@ -34,6 +34,7 @@ EPILOG = """examples:
   RAY_ADDRESS=ray://head:10001 farm run jobs/smoke.yaml
   farm status smoke-20261126-101500-ab12
   farm matrix                                    # the latest run's matrix as a table
+  farm matrix cpu-smoke-1 gpu-smoke-1 --html merged.html   # two runs, two platforms, one matrix
   farm dashboard --port 8700                     # the page on http://127.0.0.1:8700/, live while runs write
   farm zoo build --for-job jobs/smoke.yaml        # only what a job needs
   farm env build jobs/versions.yaml              # build the job's vLLM envs on this node ahead of a run

@@ -169,7 +169,8 @@ def _known_bugs_check(args: argparse.Namespace) -> int:
     import json
 
     from farm.ops.known_bugs import as_check, as_json, check, load_ledger, report
-    from farm.report.aggregate import load_matrix, publish_known_bugs
+    from farm.report.aggregate import load_matrix
+    from farm.report.ledger import publish_known_bugs
     from farm.store import open_store
 
     ledger = load_ledger(args.ledger)

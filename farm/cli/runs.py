@@ -36,10 +36,12 @@ def add_parsers(sub: Any) -> None:
     store_arguments(status)
     status.set_defaults(handler=_status)
 
-    matrix = sub.add_parser("matrix", help="print a run's matrix (default: the latest)")
-    matrix.add_argument("run_id", nargs="?")
+    matrix = sub.add_parser("matrix", help="print a run's matrix (default: the latest), or one of several runs merged")
+    matrix.add_argument("run_id", nargs="*", metavar="RUN_ID",
+                        help="a run; several: one matrix of them, with the platform as a column level where they differ")
     store_arguments(matrix)
     matrix.add_argument("--json", action="store_true", help="print matrix.json instead of the table")
+    matrix.add_argument("--html", type=Path, metavar="FILE", help="also write the matrix's page to FILE (one file, no server)")
     matrix.set_defaults(handler=_matrix)
 
     dashboard = sub.add_parser("dashboard", help="serve the matrix page on 127.0.0.1; re-render it as results arrive")
@@ -69,7 +71,8 @@ def _run(args: argparse.Namespace) -> int:
     from farm.cli import ops as cli_ops
     from farm.errors import UsageError
     from farm.model.spec import load_job
-    from farm.report.aggregate import format_table, load_matrix
+    from farm.report.aggregate import load_matrix
+    from farm.report.table import format_table
     from farm.runner.driver import make_run_id, run, spool_report
 
     if args.resume and args.run_id:
@@ -141,10 +144,24 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _matrix(args: argparse.Namespace) -> int:
-    from farm.report.aggregate import format_table, load_matrix
+    from farm.errors import PageError, translated
+    from farm.report.aggregate import load_matrix, load_merged
+    from farm.report.render import render_page
+    from farm.report.table import format_table
 
-    matrix = load_matrix(open_store(args), args.run_id)
+    store = open_store(args)
+    one = args.run_id[0] if len(args.run_id) == 1 else None
+    matrix = load_merged(store, args.run_id) if len(args.run_id) > 1 else load_matrix(store, one)
     print(matrix.model_dump_json(indent=1) if args.json else format_table(matrix))
+    if args.html:
+        # The page's "JSON twin" link: its matrix.json beside it (a merged matrix is kept nowhere else).
+        twin = args.html.with_suffix(".json")
+        matrix.matrix_key = twin.name
+        data = matrix.model_dump_json().encode()
+        with translated(PageError, f"writing the page to {args.html}", OSError):
+            twin.write_bytes(data)
+            args.html.write_text(render_page(matrix, data))
+        print(f"page: {args.html} (its matrix.json: {twin})", file=sys.stderr)
     return 0
 
 

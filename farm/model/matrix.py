@@ -23,6 +23,7 @@ class EngineGroup(_Doc):
 
     engine: str
     kind: str = "current"
+    platform: str | None = None  # in a matrix merged from runs on several platforms, the run's (farm.model.platforms)
     columns: list[str] = Field(default_factory=list)
     vllm: list[str] = Field(default_factory=list)  # the versions its cells measured (one, unless nodes differ)
     vllm_commit: list[str] = Field(default_factory=list)
@@ -47,6 +48,36 @@ class VersionChange(_Doc):
     before_vllm: str | None = None
     after_vllm: str | None = None
     changes: int = 1  # how many times the outcome changed along all the engines
+    platform: str | None = None  # versions are compared on one platform at a time
+
+
+class PlatformOutcome(_Doc):
+    """A combination's verdict on one platform, in a matrix merged from runs on several."""
+
+    platform: str
+    engine: str
+    cell_id: str
+    vllm: str | None = None
+    status: str
+    kind: str | None = None
+    root_cause: str | None = None
+    signature: str | None = None
+
+
+class PlatformDifference(_Doc):
+    """A combination whose verdict differs by platform.
+
+    ``release``: the vLLM release measured on each platform compared, which makes the platform the only
+    difference; None when no release was measured on two of them, and each platform's newest release is
+    compared (a difference then may be the version's as well).
+    """
+
+    row: str
+    lora: str
+    model: str
+    quantization: str
+    release: str | None = None
+    outcomes: list[PlatformOutcome] = Field(default_factory=list)
 
 
 HISTORY_WINDOW = 10  # runs per strip: ten nightlies fit a glance and keep a 2000-cell page light
@@ -172,6 +203,9 @@ class MatrixCell(Document):
     quantization: str
     lora: str
     engine: str
+    # Its run's platform (the one most of the run's results measured): a column level when runs on several
+    # platforms are merged. What this cell itself measured is in its env facts (``envs[env_id]``).
+    platform: str | None = None
     status: CellStatus
     symbol: str
     attempt: int = 1
@@ -210,6 +244,7 @@ class SignatureGroup(Document):
     root_cause: str | None = None
     kind: str | None = None
     vllm: list[str] = Field(default_factory=list)  # the vLLM versions it was measured on
+    platforms: list[str] = Field(default_factory=list)  # and the platforms (farm.model.platforms)
 
 
 class RootCauseGroup(Document):
@@ -224,6 +259,7 @@ class RootCauseGroup(Document):
     frames: list[str] = Field(default_factory=list)  # where it was raised, per variant
     cells: list[str] = Field(default_factory=list)
     vllm: list[str] = Field(default_factory=list)
+    platforms: list[str] = Field(default_factory=list)
 
 
 class LedgerFinding(Document):
@@ -272,6 +308,11 @@ class Matrix(Document):
     # combination the first engine where its outcome changed.
     engines: list[EngineGroup] = Field(default_factory=list)
     version_changes: list[VersionChange] = Field(default_factory=list)
+    # The platforms of the runs (farm.model.platforms); more than one only in a matrix merged from several runs
+    # (`farm matrix RUN RUN …`), whose columns then have the platform as their top level.
+    platforms: list[str] = Field(default_factory=list)
+    runs: list[str] = Field(default_factory=list)  # the runs merged into this matrix (one: a run's own matrix)
+    platform_differences: list[PlatformDifference] = Field(default_factory=list)
     matrix_key: str = ""
     finished_at: str | None = None
     legend: list[StatusInfo] = Field(default_factory=list)

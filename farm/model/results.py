@@ -158,6 +158,7 @@ class EnvFacts(Document):
     device: str | None = None
     hostname: str | None = None
     cuda: str | None = None  # the CUDA torch was built for; None on a CPU build
+    compute_capability: str | None = None  # of the GPU the cell used, e.g. "9.0"; None on a CPU
     cpu: str | None = None
     # Instruction sets that decide which vLLM CPU kernels exist (e.g. int4 MoE needs AMX).
     cpu_features: list[str] = Field(default_factory=list)

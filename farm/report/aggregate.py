@@ -8,69 +8,136 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from farm.errors import KeyNotFound
-from farm.model.cells import Cell, cell_label
-from farm.model.matrix import KindInfo, LedgerCheck, Matrix, MatrixCell, ProbeSummary, RootCauseGroup, SignatureGroup, StatusInfo, UnreadableDocument
+from farm.model.cells import Cell
+from farm.model.matrix import KindInfo, Matrix, MatrixCell, ProbeSummary, RootCauseGroup, SignatureGroup, StatusInfo, UnreadableDocument
+from farm.model.platforms import UNKNOWN, most_common, platform_of
 from farm.model.results import CellResult, CellStatus, Document, EnvFacts, ErrorInfo, RunManifest, no_cyclic_gc, status_counts, utcnow
 from farm.model.verdicts import FailureKind, failure_kind, innermost_function, message_template, root_cause
 from farm.report import versions
 from farm.report.history import attach_history
+from farm.report.ledger import read_known_bugs
 from farm.store import RunScan, Store, Unreadable, log_key, matrix_key, read_manifest, result_key, scan_run
-from farm.store.layout import KNOWN_BUGS_KEY, PAGE_KEY
+from farm.store.layout import PAGE_KEY
 
 log = logging.getLogger("farm.report.aggregate")
 
-TRACEBACK_LINES_SHOWN = 4  # of each root cause's representative traceback, in the terminal table
 # Statuses whose cell died without a traceback: the log's last lines are the only "why".
 _LOG_EXCERPT_STATUSES = (CellStatus.CRASH, CellStatus.TIMEOUT, CellStatus.INFRA_ERROR, CellStatus.ENV_ERROR)
 LOG_EXCERPT_LINES, LOG_EXCERPT_CHARS = 25, 2000
 EVIDENCE_CHARS = 4000  # a failed probe's evidence (e.g. both sides at the first divergence), if it is this small
 
 
-def build_matrix(
-    manifest: RunManifest, results: list[CellResult], unreadable: list[Unreadable] | None = None
-) -> Matrix:
-    by_id = {r.cell_id: r for r in results}
-    rows: list[str] = []
-    columns: list[str] = []
-    seen_rows: set[str] = set()
-    seen_columns: set[str] = set()
+RunResults = tuple[RunManifest, list[CellResult]]
+
+
+def build_matrix(manifest: RunManifest, results: list[CellResult], unreadable: list[Unreadable] | None = None) -> Matrix:
+    """A run's matrix."""
+    return _build([(manifest, results)], manifest, unreadable)
+
+
+def merge_runs(runs: Sequence[RunResults], unreadable: list[Unreadable] | None = None) -> Matrix:
+    """One matrix of several runs, e.g. a CPU run and an H200 run of the same combinations.
+
+    When the runs were made on different platforms (each run's platform is the one most of its results
+    measured: farm.model.platforms), the platform becomes the columns' top level (``LoRA · engine ·
+    platform``), versions are compared on one platform at a time, and the combinations whose verdict differs
+    by platform are listed. A cell that two runs on one platform measured shows the later run's result, in
+    the order given.
+    """
+    matrix = _build(runs, _merged_manifest([manifest for manifest, _ in runs]), unreadable)
+    matrix.matrix_key = ""  # kept nowhere in the store: `farm matrix --html` writes its JSON beside the page
+    return matrix
+
+
+def _build(runs: Sequence[RunResults], manifest: RunManifest, unreadable: list[Unreadable] | None) -> Matrix:
+    measured = [most_common(platform_of(r.env) for r in results) for _, results in runs]
+    split = len({p or UNKNOWN for p in measured}) > 1
+    run_platforms = [p or UNKNOWN for p in measured] if split else measured
+    # (row, column) → the run's id, the cell, its id, its result and its run's platform; a later run's wins.
+    chosen: dict[tuple[str, str], tuple[str, Cell, str, CellResult | None, str | None]] = {}
+    for (run, results), platform in zip(runs, run_platforms, strict=True):
+        by_id = {r.cell_id: r for r in results}
+        for cell, cell_id in zip(run.cells, run.cell_ids, strict=True):  # the job's order of axes
+            column = f"{cell.column} · {platform}" if split else cell.column
+            chosen[(cell.row, column)] = (run.run_id, cell, cell_id, by_id.get(cell_id), platform)
+    rows: dict[str, None] = {}
+    columns: dict[str, None] = {}
     cells: list[MatrixCell] = []
     groups: dict[str, SignatureGroup] = {}
     firsts: dict[str, ErrorInfo] = {}  # each root cause's first error, for its function and template
     envs: dict[str, EnvFacts] = {}
     env_ids: dict[str, str] = {}
-    for cell, cell_id in zip(manifest.cells, manifest.cell_ids, strict=True):  # the job's order of axes
-        row, column = cell.row, cell.column
-        rows += [row] if row not in seen_rows else []
-        columns += [column] if column not in seen_columns else []
-        seen_rows.add(row)
-        seen_columns.add(column)
-        result = by_id.get(cell_id)
+    kinds: dict[tuple[str | None, str], str] = {}
+    for (row, column), (run_id, cell, cell_id, result, platform) in chosen.items():
+        rows.setdefault(row)
+        columns.setdefault(column)
+        kinds.setdefault((platform, cell.engine.name), cell.engine.kind)
         error = result.error if result else None
-        cells.append(_matrix_cell(manifest.run_id, cell, cell_id, row, column, result, error, envs, env_ids))
+        cells.append(_matrix_cell(run_id, cell, cell_id, row, column, result, error, envs, env_ids, platform))
         if error and error.signature:
-            group = groups.setdefault(
-                error.signature,
-                SignatureGroup(
-                    signature=error.signature,
-                    error_type=error.type,
-                    frame=error.frame,
-                    message=error.normalized_message or error.message,
-                    cells=[],
-                    traceback_tail=error.traceback_tail,
-                    root_cause=cells[-1].root_cause,
-                    kind=cells[-1].kind,
-                ),
-            )
-            group.cells.append(cell_id)
-            if cells[-1].vllm and cells[-1].vllm not in group.vllm:
-                group.vllm.append(cells[-1].vllm)
-            if group.root_cause and group.root_cause not in firsts:
-                firsts[group.root_cause] = error
-    return _assemble(manifest, rows, columns, cells, groups, _root_causes(groups, firsts), envs, unreadable)
+            _group(groups, firsts, error, cells[-1])
+    platforms = [p for p in dict.fromkeys(run_platforms) if p]
+    return _assemble(manifest, _rows_by_model(rows, cells), list(columns), cells, groups, _root_causes(groups, firsts), envs, unreadable,
+                     platforms=platforms, runs=[run.run_id for run, _ in runs], kinds=kinds)
+
+
+def _rows_by_model(rows: dict[str, None], cells: list[MatrixCell]) -> list[str]:
+    """Rows in first-seen order, a model's rows together (a later run may add a quantization of an earlier model)."""
+    model_of = {c.row: c.model for c in cells}
+    first: dict[str, int] = {}
+    for row in rows:
+        first.setdefault(model_of[row], len(first))
+    order = {row: i for i, row in enumerate(rows)}
+    return sorted(rows, key=lambda row: (first[model_of[row]], order[row]))
+
+
+def _group(groups: dict[str, SignatureGroup], firsts: dict[str, ErrorInfo], error: ErrorInfo, cell: MatrixCell) -> None:
+    """File a failed cell under its signature's group."""
+    assert error.signature
+    group = groups.setdefault(
+        error.signature,
+        SignatureGroup(
+            signature=error.signature,
+            error_type=error.type,
+            frame=error.frame,
+            message=error.normalized_message or error.message,
+            cells=[],
+            traceback_tail=error.traceback_tail,
+            root_cause=cell.root_cause,
+            kind=cell.kind,
+        ),
+    )
+    group.cells.append(cell.cell_id)
+    if cell.vllm and cell.vllm not in group.vllm:
+        group.vllm.append(cell.vllm)
+    if cell.platform and cell.platform not in group.platforms:
+        group.platforms.append(cell.platform)
+    if group.root_cause and group.root_cause not in firsts:
+        firsts[group.root_cause] = error
+
+
+def _merged_manifest(manifests: Sequence[RunManifest]) -> RunManifest:
+    """What the matrix of several runs reads of "the run": their ids and jobs joined, their engines in the order
+    given, the earliest start, the latest finish (none while one is unfinished)."""
+    engines: dict[str, dict[str, Any]] = {}
+    for manifest in manifests:
+        for engine in manifest.job.get("engines", []):
+            if isinstance(engine, dict):
+                engines.setdefault(str(engine.get("name", "current")), engine)
+    finished = [m.finished_at for m in manifests]
+    return manifests[0].model_copy(update={
+        "run_id": " + ".join(m.run_id for m in manifests),
+        "job_name": " + ".join(dict.fromkeys(m.job_name for m in manifests)),
+        "job": {"name": "merged", "engines": list(engines.values())},
+        "cells": [cell for m in manifests for cell in m.cells],
+        "cell_ids": [cell_id for m in manifests for cell_id in m.cell_ids],
+        "started_at": min(m.started_at for m in manifests),
+        "finished_at": None if None in finished else max(f for f in finished if f),
+    })
 
 
 def _root_causes(groups: dict[str, SignatureGroup], firsts: dict[str, ErrorInfo]) -> list[RootCauseGroup]:
@@ -88,6 +155,7 @@ def _root_causes(groups: dict[str, SignatureGroup], firsts: dict[str, ErrorInfo]
             cause.frames.append(group.frame)
         cause.cells += group.cells
         cause.vllm += [v for v in group.vllm if v not in cause.vllm]
+        cause.platforms += [p for p in group.platforms if p not in cause.platforms]
     for group in groups.values():
         group.vllm.sort(key=versions.release_order)
     for cause in causes.values():
@@ -96,7 +164,7 @@ def _root_causes(groups: dict[str, SignatureGroup], firsts: dict[str, ErrorInfo]
 
 
 def _matrix_cell(run_id: str, cell: Cell, cell_id: str, row: str, column: str, result: CellResult | None,
-                 error: ErrorInfo | None, envs: dict[str, EnvFacts], env_ids: dict[str, str]) -> MatrixCell:
+                 error: ErrorInfo | None, envs: dict[str, EnvFacts], env_ids: dict[str, str], platform: str | None) -> MatrixCell:
     """One grid cell, pending if it has no result; called once per cell, so it does the least it can.
 
     _trusted: every value below comes from documents already validated (the manifest, the results); validating
@@ -112,6 +180,7 @@ def _matrix_cell(run_id: str, cell: Cell, cell_id: str, row: str, column: str, r
         quantization=cell.quantization,
         lora=cell.lora,
         engine=cell.engine.name,
+        platform=platform,
         status=status,
         # A failure shows its kind (refused ⊖, broken ✗, wrong ≠); other statuses their own symbol.
         symbol=kind.symbol if kind and status == CellStatus.FAIL else status.symbol,
@@ -136,14 +205,19 @@ def _matrix_cell(run_id: str, cell: Cell, cell_id: str, row: str, column: str, r
 
 def _assemble(manifest: RunManifest, rows: list[str], columns: list[str], cells: list[MatrixCell],
               groups: dict[str, SignatureGroup], causes: list[RootCauseGroup], envs: dict[str, EnvFacts],
-              unreadable: list[Unreadable] | None) -> Matrix:
-    """The matrix around its cells: counts, the columns grouped by engine version, the version changes."""
+              unreadable: list[Unreadable] | None, *, platforms: list[str], runs: list[str],
+              kinds: dict[tuple[str | None, str], str]) -> Matrix:
+    """The matrix around its cells: counts, the columns grouped by platform and engine version, the version
+    changes, the differences between platforms."""
     counts = status_counts(cells)
     order = versions.engine_order(manifest, cells)
-    columns = versions.grouped_columns(columns, cells, order)
+    columns = versions.grouped_columns(columns, cells, order, platforms)
     return Matrix(
-        engines=versions.engine_groups(manifest, cells, columns),
+        engines=versions.engine_groups(kinds, cells, columns),
         version_changes=versions.first_changes(cells, order),
+        platforms=platforms,
+        runs=runs,
+        platform_differences=versions.platform_differences(cells, platforms),
         run_id=manifest.run_id,
         job_name=manifest.job_name,
         generated_at=utcnow().isoformat(timespec="seconds"),
@@ -266,35 +340,6 @@ def _aggregate(store: Store, run_id: str, scan: RunScan | None, exports: bool,
     return key, PAGE_KEY
 
 
-def read_known_bugs(store: Store) -> LedgerCheck | None:
-    """The last published known-bug check, if any (one that cannot be read is left out, with a warning)."""
-    try:
-        return LedgerCheck.model_validate_json(store.get(KNOWN_BUGS_KEY))
-    except KeyNotFound:
-        return None
-    except ValueError as exc:
-        log.warning("%s in %s is unreadable (%s): the page shows no ledger", KNOWN_BUGS_KEY, store.url, str(exc)[:200])
-        return None
-
-
-def publish_known_bugs(store: Store, check: LedgerCheck) -> str | None:
-    """Store ``check`` and show it on the page now: the newest matrix and the page are written again with it.
-    Returns the page's key, or None when the store has no matrix yet (the next run's page shows it)."""
-    from farm.report.render import render_page
-
-    store.put(KNOWN_BUGS_KEY, check.model_dump_json(indent=1).encode(), overwrite=True)
-    try:
-        matrix = Matrix.model_validate_json(store.get(matrix_key()))
-    except KeyNotFound:
-        return None
-    matrix.known_bugs = check
-    data = matrix.model_dump_json().encode()
-    store.put(matrix_key(), data, overwrite=True)
-    store.put(matrix_key(matrix.run_id), data, overwrite=True)
-    store.put(PAGE_KEY, render_page(matrix, data).encode(), overwrite=True)
-    return PAGE_KEY
-
-
 class _MatrixHead(Document):
     """What ``_is_newest`` reads of the current latest.json: parsing a whole 100 000-cell matrix took seconds."""
 
@@ -326,69 +371,16 @@ def load_matrix(store: Store, run_id: str | None = None) -> Matrix:
         return build_matrix(manifest, list(scan.latest.values()), scan.unreadable)
 
 
-def format_table(matrix: Matrix) -> str:
-    """The matrix as a plain-text table for the terminal, then the signature groups."""
-    header = ["model · quantization", *matrix.columns]
-    body: list[list[str]] = []
-    for row in matrix.rows:
-        line = [row]
-        for column in matrix.columns:
-            cell = matrix.at(row, column)
-            if cell is None:
-                line.append("")
-            elif cell.signature:
-                line.append(f"{cell.symbol} {_status_text(cell)} [{cell.root_cause or cell.signature}]")
-            elif cell.failed_probes:
-                line.append(f"{cell.symbol} {_status_text(cell)} ({','.join(cell.failed_probes)})")
-            else:
-                line.append(f"{cell.symbol} {_status_text(cell)}")
-        body.append(line)
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    lines = [versions.group_header(matrix.engines, matrix.columns, widths)] if len(matrix.engines) > 1 else []
-    lines += [_table_line(header, widths), _table_line(["-" * w for w in widths], widths)]
-    lines += [_table_line(r, widths) for r in body]
-    counts = ", ".join(f"{n} {status}" for status, n in sorted(matrix.counts.items()))
-    kinds = ", ".join(f"{n} {kind}" for kind, n in matrix.kind_counts.items())
-    lines.append(f"\n{len(matrix.cells)} cells: {counts}" + (f" (failures: {kinds})" if kinds else ""))
-    if len(matrix.engines) > 1:
-        lines.append("\nFirst version where the outcome changed:" if matrix.version_changes
-                     else "\nNo combination changed its outcome between versions.")
-        lines += versions.format_changes(matrix.version_changes)
-    lines += _format_causes(matrix)
-    for document in matrix.unreadable:
-        lines.append(f"unreadable: {document.key}: {document.reason}")
-    return "\n".join(lines)
-
-
-def _status_text(cell: MatrixCell) -> str:
-    return f"{cell.status.value}/{cell.kind}" if cell.kind else cell.status.value
-
-
-def _format_causes(matrix: Matrix) -> list[str]:
-    """Root causes (one bug each, with its kind and variants), then failures of the farm's own (no verdict)."""
-    labels = {c.cell_id: cell_label(c.model, c.quantization, c.lora, c.engine) for c in matrix.cells}
-    variants = {g.signature: g for g in matrix.signatures}
-    lines = ["\nRoot causes:"] if matrix.root_causes else []
-    for cause in matrix.root_causes:
-        where = f" in {cause.function}" if cause.function else ""
-        versions_seen = f"; vLLM {', '.join(cause.vllm)}" if cause.vllm else ""
-        lines.append(f"[{cause.root_cause}] {cause.kind}: {cause.error_type}{where}: {cause.message[:160]} "
-                     f"— {len(cause.cells)} cell(s){versions_seen}")
-        for signature in cause.variants:
-            group = variants[signature]
-            lines.append(f"  variant [{signature}] at {group.frame or '?'}: {group.message[:120]} — {len(group.cells)} cell(s)")
-            lines += [f"    {labels.get(cell_id, cell_id)}" for cell_id in group.cells]
-        first = variants[cause.variants[0]]
-        lines += [f"    | {line}" for line in first.traceback_tail.splitlines()[-TRACEBACK_LINES_SHOWN:]]
-    other = [g for g in matrix.signatures if g.kind is None]
-    if other:
-        lines.append("\nNot verdicts (the farm's own errors, infrastructure):")
-    for group in other:
-        where = f" at {group.frame}" if group.frame else ""
-        lines.append(f"[{group.signature}] {group.error_type}{where}: {group.message[:160]} — {len(group.cells)} cell(s)")
-        lines += [f"    {labels.get(cell_id, cell_id)}" for cell_id in group.cells]
-    return lines
-
-
-def _table_line(cells: list[str], widths: list[int]) -> str:
-    return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+def load_merged(store: Store, run_ids: Sequence[str]) -> Matrix:
+    """One matrix of several runs in ``store`` (see merge_runs), built from their results; written nowhere."""
+    runs: list[RunResults] = []
+    unreadable: list[Unreadable] = []
+    with no_cyclic_gc():
+        for run_id in dict.fromkeys(run_ids):
+            manifest = read_manifest(store, run_id)  # its own error names a run that is not in the store
+            scan = scan_run(store, run_id)
+            runs.append((manifest, list(scan.latest.values())))
+            unreadable += scan.unreadable
+        matrix = merge_runs(runs, unreadable)
+    matrix.known_bugs = read_known_bugs(store)
+    return matrix

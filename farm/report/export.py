@@ -16,6 +16,7 @@ import json
 import logging
 from typing import Any
 
+from farm.model.platforms import platform_of
 from farm.model.results import no_cyclic_gc
 from farm.model.verdicts import failure_kind, root_cause
 from farm.store import RunScan, Store, export_key, result_key
@@ -24,8 +25,8 @@ log = logging.getLogger("farm.report.export")
 
 _STRINGS = ("run_id", "cell_id", "key", "status", "model", "quantization", "lora", "engine", "model_source",
             "lora_source", "vllm_quantization", "vllm", "vllm_commit", "vllm_dist", "ray", "torch", "transformers",
-            "python", "platform", "device",
-            "hostname", "cuda", "cpu", "kind", "root_cause", "error_type", "error_message", "error_frame", "error_signature",
+            "python", "platform", "platform_name", "device",
+            "hostname", "cuda", "compute_capability", "cpu", "kind", "root_cause", "error_type", "error_message", "error_frame", "error_signature",
             "error_probe")
 
 
@@ -49,7 +50,9 @@ def rows(scan: RunScan) -> list[dict[str, Any]]:
                 "lora_source": result.cell.lora_source,
                 "vllm_quantization": result.cell.vllm_quantization,
                 **result.env.model_dump(include={"vllm", "vllm_commit", "vllm_dist", "ray", "torch", "transformers",
-                                                 "python", "platform", "device", "hostname", "cuda", "cpu", "cpu_features"}),
+                                                 "python", "platform", "device", "hostname", "cuda", "compute_capability",
+                                                 "cpu", "cpu_features"}),
+                "platform_name": platform_of(result.env),  # what the matrix's platform level says (farm.model.platforms)
                 "kind": kind.value if kind else None,
                 "root_cause": root_cause(error) if kind else None,
                 "error_type": error.type if error else None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from farm.model.matrix import EngineGroup, MatrixCell, VersionChange
+from farm.model.matrix import EngineGroup, MatrixCell, PlatformDifference, PlatformOutcome, VersionChange
 from farm.model.results import RunManifest
 
 
@@ -31,27 +31,36 @@ def engine_order(manifest: RunManifest, cells: Sequence[MatrixCell]) -> list[str
     return names
 
 
-def grouped_columns(columns: Sequence[str], cells: Sequence[MatrixCell], order: Sequence[str]) -> list[str]:
-    """Columns grouped per engine in ``order``; within a group, LoRA columns keep their first-seen order."""
-    engine_of = {c.column: c.engine for c in cells}
+def grouped_columns(columns: Sequence[str], cells: Sequence[MatrixCell], order: Sequence[str],
+                    platforms: Sequence[str] = ()) -> list[str]:
+    """Columns grouped per platform (in ``platforms``' order), then per engine in ``order``; within a group,
+    LoRA columns keep their first-seen order."""
+    axes_of = {c.column: (c.platform, c.engine) for c in cells}
     rank = {name: i for i, name in enumerate(order)}
-    return sorted(columns, key=lambda col: (rank.get(engine_of.get(col, ""), len(rank)), columns.index(col)))
+    platform_rank = {name: i for i, name in enumerate(platforms)}
+    position = {col: i for i, col in enumerate(columns)}
+
+    def key(col: str) -> tuple[int, int, int]:
+        platform, engine = axes_of.get(col, (None, ""))
+        return platform_rank.get(platform or "", len(platform_rank)), rank.get(engine, len(rank)), position[col]
+
+    return sorted(columns, key=key)
 
 
-def engine_groups(manifest: RunManifest, cells: Sequence[MatrixCell], columns: Sequence[str]) -> list[EngineGroup]:
-    kinds = {str(e.get("name")): str(e.get("kind", "current")) for e in manifest.job.get("engines", []) if isinstance(e, dict)}
-    by_engine: dict[str, list[MatrixCell]] = {}
+def engine_groups(kinds: dict[tuple[str | None, str], str], cells: Sequence[MatrixCell], columns: Sequence[str]) -> list[EngineGroup]:
+    """One group per engine and platform, in the order of ``columns`` (see grouped_columns); ``kinds``: each
+    one's engine kind (two runs may name different engines alike)."""
+    by_engine: dict[tuple[str | None, str], list[MatrixCell]] = {}
     for cell in cells:
-        by_engine.setdefault(cell.engine, []).append(cell)
+        by_engine.setdefault((cell.platform, cell.engine), []).append(cell)
+    first_column = {col: i for i, col in enumerate(columns)}
     groups = []
-    for name in engine_order(manifest, cells):
-        mine = by_engine.get(name, [])
-        if not mine:
-            continue
+    for (platform, name), mine in sorted(by_engine.items(), key=lambda item: min(first_column.get(c.column, 0) for c in item[1])):
         present = {c.column for c in mine}
         groups.append(EngineGroup(
             engine=name,
-            kind=kinds.get(name, "current"),
+            kind=kinds.get((platform, name), "current"),
+            platform=platform,
             columns=[col for col in columns if col in present],
             vllm=sorted({c.vllm for c in mine if c.vllm}),
             vllm_commit=sorted({c.vllm_commit for c in mine if c.vllm_commit}),
@@ -60,20 +69,21 @@ def engine_groups(manifest: RunManifest, cells: Sequence[MatrixCell], columns: S
     return groups
 
 
-def _outcome(cell: MatrixCell) -> tuple[str, str]:
+def outcome(cell: MatrixCell) -> tuple[str, str]:
     # The root cause, not the signature: a bug whose line or file moved between versions did not change.
     return cell.status.value, cell.root_cause or cell.signature or ",".join(cell.failed_probes)
 
 
 def first_changes(cells: Sequence[MatrixCell], order: Sequence[str]) -> list[VersionChange]:
-    """Per combination whose outcome is not the same on every engine that ran it: where it first changed."""
-    by_combination: dict[tuple[str, str], dict[str, MatrixCell]] = {}
+    """Per combination whose outcome is not the same on every engine that ran it: where it first changed.
+    Versions are compared on one platform at a time: a CPU release next to a GPU release is no version change."""
+    by_combination: dict[tuple[str, str, str | None], dict[str, MatrixCell]] = {}
     for cell in cells:
-        by_combination.setdefault((cell.row, cell.lora), {})[cell.engine] = cell
+        by_combination.setdefault((cell.row, cell.lora, cell.platform), {})[cell.engine] = cell
     changes = []
-    for (row, lora), per_engine in by_combination.items():
+    for (row, lora, platform), per_engine in by_combination.items():
         ran = [per_engine[name] for name in order if name in per_engine and per_engine[name].status.is_verdict()]
-        steps = [(a, b) for a, b in zip(ran, ran[1:]) if _outcome(a) != _outcome(b)]
+        steps = [(a, b) for a, b in zip(ran, ran[1:]) if outcome(a) != outcome(b)]
         if not steps:
             continue
         before, after = steps[0]
@@ -83,9 +93,51 @@ def first_changes(cells: Sequence[MatrixCell], order: Sequence[str]) -> list[Ver
             before=before.status.value, after=after.status.value,
             before_signature=before.signature, after_signature=after.signature,
             before_root_cause=before.root_cause, after_root_cause=after.root_cause,
-            before_vllm=before.vllm, after_vllm=after.vllm, changes=len(steps),
+            before_vllm=before.vllm, after_vllm=after.vllm, changes=len(steps), platform=platform,
         ))
     return changes
+
+
+def platform_differences(cells: Sequence[MatrixCell], platforms: Sequence[str]) -> list[PlatformDifference]:
+    """Per combination measured on several platforms whose verdict differs between them.
+
+    Compared on the newest vLLM release that every such platform measured, so the platform is the only
+    difference; where no release is shared, each platform's newest release (``release`` None says so).
+    """
+    if len(platforms) < 2:
+        return []
+    by_combination: dict[tuple[str, str], dict[str, list[MatrixCell]]] = {}
+    for cell in cells:
+        if cell.platform and cell.status.is_verdict():
+            by_combination.setdefault((cell.row, cell.lora), {}).setdefault(cell.platform, []).append(cell)
+    differences = []
+    for (row, lora), per_platform in by_combination.items():
+        if len(per_platform) < 2:
+            continue
+        releases = [{_release(c.vllm) for c in mine if c.vllm} for mine in per_platform.values()]
+        shared = sorted(set.intersection(*releases), key=release_order)
+        release = shared[-1] if shared else None
+        chosen = [_newest(mine, release) for mine in per_platform.values()]
+        if len({outcome(c) for c in chosen}) < 2:
+            continue
+        first = chosen[0]
+        differences.append(PlatformDifference(
+            row=row, lora=lora, model=first.model, quantization=first.quantization, release=release,
+            outcomes=[PlatformOutcome(platform=c.platform or "", engine=c.engine, cell_id=c.cell_id, vllm=c.vllm,
+                                      status=c.status.value, kind=c.kind, root_cause=c.root_cause, signature=c.signature)
+                      for c in sorted(chosen, key=lambda c: platforms.index(c.platform) if c.platform in platforms else len(platforms))],
+        ))
+    return differences
+
+
+def _release(version: str) -> str:
+    """The release a version string names: 0.11.1+cpu and 0.11.1 are one release on two platforms."""
+    return version.split("+")[0]
+
+
+def _newest(cells: list[MatrixCell], release: str | None) -> MatrixCell:
+    eligible = [c for c in cells if c.vllm and (release is None or _release(c.vllm) == release)] or cells
+    return max(eligible, key=lambda c: release_order(c.vllm or ""))
 
 
 def group_header(groups: Sequence[EngineGroup], columns: Sequence[str], widths: list[int], gap: int = 2) -> str:
@@ -105,12 +157,42 @@ def group_header(groups: Sequence[EngineGroup], columns: Sequence[str], widths: 
     return out.rstrip()
 
 
-def format_changes(changes: Sequence[VersionChange]) -> list[str]:
+def platform_header(groups: Sequence[EngineGroup], columns: Sequence[str], widths: list[int], gap: int = 2) -> str:
+    """A line above the engines' naming each platform over its columns (``widths`` as group_header left them)."""
+    out = " " * (widths[0] + gap)
+    spans: list[tuple[str, list[int]]] = []
+    for group in groups:
+        index = [columns.index(col) + 1 for col in group.columns]
+        if spans and spans[-1][0] == (group.platform or ""):
+            spans[-1][1].extend(index)
+        else:
+            spans.append((group.platform or "", index))
+    for label, index in spans:
+        span = sum(widths[i] + gap for i in index) - gap
+        out += f"── {label} ".ljust(span, "─") + " " * gap
+    return out.rstrip()
+
+
+def format_platform_differences(differences: Sequence[PlatformDifference]) -> list[str]:
+    lines = []
+    for difference in differences:
+        where = f"vLLM {difference.release}" if difference.release else "no release measured on both: each platform's newest"
+        lines.append(f"  {difference.row} · {difference.lora} ({where}):")
+        for seen in difference.outcomes:
+            cause = seen.root_cause or seen.signature
+            verdict = seen.status + (f"/{seen.kind}" if seen.kind else "") + (f" [{cause}]" if cause else "")
+            lines.append(f"    {seen.platform}: {verdict} on {seen.engine} (vLLM {seen.vllm or '?'})")
+    return lines
+
+
+def format_changes(changes: Sequence[VersionChange], platforms: bool = False) -> list[str]:
+    """One line per change; ``platforms``: name each one's platform (a matrix of runs on several)."""
     lines = []
     for change in changes:
         before_cause, after_cause = change.before_root_cause or change.before_signature, change.after_root_cause or change.after_signature
         before = change.before + (f" [{before_cause}]" if before_cause else "")
         after = change.after + (f" [{after_cause}]" if after_cause else "")
         more = f" ({change.changes} changes along the versions)" if change.changes > 1 else ""
-        lines.append(f"  {change.row} · {change.lora}: {before} on {change.previous_engine} → {after} on {change.engine}{more}")
+        on = f" [{change.platform}]" if platforms and change.platform else ""
+        lines.append(f"  {change.row} · {change.lora}{on}: {before} on {change.previous_engine} → {after} on {change.engine}{more}")
     return lines
