@@ -109,7 +109,7 @@ def test_empty_rule_is_rejected():
 def test_yaml_errors_and_missing_files(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: t\nmodels: [\n")
-    with pytest.raises(JobSpecError, match=r"bad.yaml: not valid YAML at line \d+"):
+    with pytest.raises(JobSpecError, match=r"bad.yaml, line \d+, column \d+: not valid YAML: "):
         load_job(bad)
     with pytest.raises(JobSpecError, match="no such job file"):
         load_job(tmp_path / "nope.yaml")

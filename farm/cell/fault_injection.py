@@ -39,9 +39,8 @@ from typing import Any
 from farm.cell.types import Completion
 from farm.errors import EngineEnvError
 from farm.model.cells import Cell
+from farm.model.engines import FAULTS
 from farm.settings import fault_counter_dir
-
-FAULTS = ("pass", "raise", "segfault", "abort", "hang", "oom", "exit", "infra")
 
 
 @contextmanager

@@ -126,6 +126,10 @@ class CurrentEngine(EngineSpec):
     kind: Literal["current"] = "current"
 
 
+# What the fault-injection engine does when built (its ``fault`` engine argument), farm.cell.fault_injection.
+FAULTS = ("pass", "raise", "segfault", "abort", "hang", "oom", "exit", "infra")
+
+
 class FaultInjectionEngine(EngineSpec):
     """A TEST SEAM, not a vLLM: see ``farm.cell.fault_injection``; tests and benchmarks about the farm use it."""
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import fnmatch
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
 from pydantic import (
     Field,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -23,9 +23,15 @@ from pydantic import (
 
 from farm.errors import JobSpecError, did_you_mean
 from farm.model.base import NAME_PATTERN, NO_LORA, StrictModel, one_line, require_unique
-from farm.model.engines import CurrentEngine, Engine, EngineSpec, read_patch
+from farm.model.engines import FAULTS, CurrentEngine, Engine, EngineSpec, read_patch
+from farm.model.jobfile import read_job_document
 from farm.model.sources import zoo_source
 from farm.registry import PROBES
+
+# Bounds of numbers whose absurd values were accepted and then failed late (a timeout of 1e21 s overflowed
+# the cell's watchdog): a week of timeout, a large node's CPUs and GPUs, 16 TiB of memory.
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+MAX_CPUS, MAX_GPUS, MAX_MEMORY_GB = 1024.0, 64.0, 16384.0
 
 
 class Resources(StrictModel):
@@ -38,10 +44,10 @@ class Resources(StrictModel):
     """
 
     # A GPU cell must also say num_cpus: a Ray GPU actor otherwise takes 1 CPU silently.
-    num_cpus: float = Field(1.0, gt=0, description="CPUs per engine worker (per cell on a CPU platform)")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per engine worker; 0 on a CPU platform")
+    num_cpus: float = Field(1.0, ge=0.01, le=MAX_CPUS, description="CPUs per engine worker (per cell on a CPU platform)")
+    num_gpus: float = Field(0.0, ge=0, le=MAX_GPUS, description="GPUs per engine worker; 0 on a CPU platform")
     memory_gb: float | None = Field(
-        None, gt=0, description="host memory per cell in GiB: reserved in Ray and enforced (killed past it)"
+        None, ge=0.1, le=MAX_MEMORY_GB, description="host memory per cell in GiB: reserved in Ray and enforced (killed past it)"
     )
 
 
@@ -72,7 +78,7 @@ class Variant(StrictModel):
     )
     # What the job gives every cell, except where a variant needs more (or less): a bigger model, a longer build.
     resources: Resources | None = Field(None, description="overrides the fields of the job's resources it sets")
-    timeout_s: float | None = Field(None, gt=0, description="overrides the job's timeout_s for this variant's cells")
+    timeout_s: float | None = Field(None, gt=0, le=MAX_TIMEOUT_S, description="overrides the job's timeout_s for this variant's cells")
 
     @model_validator(mode="after")
     def _one_source(self) -> Variant:
@@ -113,7 +119,7 @@ class Model(StrictModel):
     name: str = Field(pattern=NAME_PATTERN)
     variants: list[Variant] = Field(min_length=1)
     loras: list[Adapter] = Field(default_factory=list)
-    max_lora_rank: int = Field(8, ge=1, description="vLLM's max_lora_rank for this model's LoRA cells")
+    max_lora_rank: int = Field(8, ge=1, le=1024, description="vLLM's max_lora_rank for this model's LoRA cells")
 
     @model_validator(mode="after")
     def _unique(self) -> Model:
@@ -130,10 +136,10 @@ class Retries(StrictModel):
     """When a cell runs again (see ``farm.runner.retry``); every attempt is its own result."""
 
     infra_attempts: int = Field(
-        3, ge=1, description="attempts per run for infra outcomes (lost node, actor not started, env setup), each "
+        3, ge=1, le=10, description="attempts per run for infra outcomes (lost node, actor not started, env setup), each "
         "elsewhere, and cold-start timeouts (the first engine build on a node), on the same node"
     )
-    recheck: int = Field(1, ge=0, description="reruns of a fail, crash or timeout, to tell a flaky cell from a broken one")
+    recheck: int = Field(1, ge=0, le=5, description="reruns of a fail, crash or timeout, to tell a flaky cell from a broken one")
 
 
 class Rule(StrictModel):
@@ -169,10 +175,11 @@ def _zoo_prompts() -> list[str]:
 
 class Generation(StrictModel):
     # The zoo's models are confident on their own domain, so these prompts give peaked outputs.
-    prompts: list[str] = Field(default_factory=_zoo_prompts, min_length=1)
+    prompts: list[Annotated[str, StringConstraints(min_length=1, max_length=100_000)]] = Field(
+        default_factory=_zoo_prompts, min_length=1, max_length=1000)
     max_tokens: int = Field(16, ge=1, le=4096)
     top_logprobs: int = Field(5, ge=1, le=20, description="top-k compared at the first divergence")
-    repeats: int = Field(3, ge=2, description="`determinism`: generations compared in one engine")
+    repeats: int = Field(3, ge=2, le=20, description="`determinism`: generations compared in one engine")
 
 
 class JobSpec(StrictModel):
@@ -186,11 +193,11 @@ class JobSpec(StrictModel):
     generation: Generation = Field(default_factory=Generation)
     resources: Resources = Field(default_factory=Resources)
     timeout_s: float = Field(
-        900.0, gt=0, description="per cell, engine build included; the default leaves room for a cold first build "
+        900.0, gt=0, le=MAX_TIMEOUT_S, description="per cell, engine build included; the default leaves room for a cold first build "
         "(JIT compilation on a fresh GPU node: 90-120 s even for a tiny model), whose timeout is retried, not a verdict"
     )
     start_timeout_s: float = Field(
-        300.0, gt=0, description="for a cell's actor to be placed and started while its node has room; then an infra retry"
+        300.0, gt=0, le=MAX_TIMEOUT_S, description="for a cell's actor to be placed and started while its node has room; then an infra retry"
     )
     retries: Retries = Field(default_factory=Retries)
     include: list[Rule] = Field(default_factory=list)
@@ -217,6 +224,20 @@ class JobSpec(StrictModel):
         require_unique([e.name for e in self.engines], "engines[].name")
         return self
 
+    @model_validator(mode="after")
+    def _known_faults(self) -> JobSpec:
+        """A fault-injection job names faults the engine knows: an unknown one failed every cell at run time."""
+        if not any(e.kind == "fault-injection" for e in self.engines):
+            return self
+        given = [("engine_args.fault", self.engine_args)] + [
+            (f"models[{m.name}].variants[{i}].engine_args.fault", v.engine_args)
+            for m in self.models for i, v in enumerate(m.variants)]
+        for where, arguments in given:
+            if "fault" in arguments and str(arguments["fault"]) not in FAULTS:
+                raise ValueError(f"{where}: unknown fault {arguments['fault']!r}; the fault-injection engine knows "
+                                 f"{', '.join(FAULTS)}")
+        return self
+
 
 def load_job(path: str | Path) -> JobSpec:
     """Read and validate a job spec.
@@ -225,14 +246,7 @@ def load_job(path: str | Path) -> JobSpec:
         JobSpecError: one line naming the file, the field and what would be valid.
     """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise JobSpecError(f"{path}: no such job file; the shipped jobs are in jobs/ (e.g. jobs/smoke.yaml)") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise JobSpecError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    data = read_job_document(path)  # limits on size, encoding, depth, aliases, duplicate keys (farm.model.jobfile)
     return parse_job(_with_patches_read(data, path), origin=str(path))
 
 
@@ -257,8 +271,15 @@ def parse_job(data: Any, origin: str = "<job>") -> JobSpec:
     if not isinstance(data, dict):
         raise JobSpecError(f"{origin}: a job spec is a YAML mapping with at least 'name' and 'models'")
     try:
-        return JobSpec.model_validate(data)
+        job = JobSpec.model_validate(data)
     except ValidationError as exc:
         raise JobSpecError(f"{origin}: {one_line(exc)}") from None
+    if job.include or job.exclude or not job.base:  # only these can leave a job without cells
+        from farm.model.cells import expand  # cells builds on this module
+
+        if not expand(job):
+            raise JobSpecError(f"{origin}: the job has no cell to run: its include/exclude rules (or base: false "
+                               "without adapters) leave none; loosen them (farm validate lists what remains)")
+    return job
 
 
