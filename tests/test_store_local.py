@@ -28,6 +28,42 @@ def test_symlink_out_of_the_store_is_refused(tmp_path):
     assert not list((tmp_path / "outside").iterdir())
 
 
+def test_a_directory_swapped_for_a_symlink_out_of_a_store_in_use_is_refused(tmp_path):
+    # A long-lived reader (farm dashboard) has used the store; then its matrix/ becomes a symlink out of it.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.json").write_bytes(b"not the store's")
+    store = LocalStore(tmp_path / "store")
+    store.put("matrix/latest.json", b"{}", overwrite=True)
+    assert store.get("matrix/latest.json") == b"{}" and store.list("matrix/") == ["matrix/latest.json"]
+    (tmp_path / "store" / "matrix" / "latest.json").unlink()
+    (tmp_path / "store" / "matrix").rmdir()
+    os.symlink(outside, tmp_path / "store" / "matrix")
+    for act in (lambda: store.get("matrix/secret.json"), lambda: store.put("matrix/latest.json", b"x", overwrite=True),
+                lambda: store.put("matrix/new.json", b"x"), lambda: store.list("matrix/"), lambda: store.exists("matrix/secret.json")):
+        with pytest.raises(StoreError, match="escapes the store root"):
+            act()
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.json"], "nothing written outside"
+    # A symlink that stays inside the store is followed, as before.
+    (tmp_path / "store" / "matrix").unlink()
+    (tmp_path / "store" / "old").mkdir()
+    os.symlink(tmp_path / "store" / "old", tmp_path / "store" / "matrix")
+    store.put("matrix/latest.json", b"y", overwrite=True)
+    assert store.get("matrix/latest.json") == b"y" and (tmp_path / "store" / "old" / "latest.json").read_bytes() == b"y"
+
+
+def test_files_follow_the_umask(tmp_path):
+    # Temp files are 0600; the store's files are created as the process's umask says (a shared store, a page).
+    old = os.umask(0o027)
+    try:
+        LocalStore(tmp_path).put("runs/r/manifest.json", b"{}")
+        LocalStore(tmp_path).put("index.html", b"<p>", overwrite=True)
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "runs" / "r" / "manifest.json").stat().st_mode & 0o777) == "0o640"
+    assert oct((tmp_path / "index.html").stat().st_mode & 0o777) == "0o640"
+
+
 def test_open_store_urls(tmp_path):
     assert open_store(str(tmp_path)).url == str(tmp_path.resolve())
     assert open_store(f"file://{tmp_path}").url == str(tmp_path.resolve())

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,78 +22,127 @@ class LocalStore(Store):
     ``link(2)`` fails if the name exists and is atomic, so a reader sees the whole file or
     none, and of two racing writers exactly one wins. Temp files start with ``.`` and are
     never listed.
+
+    No key leaves the root, at every read and write: each directory of a key is opened relative to the one
+    above it without following symlinks (``O_NOFOLLOW``), and a symlink met on the way is followed only if it
+    leads inside the root. Nothing of it is cached: a directory swapped for a symlink out of the store while
+    a ``farm dashboard`` serves it is refused at the next request. Files are created with the process's
+    umask (readable by the group where it says so), not the 0600 of a temp file.
     """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
         self.url = str(self.root)
-        # Directories already checked (no symlink out of the root): resolving every component of every key
-        # cost a third of aggregating 100 000 results (bench/RESULTS.md); now each is checked once.
-        self._dirs: dict[str, Path] = {}
 
     def _path(self, key: str) -> Path:
+        """The file ``key`` names, its directories checked (for the path-based operations: exists)."""
         parent, _, name = check_key(key).rpartition("/")
-        return self._inside(self._dir(parent) / name, key)
+        directory = self.root / parent if parent else self.root
+        resolved = directory.resolve()
+        if resolved != self.root and self.root not in resolved.parents:
+            raise self._escapes(key)
+        return self._inside(resolved / name, key)
 
-    def _dir(self, relative: str) -> Path:
-        """The directory ``relative`` under the root, each of its components checked once per store object."""
-        if not relative:
-            return self.root
-        known = self._dirs.get(relative)
-        if known is None:
-            above, _, name = relative.rpartition("/")
-            known = self._inside(self._dir(above) / name, relative)
-            self._dirs[relative] = known
-        return known
+    def _escapes(self, key: str) -> StoreError:
+        return StoreError(f"key {key!r} escapes the store root {self.root} through a symlink; "
+                          "keys come from farm.store's key functions")
 
     def _inside(self, path: Path, key: str) -> Path:
         """``path`` itself, or where its symlink leads if that stays inside the root."""
-        if not path.is_symlink():  # one lstat: its parents were checked already
+        if not path.is_symlink():
             return path
-        # check_key already forbids '..'; this catches a symlink inside the store pointing out of it.
         resolved = path.resolve()
         if self.root not in resolved.parents:
-            raise StoreError(f"key {key!r} escapes the store root {self.root}; "
-                             "keys come from farm.store's key functions")
+            raise self._escapes(key)
         return resolved
 
-    def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
-        path = self._path(key)
-        tmp = None
+    @contextlib.contextmanager
+    def _directory(self, relative: str, key: str, *, create: bool = False) -> Iterator[int]:
+        """An fd of the root's directory ``relative``, opened one component at a time without following a symlink
+        (one met is followed only into the root); ``create``: make missing directories on the way."""
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            if overwrite:
-                os.replace(tmp, path)
-            else:
-                os.link(tmp, path)
+            for name in relative.split("/") if relative else []:
+                try:
+                    below = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(name, dir_fd=fd)
+                    below = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    below = self._follow(fd, name, key)
+                os.close(fd)
+                fd = below
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _follow(self, fd: int, name: str, key: str) -> int:
+        """The directory a symlink ``name`` in directory ``fd`` leads to, if inside the root."""
+        target = Path(f"/proc/self/fd/{fd}").resolve() / name
+        resolved = target.resolve()
+        if resolved != self.root and self.root not in resolved.parents:
+            raise self._escapes(key)
+        return os.open(resolved, os.O_RDONLY | os.O_DIRECTORY)
+
+    def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
+        parent, _, name = check_key(key).rpartition("/")
+        path = self.root / key
+        try:
+            with self._directory(parent, key, create=True) as directory:
+                self._write(directory, name, data, overwrite, key)
         except FileExistsError:
             raise KeyExists(f"{self.location(key)} exists; results are written once") from None
+        except StoreError:
+            raise
         except OSError as exc:
             if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP) and not overwrite:
                 raise StoreError(f"cannot write {path}: the filesystem refuses hard links, which create-once "
                                  "writes need; use a directory on a local filesystem (ext4, xfs, btrfs, apfs)") from exc
             raise StoreError(f"cannot write {path}: {exc.strerror}; "
                              "check the directory's permissions and free space") from exc
+
+    def _write(self, directory: int, name: str, data: bytes, overwrite: bool, key: str) -> None:
+        """A complete, fsynced temp file in ``directory``, then linked (create-once) or renamed to ``name``."""
+        tmp = f".{name}.{secrets.token_hex(6)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=directory)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            if not overwrite:
+                os.link(tmp, name, src_dir_fd=directory, dst_dir_fd=directory, follow_symlinks=False)
+                return
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISLNK(os.stat(name, dir_fd=directory, follow_symlinks=False).st_mode):
+                    raise self._escapes(key)  # renaming over a symlink is safe, but someone planted it: say so
+            os.replace(tmp, name, src_dir_fd=directory, dst_dir_fd=directory)
         finally:
-            if tmp and os.path.exists(tmp):
-                os.unlink(tmp)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=directory)
 
     def get(self, key: str) -> bytes:
         parent, _, name = check_key(key).rpartition("/")
-        path = self._dir(parent) / name
+        path = self.root / key
         try:
-            # O_NOFOLLOW: a plain file is read without the lstat that _inside would spend on it (100 000 of them
-            # in an aggregation); a symlink fails with ELOOP and takes the checked way.
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            with self._directory(parent, key) as directory:
+                try:
+                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=directory)
+                except OSError as exc:
+                    if exc.errno != errno.ELOOP:
+                        raise
+                    return self._read(self._inside(Path(f"/proc/self/fd/{directory}").resolve() / name, key))
+        except (FileNotFoundError, NotADirectoryError):
+            raise KeyNotFound(f"{path} does not exist in the store") from None
         except OSError as exc:
-            if exc.errno != errno.ELOOP:
-                return self._read(path)  # the same error again, named the same way as every other read's
-            return self._read(self._inside(path, key))
+            raise StoreError(f"cannot read {path}: {exc.strerror}") from exc
         with os.fdopen(fd, "rb") as file:
             try:
                 return file.read()
@@ -127,6 +178,8 @@ class LocalStore(Store):
         start = self.root / head if head else self.root
         if not start.is_dir():
             return []
+        if start.resolve() != self.root and self.root not in start.resolve().parents:
+            raise self._escapes(prefix)
         keys = []
         skip = len(str(self.root)) + 1
         for dirpath, dirs, files in os.walk(start):
