@@ -60,11 +60,16 @@ def dashboard(tmp_path):
         yield store, port
 
 
-def get(port: int, path: str, method: str = "GET") -> tuple[int, str, bytes]:
+def get(port: int, path: str, method: str = "GET", host: str | None = None) -> tuple[int, str, bytes]:
+    return request(port, path, method, host)[:3]  # type: ignore[return-value]
+
+
+def request(port: int, path: str, method: str = "GET", host: str | None = None) -> tuple[int, str, bytes, dict[str, str]]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    connection.request(method, path)  # sent as is: http.client does not normalise "..", as a hostile client would not
+    # Sent as is: http.client does not normalise "..", as a hostile client would not; a given Host replaces its own.
+    connection.request(method, path, headers={"Host": host} if host else {})
     response = connection.getresponse()
-    return response.status, response.getheader("Content-Type") or "", response.read()
+    return response.status, response.getheader("Content-Type") or "", response.read(), dict(response.getheaders())
 
 
 def wait_until(check, timeout: float = 30):  # type: ignore[no-untyped-def]
@@ -95,6 +100,33 @@ def test_nothing_outside_the_store(dashboard, path):
     _, port = dashboard
     status, _, _ = get(port, path)
     assert status == 404
+
+
+def test_only_loopback_host_names_are_answered(dashboard):
+    # DNS rebinding: a page on attacker.example whose name now resolves to 127.0.0.1 asks with its own Host.
+    store, port = dashboard
+    for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.attacker.example", "10.0.0.5"):
+        status, _, body = get(port, "/matrix/latest.json", host=host)
+        assert status == 421 and b"--allow-host" in body and b"run_id" not in body, host
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}"):
+        assert get(port, "/matrix/latest.json", host=host)[0] == 200, host
+
+
+def test_responses_carry_a_content_security_policy(dashboard):
+    store, port = dashboard
+    *_, headers = request(port, "/")
+    page = store.get("index.html").decode()
+    assert f'content="{headers["Content-Security-Policy"]}"' in page and "script-src 'sha256-" in headers["Content-Security-Policy"]
+    for path in ("/matrix/latest.json", "/" + store.list("runs/")[-1]):
+        assert request(port, path)[3]["Content-Security-Policy"] == "default-src 'none'; sandbox"
+
+
+def test_an_allowed_host_name_is_answered(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    write_runs(store, Shape(rows=2, columns=2, nights=1))
+    with farm_dashboard("--store", str(store.root), "--allow-host", "farm.internal", cwd=tmp_path) as port:
+        assert get(port, "/", host=f"farm.internal:{port}")[0] == 200
+        assert get(port, "/", host="other.internal")[0] == 421
 
 
 def test_rerenders_when_new_results_arrive_and_the_page_follows(dashboard, browser):

@@ -48,6 +48,8 @@ def add_parsers(sub: Any) -> None:
     store_arguments(dashboard)
     dashboard.add_argument("--port", type=int, default=8700, help="port on 127.0.0.1 (default 8700; 0: any free port)")
     dashboard.add_argument("--interval", type=float, default=2.0, help="seconds between looks at the store (default 2)")
+    dashboard.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                           help="answer requests for this host name too (default: loopback names only)")
     dashboard.set_defaults(handler=_dashboard)
 
 
@@ -169,5 +171,5 @@ def _dashboard(args: argparse.Namespace) -> int:
     from farm.report.dashboard import serve
 
     log_to_stderr(logging.WARNING)
-    serve(open_store(args), port=args.port, interval=args.interval)
+    serve(open_store(args), port=args.port, interval=args.interval, allow_hosts=tuple(args.allow_host))
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import mimetypes
+import re
 import sys
 import threading
 import time
@@ -77,7 +78,29 @@ class Watcher:
         return True
 
 
-def make_handler(store: Store, watcher: Watcher) -> type[BaseHTTPRequestHandler]:
+# The names a browser on this machine uses for a loopback server. A page elsewhere can make a browser send
+# requests here under its own name (DNS rebinding: attacker.example resolving to 127.0.0.1), which then reads
+# the store's results and logs as its own origin: such requests are refused by their Host header.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+# For everything but the page: nothing in a log or a JSON file runs when opened in a browser.
+INERT_CSP = "default-src 'none'; sandbox"
+_PAGE_CSP = re.compile(rb'<meta http-equiv="Content-Security-Policy" content="([^"]*)">')
+
+
+def host_allowed(host: str | None, allowed: tuple[str, ...]) -> bool:
+    """Whether a request's Host header names this server (any port): a loopback name or one the user allowed.
+    HTTP/1.0 clients send none; browsers always do."""
+    if host is None:
+        return True
+    name = host.strip().lower()
+    if not name.startswith("["):
+        name = name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+    elif "]:" in name:
+        name = name.rsplit(":", 1)[0]
+    return name in allowed
+
+
+def make_handler(store: Store, watcher: Watcher, allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "farm-dashboard"
 
@@ -88,6 +111,10 @@ def make_handler(store: Store, watcher: Watcher) -> type[BaseHTTPRequestHandler]
             self._respond(body=False)
 
         def _respond(self, *, body: bool) -> None:
+            if not host_allowed(self.headers.get("Host"), allowed_hosts):
+                text = (f"farm dashboard answers only {', '.join(allowed_hosts)} as its Host; "
+                        "add a name with --allow-host NAME\n")
+                return self._send(HTTPStatus.MISDIRECTED_REQUEST, text.encode(), "text/plain; charset=utf-8", body)
             key = unquote(urlsplit(self.path).path).lstrip("/") or PAGE_KEY
             if key == VERSION_PATH:
                 return self._send(HTTPStatus.OK, watcher.version.encode(), "text/plain; charset=utf-8", body)
@@ -111,6 +138,9 @@ def make_handler(store: Store, watcher: Watcher) -> type[BaseHTTPRequestHandler]
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Cache-Control", "no-store")  # results change under a live run
             self.send_header("X-Content-Type-Options", "nosniff")  # a log is text, whatever it contains
+            page_policy = _PAGE_CSP.search(data[:4096]) if kind.startswith("text/html") else None
+            # The page's own policy (its script by hash) also as a header; anything else is inert.
+            self.send_header("Content-Security-Policy", page_policy.group(1).decode() if page_policy else INERT_CSP)
             self.end_headers()
             if body:
                 self.wfile.write(data)
@@ -131,13 +161,16 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def serve(store: Store, *, port: int, interval: float = 2.0, say: Callable[[str], None] = _say) -> None:
-    """Serve ``store`` on 127.0.0.1:``port`` (0: any free port) until interrupted, re-rendering as results arrive."""
+def serve(store: Store, *, port: int, interval: float = 2.0, say: Callable[[str], None] = _say,
+          allow_hosts: tuple[str, ...] = ()) -> None:
+    """Serve ``store`` on 127.0.0.1:``port`` (0: any free port) until interrupted, re-rendering as results arrive;
+    requests must name a loopback host, or one of ``allow_hosts``."""
     watcher = Watcher(store)
     _poll(watcher)
     try:
         # 127.0.0.1 only: the page shows error messages and logs from the cluster; sharing it is the bucket's job.
-        server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(store, watcher))
+        allowed = LOOPBACK_HOSTS + tuple(h.lower() for h in allow_hosts)
+        server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(store, watcher, allowed))
     except OSError as exc:
         raise PageError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}; pick another port with --port "
                         "(0 picks a free one)") from exc
