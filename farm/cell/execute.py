@@ -41,10 +41,11 @@ class CellSettings(BaseModel):
     probes: list[str]
     engine_args: dict[str, Any] = Field(default_factory=dict)
     generation: Generation = Field(default_factory=Generation)
+    keep_env: list[str] = Field(default_factory=list)
 
     @classmethod
     def from_job(cls, job: JobSpec) -> CellSettings:
-        return cls(probes=job.probes, engine_args=job.engine_args, generation=job.generation)
+        return cls(probes=job.probes, engine_args=job.engine_args, generation=job.generation, keep_env=job.keep_env)
 
 
 def engine_environment() -> dict[str, str]:

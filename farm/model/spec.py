@@ -190,6 +190,9 @@ class JobSpec(StrictModel):
     base: bool = Field(True, description="include the no-adapter column 'none'")
     probes: list[str] = Field(default_factory=lambda: ["load", "generate", "lora"], min_length=1)
     engine_args: dict[str, Any] = Field(default_factory=dict, description="passed to vllm.LLM for every cell")
+    keep_env: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = Field(
+        default_factory=list, description="store credentials a cell keeps (e.g. AWS_PROFILE for a model bucket): "
+        "by default every cell's process drops them (farm.cell.credentials)")
     generation: Generation = Field(default_factory=Generation)
     resources: Resources = Field(default_factory=Resources)
     timeout_s: float = Field(
