@@ -30,6 +30,7 @@ HOSTILE = [
     "<svg onload=window.__pwned=1>",
     "javascript:window.__pwned=1",
     "{{7*7}} ${7*7} &amp; &lt;b&gt; \u2028 \u2029",
+    "\x1b[2J\x1b]0;pwned\x07\x1b[31m red \x9b0m",  # a terminal's: clear the screen, retitle the window, colour
 ]
 
 FAMILIES = ["qwen2", "qwen2-moe", "llama3", "mixtral", "deepseek-v2", "phi3", "gemma2", "mistral", "olmoe",
@@ -101,7 +102,7 @@ def _cells(shape: Shape, hostile: bool) -> list[Cell]:
     cells = []
     for r, (model, quant) in enumerate(rows):
         if hostile and r == 1:
-            model = _text(model, True, 0)
+            model = _text(model, True, 0) + HOSTILE[-1]  # markup for the page, control sequences for a terminal
         for lora, version in columns:
             cells.append(Cell(
                 model=model,

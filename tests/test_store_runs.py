@@ -199,3 +199,32 @@ def test_store_down_at_the_end_spools_and_resume_flushes(flaky_s3, local_ray, fa
     assert manifest.finished_at and manifest.counts == {"pass": 4}
     assert store.exists(f"matrix/{outcome.run_id}.json") and not spool.exists()
     assert utcnow() >= manifest.finished_at
+
+
+def test_resume_when_the_store_lost_the_run_but_its_spool_holds_results(farm_cli, write_job, tmp_path):
+    # An in-memory S3 restarted: the store forgot the run, the driver's spool still holds two of its results.
+    import shutil
+
+    from farm.store import LocalStore, Spool
+
+    job = write_job(fault_job("lost", cells=3))
+    env = {"FARM_HOME": str(tmp_path / "home")}
+    code, _, err = farm_cli("run", str(job), "--store", "store", "--run-id", "lost-1", env=env, timeout=300)
+    assert code == 0, err[-3000:]
+    store = LocalStore(tmp_path / "store")
+    kept = sorted(scan_run(store, "lost-1").latest.values(), key=lambda r: r.cell.quantization)[:2]
+    spool = Spool(tmp_path / "home" / "spool" / "lost-1", store.url)
+    for result in kept:
+        spool.add_result(result)
+    shutil.rmtree(tmp_path / "store" / "runs" / "lost-1")
+
+    code, _, err = farm_cli("run", "--resume", "lost-1", "--store", "store", env=env)
+    assert code != 0 and len(err.strip().splitlines()) == 1, err
+    assert "2 result(s) of it are in the store (2 just flushed from the spool" in err, err
+    assert "/home/spool/lost-1): give its job file too (farm run JOB --resume lost-1)" in err
+
+    code, out, err = farm_cli("run", str(job), "--resume", "lost-1", "--store", "store", env=env, timeout=300)
+    assert code == 0, err[-3000:]
+    assert "ran 1 cell(s); 2 already had a result" in out, out
+    assert sorted(r.cell.quantization for r in scan_run(store, "lost-1").latest.values()) == ["q0", "q1", "q2"]
+    assert read_manifest(store, "lost-1").counts == {"pass": 3}

@@ -30,6 +30,7 @@ from farm.model.results import CellResult, CellStatus, EnvFacts, ErrorInfo, Prob
 from farm.model.spec import Generation, JobSpec
 from farm.registry import PROBES
 from farm.settings import ENV_NOTES_VARIABLE, vllm_cache_dir
+from farm.text import strip_ansi
 
 LOG_TAIL_BYTES = 16_000  # kept in the result and the store
 LOG_SCAN_BYTES = 1_000_000  # searched for a subprocess's root-cause traceback
@@ -289,6 +290,6 @@ def log_tail(log_path: Path, limit: int = LOG_TAIL_BYTES) -> str:
             log.seek(0, os.SEEK_END)
             size = log.tell()
             log.seek(max(0, size - limit))
-            return log.read().decode(errors="replace")
+            return strip_ansi(log.read().decode(errors="replace"))  # vLLM's and Ray's coloured lines
     except OSError:
         return ""

@@ -15,6 +15,7 @@ import traceback
 from types import TracebackType
 
 from farm.model.results import ErrorInfo
+from farm.text import strip_ansi
 
 ENGINE_PACKAGE = "vllm"
 TRACEBACK_TAIL_LINES = 40
@@ -40,7 +41,7 @@ def headline(message: str) -> str:
     Pydantic errors (vLLM validates its config with pydantic) open with a generic
     "1 validation error for VllmConfig"; the reason is on the next line.
     """
-    lines = [line for line in message.strip().splitlines() if line.strip()]
+    lines = [line for line in strip_ansi(message).strip().splitlines() if line.strip()]
     if not lines:
         return ""
     header = _PYDANTIC_HEADER.match(lines[0].strip())

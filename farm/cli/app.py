@@ -15,12 +15,15 @@ A FarmError becomes one line on stderr and exit code 1 (the traceback with --deb
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import sys
+from typing import TextIO
 
 from farm.cli import bundles, envs, ops, runs, zoo
 from farm.cli.common import EXIT_CELLS_NOT_RUN, EXIT_FARM_ERROR, EXIT_SPOOLED, log_to_stderr
 from farm.errors import FarmError
+from farm.text import terminal_safe
 
 __all__ = ["EXIT_CELLS_NOT_RUN", "EXIT_FARM_ERROR", "EXIT_SPOOLED", "build_parser", "main"]
 
@@ -50,7 +53,41 @@ EPILOG = """examples:
 """
 
 
+class _TerminalSafe(io.TextIOBase):
+    """The CLI's stdout and stderr: what reaches a terminal never carries control sequences (a run id, a model
+    name or an error message from a result could otherwise clear the screen or forge lines' colours)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(terminal_safe(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self.stream.encoding
+
+
 def main(argv: list[str] | None = None) -> int:
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _TerminalSafe(saved[0]), _TerminalSafe(saved[1])
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

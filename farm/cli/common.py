@@ -12,6 +12,14 @@ EXIT_CELLS_NOT_RUN = 3
 EXIT_SPOOLED = 4
 
 
+def run_id_arg(text: str) -> str:
+    """argparse's type for run ids: one line of printable characters (a run id is echoed to terminals and pages)."""
+    if not text.strip() or any(ord(c) < 32 or 0x7f <= ord(c) <= 0x9f for c in text):
+        raise argparse.ArgumentTypeError(f"'{text.encode('unicode_escape').decode()[:80]}' is no run id: give one line of "
+                                         "printable characters (e.g. smoke-2026-12-06)")
+    return text
+
+
 def store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", help="results directory, file://PATH or s3://BUCKET/PREFIX "
                         "(default $FARM_STORE, else ./farm-results)")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from farm.cli.common import store_arguments
+from farm.cli.common import run_id_arg, store_arguments
 
 EPILOG = """examples:
   farm submit jobs/nightly.yaml --address http://head:8265 --store s3://bucket/farm
@@ -40,7 +40,7 @@ def add_parsers(sub: Any) -> None:
     submit.add_argument("--runtime-env-json", metavar="JSON", help="more of the job's Ray runtime_env, e.g. env_vars")
     submit.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
                         help="an env var for the run (its value here when none is given), e.g. AWS_ACCESS_KEY_ID")
-    submit.add_argument("--run-id", help="name the run (default <job>-<timestamp>-<random>); also the Ray job id")
+    submit.add_argument("--run-id", type=run_id_arg, help="name the run (default <job>-<timestamp>-<random>); also the Ray job id")
     submit.add_argument("--webhook", metavar="URL", help="the run posts its diff to this chat webhook, Slack-compatible "
                         "(default $FARM_WEBHOOK_URL); it travels in the job's env, not its command line")
     submit.add_argument("--max-parallel", type=int, help="passed to farm run")
@@ -52,7 +52,7 @@ def add_parsers(sub: Any) -> None:
     submit.set_defaults(handler=_submit)
 
     diff = sub.add_parser("diff", help="a run against the previous run of the same job: regressions and fixes")
-    diff.add_argument("run_id", nargs="?", help="default: the run matrix/latest.json shows")
+    diff.add_argument("run_id", nargs="?", type=run_id_arg, help="default: the run matrix/latest.json shows")
     store_arguments(diff)
     diff.add_argument("--record", action="store_true",
                       help="compute and write the diff now (farm run does it after each run)")
@@ -89,7 +89,7 @@ def _add_repro_and_known_bugs(sub: Any) -> None:
     known = sub.add_parser("known-bugs", help="the known-bug ledger (jobs/known_bugs.yaml) against measured runs")
     known_sub = known.add_subparsers(metavar="ACTION")
     check = known_sub.add_parser("check", help="per bug: rediscovered, contradicted (with the evidence), or not reproducible")
-    check.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="runs whose matrices to read (e.g. a CPU and a GPU run)")
+    check.add_argument("run_ids", nargs="+", metavar="RUN_ID", type=run_id_arg, help="runs whose matrices to read (e.g. a CPU and a GPU run)")
     check.add_argument("--ledger", type=Path, default=Path("jobs/known_bugs.yaml"), help="default: jobs/known_bugs.yaml")
     store_arguments(check)
     check.add_argument("--json", action="store_true", help="print the findings as JSON")

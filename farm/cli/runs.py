@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from farm.cli.common import EXIT_CELLS_NOT_RUN, EXIT_SPOOLED, log_to_stderr, open_store, store_arguments
+from farm.cli.common import EXIT_CELLS_NOT_RUN, EXIT_SPOOLED, log_to_stderr, open_store, run_id_arg, store_arguments
 
 
 def add_parsers(sub: Any) -> None:
@@ -21,8 +21,8 @@ def add_parsers(sub: Any) -> None:
     run.add_argument("job", type=Path, nargs="?", help="job spec (optional with --resume: the run's own is used)")
     store_arguments(run)
     run.add_argument("--address", help="Ray cluster to join (default $RAY_ADDRESS, else a local Ray on 127.0.0.1)")
-    run.add_argument("--run-id", help="name the run (default <job>-<timestamp>-<random>)")
-    run.add_argument("--resume", metavar="RUN_ID",
+    run.add_argument("--run-id", type=run_id_arg, help="name the run (default <job>-<timestamp>-<random>)")
+    run.add_argument("--resume", metavar="RUN_ID", type=run_id_arg,
                      help="continue a run: flush its spooled results, skip cells with a verdict, run the rest")
     run.add_argument("--max-parallel", type=int, help="cells at once (default: what the cluster's resources allow)")
     run.add_argument("--rebuild-envs", action="store_true",
@@ -32,12 +32,12 @@ def add_parsers(sub: Any) -> None:
     run.set_defaults(handler=_run)
 
     status = sub.add_parser("status", help="progress of a run, read from the store alone")
-    status.add_argument("run_id")
+    status.add_argument("run_id", type=run_id_arg)
     store_arguments(status)
     status.set_defaults(handler=_status)
 
     matrix = sub.add_parser("matrix", help="print a run's matrix (default: the latest), or one of several runs merged")
-    matrix.add_argument("run_id", nargs="*", metavar="RUN_ID",
+    matrix.add_argument("run_id", nargs="*", metavar="RUN_ID", type=run_id_arg,
                         help="a run; several: one matrix of them, with the platform as a column level where they differ")
     store_arguments(matrix)
     matrix.add_argument("--json", action="store_true", help="print matrix.json instead of the table")

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from farm.model.cells import Cell
-from farm.text import first_line
+from farm.text import first_line, strip_ansi
 
 SCHEMA_VERSION = 1
 
@@ -125,6 +125,12 @@ class ErrorInfo(Document):
     # How the cell's process ended, when it died (crash) or was killed (timeout, memory limit).
     signal: str | None = None  # e.g. "SIGSEGV"
     exit_code: int | None = None
+
+    @field_validator("message", "normalized_message", "traceback_tail", "wrapper")
+    @classmethod
+    def _no_control_sequences(cls, text: str | None) -> str | None:
+        """Ray's and vLLM's coloured lines reach messages; stored, they are only noise (and a hazard in a terminal)."""
+        return strip_ansi(text) if text else text
 
 
 class ProbeResult(Document):

@@ -32,7 +32,7 @@ from typing import Any
 
 from farm import settings
 from farm.cell.execute import CellSettings
-from farm.errors import JobSpecError, StoreUnavailable
+from farm.errors import JobSpecError, StoreError, StoreUnavailable
 from farm.model.cells import Cell, expand
 from farm.model.results import CellResult, CellStatus, ErrorInfo, Launch, RunManifest, status_counts, utcnow
 from farm.model.spec import JobSpec, parse_job
@@ -48,6 +48,7 @@ from farm.store import (
     RunScan,
     Spool,
     Store,
+    cells_prefix,
     open_store,
     read_manifest,
     safe_part,
@@ -151,22 +152,23 @@ def _plan(store: Store, job: JobSpec | None, run_id: str | None, resume: bool) -
         store.check()  # unreachable, no bucket, bad credentials: say so before any compute is spent
     except StoreUnavailable as exc:
         raise StoreUnavailable(f"{exc}; nothing has run: check the endpoint and network, then run again") from None
-    if resume:
-        if not run_id:
-            raise JobSpecError("resuming needs the run id: farm run --resume RUN_ID")
-        manifest = read_manifest(store, run_id)
-        job = _resumed_job(manifest, job)
-    else:
-        if job is None:
-            raise JobSpecError("give a job spec to run, or --resume RUN_ID")
-        run_id = run_id or make_run_id(job.name)
-        manifest = _new_manifest(job, run_id)
+    if resume and not run_id:
+        raise JobSpecError("resuming needs the run id: farm run --resume RUN_ID")
+    if not resume and job is None:
+        raise JobSpecError("give a job spec to run, or --resume RUN_ID")
+    run_id = run_id or make_run_id(job.name if job else "run")
     # Before the manifest: a spool left here for another store stops the run with nothing written.
     writer = ResultWriter(store, Spool(spool_dir(run_id), store.url))
     scan = RunScan()
     if resume:
-        writer.flush()  # results spooled by an earlier session go first, so they count as done
+        spooled = len(writer.spool.pending())
+        writer.flush()  # what an earlier session spooled goes first: its manifest is read back, its results count
+        manifest = _resumed_manifest(store, run_id, job, spooled, writer.spool.dir)
+        job = _resumed_job(manifest, job)
         scan = _attempts(store, run_id, writer.spool.results())
+    else:
+        assert job is not None
+        manifest = _new_manifest(job, run_id)
     todo = longest_first(_owed(manifest.cells, scan.attempts, job, resume), expected_seconds(store, job.name))
     reasons = {w.cell.id: job.unsupported_reason(w.cell.axes()) for w in todo}
     declared = [(w.cell, reason) for w in todo if (reason := reasons[w.cell.id])]
@@ -301,6 +303,26 @@ def _new_manifest(job: JobSpec, run_id: str) -> RunManifest:
         git_sha=launch.git_sha,
         started_at=launch.at,
     )
+
+
+def _resumed_manifest(store: Store, run_id: str, job: JobSpec | None, spooled: int, spool: Path) -> RunManifest:
+    """The run's manifest from the store. When the store lost it (an in-memory S3 restarted) but has results of
+    the run (``spooled`` of them just flushed from ``spool``): a new one from the job file given, or one line
+    saying to give it."""
+    try:
+        return read_manifest(store, run_id)
+    except StoreUnavailable:
+        raise
+    except StoreError as exc:
+        found = len(store.list(cells_prefix(run_id)))
+        if not found:
+            raise
+        where = f"{found} result(s) of it are in the store ({spooled} just flushed from the spool {spool})"
+        if job is None:
+            raise StoreError(f"{exc}; but {where}: give its job file too (farm run JOB --resume {run_id}) to start "
+                             "its manifest again and keep them") from None
+        log.warning("%s; but %s: its manifest starts again from job %s", exc, where, job.name)
+        return _new_manifest(job, run_id)
 
 
 def _resumed_job(manifest: RunManifest, job: JobSpec | None) -> JobSpec:
