@@ -8,7 +8,9 @@ follows the job to its end and posts the run's diff to a chat webhook on 127.0.0
 from __future__ import annotations
 
 import json
+import secrets
 import time
+from pathlib import Path
 
 import pytest
 
@@ -33,9 +35,18 @@ def _wait_for_job_server(address: str, head, log, timeout: float = 120) -> None:
             time.sleep(1)
 
 
+@pytest.fixture
+def planted_secret(monkeypatch) -> str:
+    """The store's secret key, made up for this test, in the environment the Ray head starts from: it stands in
+    for a node's own credentials (an instance role), and must reach no file, log or job record."""
+    secret = "planted" + secrets.token_hex(16)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)  # moto takes any key
+    return secret
+
+
 @pytest.mark.slow
 def test_submit_runs_the_job_on_the_cluster_and_the_results_reach_the_store(
-    ray_head, moto_server, farm_cli, tmp_path, capsys
+    planted_secret, ray_head, moto_server, farm_cli, tmp_path, capsys
 ):
     import sys
 
@@ -48,8 +59,8 @@ def test_submit_runs_the_job_on_the_cluster_and_the_results_reach_the_store(
     url = f"s3://{BUCKET}/submit"
     common = ["--address", address, "--store", url, "--s3-endpoint", moto_server.endpoint,
               "--working-dir", str(workdir), "--python", sys.executable,
-              # Credentials travel from "the laptop" (this process's env) to the job's driver on the head.
-              "--env", "AWS_ACCESS_KEY_ID", "--env", "AWS_SECRET_ACCESS_KEY",
+              # The store's credentials are the head's own (its environment here, an instance role on a real
+              # cluster): nothing secret travels in the job's env.
               "--env", f"FARM_HOME={tmp_path / 'job-home'}",
               "--runtime-env-json", json.dumps({"env_vars": {"AWS_DEFAULT_REGION": "us-east-1"}})]
     store = open_store(url, s3_endpoint=moto_server.endpoint)
@@ -96,12 +107,45 @@ def test_submit_runs_the_job_on_the_cluster_and_the_results_reach_the_store(
 
     code, _, err = farm_cli("submit", str(workdir / "jobs" / "sub.yaml"), *common, "--run-id", "night-2")
     assert code == 1 and err == f"farm: error: a Ray job 'night-2' already exists on {address}; give another --run-id\n"
+    _assert_secret_nowhere(planted_secret, store, address, tmp_path)
+
+
+def _assert_secret_nowhere(secret: str, store, address: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Every store object, every file the run left (spool, cell logs, the head's home), Ray's session logs and
+    `ray job list`: none holds the secret the head's processes had in their environment."""
+    import glob
+    import os
+    import subprocess
+    import sys
+
+    found = [key for key in store.list("") if secret.encode() in store.get(key)]
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    ray_logs = [p for root in glob.glob("/tmp/farm-ray-*/session_latest/logs") for p in Path(root).rglob("*") if p.is_file()]
+    found += [str(p) for p in files + ray_logs if secret.encode() in p.read_bytes()]
+    jobs = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ray"), "job", "list", "--address", address],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    assert jobs.returncode == 0 and "night-2" in jobs.stdout, jobs.stderr[-2000:]
+    cell_logs = [p for p in files if "cell-logs" in p.parts]
+    assert len(store.list("")) > 10 and len(cell_logs) == 6 and len(ray_logs) > 5, "the search had something to search"
+    assert found == [] and secret not in jobs.stdout, found
 
 
 def _job_logs(address: str, job_id: str) -> str:
     from ray.job_submission import JobSubmissionClient
 
     return JobSubmissionClient(address).get_job_logs(job_id)[-4000:]
+
+
+def test_what_looks_like_a_secret():
+    from farm.ops.submit import secret_like
+
+    secrets_ = [("AWS_SECRET_ACCESS_KEY", "x"), ("HF_TOKEN", "x"), ("DB_PASSWORD", "x"), ("OPENAI_API_KEY", "x"),
+                ("K", "AKIAIOSFODNN7EXAMPLE"), ("K", "hf_" + "a" * 34), ("K", "ghp_" + "a" * 36), ("K", "xoxb-123-abc-defgh"),
+                ("K", "-----BEGIN OPENSSH PRIVATE KEY-----\n...")]
+    plain = [("AWS_ENDPOINT_URL", "http://minio:9000"), ("AWS_DEFAULT_REGION", "us-east-1"), ("FARM_HOME", "/opt/farm"),
+             ("HF_HOME", "/opt/farm/hf"), ("VLLM_CPU_KVCACHE_SPACE", "1"), ("KEYBOARD", "us")]
+    assert [pair for pair in secrets_ if not secret_like(*pair)] == []
+    assert [pair for pair in plain if secret_like(*pair)] == []
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -124,6 +168,12 @@ def _job_logs(address: str, job_id: str) -> str:
      "farm: error: {tmp}/job.yaml is not inside the working dir {tmp}/elsewhere: the cluster sees only what is uploaded"),
     (["--address", "http://127.0.0.1:1", "--store", "s3://b/p"], "farm: error: cannot reach the Ray job server at "
      "http://127.0.0.1:1"),
+    (["--address", "http://127.0.0.1:1", "--store", "s3://b/p", "--env", "AWS_SECRET_ACCESS_KEY=x"],
+     "farm: error: env var AWS_SECRET_ACCESS_KEY looks like a secret (its name says so): Ray keeps a job's env vars in "
+     "its job table"),
+    (["--address", "http://127.0.0.1:1", "--store", "s3://b/p", "--runtime-env-json",
+      '{"env_vars": {"MY_HF": "hf_abcdefghijklmnopqrstuvwxyz0123456789"}}'],
+     "farm: error: env var MY_HF looks like a secret (its value has a credential's form)"),
 ])
 def test_submit_misuse_is_one_line(farm_cli, write_job, tmp_path, args, message):
     job = write_job(fault_job("sub"))

@@ -18,7 +18,7 @@ from farm.cli.common import run_id_arg, store_arguments
 EPILOG = """examples:
   farm submit jobs/nightly.yaml --address http://head:8265 --store s3://bucket/farm
   farm submit jobs/nightly.yaml --address http://head:8265 --store s3://bucket/farm --wait \\
-      --env AWS_ACCESS_KEY_ID --env AWS_SECRET_ACCESS_KEY --webhook "$SLACK_WEBHOOK_URL"
+      --webhook "$SLACK_WEBHOOK_URL"        # the store's credentials: the nodes' instance role (deploy/)
   farm diff                                       # the latest run against the previous run of its job
   farm bisect --job jobs/versions.yaml --cell qwen2-dense/none/none --good v0.31.0 --bad v0.32.0
   farm bisect --job jobs/nightly.yaml --cell qwen2moe/gptq-int4/lora --good GOODSHA --bad BADSHA --commits commits.txt
@@ -39,7 +39,10 @@ def add_parsers(sub: Any) -> None:
                         help="uploaded to the cluster; holds the job file (default: .)")
     submit.add_argument("--runtime-env-json", metavar="JSON", help="more of the job's Ray runtime_env, e.g. env_vars")
     submit.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
-                        help="an env var for the run (its value here when none is given), e.g. AWS_ACCESS_KEY_ID")
+                        help="an env var for the run (its value here when none is given), e.g. AWS_ENDPOINT_URL; "
+                        "one that looks like a secret is refused (Ray's job list shows env vars)")
+    submit.add_argument("--allow-secret-env", action="store_true",
+                        help="send env vars that look like secrets anyway (everyone who reaches the cluster can read them)")
     submit.add_argument("--run-id", type=run_id_arg, help="name the run (default <job>-<timestamp>-<random>); also the Ray job id")
     submit.add_argument("--webhook", metavar="URL", help="the run posts its diff to this chat webhook, Slack-compatible "
                         "(default $FARM_WEBHOOK_URL); it travels in the job's env, not its command line")
@@ -135,7 +138,7 @@ def _submit(args: argparse.Namespace) -> int:
     submission, client = submit(
         args.job, address=args.address, store_url=args.store, s3_endpoint=args.s3_endpoint,
         working_dir=args.working_dir, runtime_env_json=args.runtime_env_json, env=args.env, run_id=args.run_id,
-        webhook=webhook_url(args.webhook), python=args.python, run_args=run_args,
+        webhook=webhook_url(args.webhook), python=args.python, run_args=run_args, allow_secret_env=args.allow_secret_env,
     )
     print(submission.instructions(), flush=True)
     if not args.wait:

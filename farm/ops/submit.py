@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 import time
@@ -88,8 +89,38 @@ def check_store_url(store_url: str | None) -> str:
     return store_url
 
 
+# Names and values that look like credentials. Ray keeps a job's runtime_env, env vars included, in its job table:
+# `ray job list` and the dashboard show them to everyone who can reach the cluster, for as long as it runs.
+_SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY|API_KEY|ACCESS_KEY|SESSION_KEY", re.I)
+_SECRET_VALUE = re.compile(
+    r"^(AKIA|ASIA)[0-9A-Z]{16}$"  # AWS access key ids
+    r"|^hf_[A-Za-z0-9]{30,}$"  # Hugging Face tokens
+    r"|^(ghp|gho|ghs|github_pat)_[A-Za-z0-9_]{20,}$"  # GitHub tokens
+    r"|^xox[abpr]-[A-Za-z0-9-]{10,}$"  # Slack tokens
+    r"|^-----BEGIN [A-Z ]*PRIVATE KEY-----"
+)
+
+
+def secret_like(name: str, value: str) -> str | None:
+    """Why an env var looks like a credential (its name or its value), or None."""
+    if _SECRET_NAME.search(name):
+        return "its name says so"
+    if _SECRET_VALUE.search(value.strip()):
+        return "its value has a credential's form"
+    return None
+
+
+def check_no_secrets(env_vars: dict[str, Any]) -> None:
+    for name, value in env_vars.items():
+        why = secret_like(str(name), str(value))
+        if why:
+            raise SubmitError(f"env var {name} looks like a secret ({why}): Ray keeps a job's env vars in its job table, "
+                              "shown by `ray job list` and the dashboard to everyone who reaches the cluster; give the "
+                              "nodes an instance role instead (deploy/README.md), or pass --allow-secret-env to send it anyway")
+
+
 def build_runtime_env(
-    working_dir: Path, runtime_env_json: str | None, env: list[str], webhook: str | None
+    working_dir: Path, runtime_env_json: str | None, env: list[str], webhook: str | None, *, allow_secrets: bool = False
 ) -> dict[str, Any]:
     try:
         runtime_env = json.loads(runtime_env_json) if runtime_env_json else {}
@@ -110,6 +141,8 @@ def build_runtime_env(
                 raise SubmitError(f"--env {name}: {name} is not set here; set it, or give --env {name}=VALUE")
             value = os.environ[name]
         env_vars[name] = value
+    if not allow_secrets:
+        check_no_secrets(env_vars)
     if webhook:
         env_vars["FARM_WEBHOOK_URL"] = webhook  # not in the entrypoint: a webhook URL is a secret
     if env_vars:
@@ -138,6 +171,7 @@ def submit(
     webhook: str | None = None,
     python: str = "python",
     run_args: list[str] | None = None,
+    allow_secret_env: bool = False,
 ) -> tuple[Submission, Any]:
     """Validate the job here, then submit ``farm run`` as a Ray job. Returns the submission and the client."""
     from farm.model.spec import load_job
@@ -152,7 +186,7 @@ def submit(
         raise SubmitError(f"--working-dir {working_dir} is not a directory; give the folder to upload (e.g. the repo: .)")
     rel_job = relative_job(job_path, working_dir)
     webhook = check_webhook(webhook) if webhook else None
-    runtime_env = build_runtime_env(working_dir, runtime_env_json, env or [], webhook)
+    runtime_env = build_runtime_env(working_dir, runtime_env_json, env or [], webhook, allow_secrets=allow_secret_env)
     run_id = run_id or make_run_id(job.name)
     command = [python, "-m", "farm", "run", rel_job, "--store", store_url, "--run-id", run_id]
     if s3_endpoint:
