@@ -164,6 +164,26 @@ def ray_head(tmp_path, monkeypatch):
     """
     # Token auth would need a token file in ~/.ray; a loopback-only test cluster has no use for it.
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    with _head(tmp_path, {}) as started:
+        yield started
+
+
+RAY_TOKEN = "farm-test-token-" + "0123456789abcdef" * 2
+
+
+@pytest.fixture
+def ray_head_with_token(tmp_path, monkeypatch):
+    """A Ray head as on a real cluster: token authentication on (``RAY_AUTH_MODE=token``), its token
+    ``RAY_TOKEN``. This process and its children start with no token and no mode (HOME has no ~/.ray)."""
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "laptop-home"))
+    with _head(tmp_path, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": RAY_TOKEN}) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def _head(tmp_path, extra_env: dict[str, str]):  # type: ignore[no-untyped-def]
     dashboard = free_port()
     temp = tempfile.mkdtemp(prefix="farm-ray-")  # Ray's unix sockets live here: pytest's paths are too long
     ports = {"port": free_port(), "dashboard-port": dashboard, "ray-client-server-port": free_port(),
@@ -174,7 +194,7 @@ def ray_head(tmp_path, monkeypatch):
                "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
                "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp}",
                *(f"--{name}={port}" for name, port in ports.items())]
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "FARM_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "FARM_HOME": str(tmp_path / "home"), **extra_env}
     with open(tmp_path / "head.log", "wb") as log:
         head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

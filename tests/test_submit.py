@@ -181,3 +181,39 @@ def test_submit_misuse_is_one_line(farm_cli, write_job, tmp_path, args, message)
     code, out, err = farm_cli("submit", str(job), *args, env={"RAY_ADDRESS": "", "FARM_STORE": ""})
     assert code == 1, out + err
     assert err.startswith(message.format(tmp=tmp_path)) and err.count("\n") == 1, err
+
+
+@pytest.mark.slow
+def test_a_cluster_with_token_auth_takes_the_token_from_where_ray_keeps_it(ray_head_with_token, farm_cli, tmp_path):
+    """A real head with RAY_AUTH_MODE=token (as cluster.yaml starts it): no token, a wrong one, then the right one
+    in ~/.ray/auth_token, where Ray's own tools look; the run goes through to its end."""
+    import sys
+
+    from .conftest import RAY_TOKEN
+
+    address, head, log, _ = ray_head_with_token
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "tok.yaml").write_text(fault_job("tok", cells=1))
+    args = ["submit", "jobs/tok.yaml", "--address", address, "--store", str(tmp_path / "store"), "--working-dir", ".",
+            "--python", sys.executable, "--env", f"FARM_HOME={tmp_path / 'job-home'}"]
+    deadline = time.monotonic() + 120
+    while True:  # the job server answers (401 without a token) once the head is up
+        code, _, err = farm_cli(*args, timeout=120)
+        if "cannot reach" not in err or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"farm: error: the Ray cluster at {address} wants a token (token authentication is on) and "
+                          "this machine has none: copy the head's, e.g. `ray exec cluster.yaml 'cat ~/.ray/auth_token' > "
+                          "~/.ray/auth_token`, or set RAY_AUTH_TOKEN"), err
+
+    code, _, err = farm_cli(*args, timeout=120, env={"RAY_AUTH_TOKEN": "not-the-token"})
+    assert code == 1 and err.count("\n") == 1, err
+    assert "refused the token from $RAY_AUTH_TOKEN" in err and "ray get-auth-token" in err
+
+    (tmp_path / "laptop-home" / ".ray").mkdir(parents=True)
+    (tmp_path / "laptop-home" / ".ray" / "auth_token").write_text(RAY_TOKEN + "\n")
+    code, out, err = farm_cli(*args, "--run-id", "tok-1", "--wait", timeout=400)
+    assert code == 0, out[-3000:] + err[-3000:] + log.read_text()[-2000:]
+    assert "ray job tok-1: SUCCEEDED, exit code 0" in out
+    assert (tmp_path / "store" / "runs" / "tok-1" / "manifest.json").exists()

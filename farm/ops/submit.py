@@ -178,8 +178,9 @@ def submit(
     from farm.report.diff import check_webhook
     from farm.runner.driver import make_run_id
 
-    job = load_job(job_path)  # a bad spec fails here, in one line, before anything is uploaded
     address = cluster_address(address)
+    token_source = use_token_if_wanted(address)  # before Ray is imported (make_run_id's module imports it)
+    job = load_job(job_path)  # a bad spec fails here, in one line, before anything is uploaded
     store_url = check_store_url(store_url)
     working_dir = working_dir.expanduser().resolve()
     if not working_dir.is_dir():
@@ -194,7 +195,7 @@ def submit(
     command += run_args or []
     submission = Submission(run_id=run_id, job_name=job.name, address=address, store_url=store_url,
                             entrypoint=shlex.join(command), runtime_env=runtime_env, s3_endpoint=s3_endpoint)
-    client = _client(address)
+    client = _client(address, token_source)
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
         try:
@@ -212,8 +213,60 @@ def submit(
     return submission, client
 
 
-def _client(address: str) -> Any:
+def auth_token() -> tuple[str | None, str]:
+    """The Ray token this machine has, and where from, in Ray's own order: ``RAY_AUTH_TOKEN``, the file
+    ``RAY_AUTH_TOKEN_PATH`` names, ``~/.ray/auth_token``."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip(), "$RAY_AUTH_TOKEN"
+    for path, source in ((os.environ.get("RAY_AUTH_TOKEN_PATH"), "$RAY_AUTH_TOKEN_PATH"),
+                         (str(Path.home() / ".ray" / "auth_token"), "~/.ray/auth_token")):
+        if path:
+            try:
+                token = Path(path).read_text().strip()
+            except OSError:
+                continue
+            if token:
+                return token, f"{source} ({path})"
+    return None, ""
+
+
+def _wants_token(address: str) -> bool:
+    """Whether the job server refuses a request without a token (token authentication on: HTTP 401)."""
+    import urllib.error
+    import urllib.request
+
     try:
+        with urllib.request.urlopen(f"{address}/api/jobs/", timeout=10):  # noqa: S310 - the cluster's own URL
+            return False
+    except urllib.error.HTTPError as exc:
+        return exc.code == 401
+    except (OSError, ValueError):
+        return False  # unreachable: the SDK says so below, in its own words
+
+
+def use_token_if_wanted(address: str) -> str:
+    """Turn on Ray's token auth for this process when the cluster wants a token; returns where the token comes
+    from, or '' when none is needed. Call it before anything imports Ray: Ray reads the mode when imported."""
+    if os.environ.get("RAY_AUTH_MODE") == "token":
+        return auth_token()[1] or "none found"
+    if not _wants_token(address):
+        return ""
+    token, source = auth_token()
+    if token is None:
+        raise SubmitError(f"the Ray cluster at {address} wants a token (token authentication is on) and this machine has "
+                          "none: copy the head's, e.g. `ray exec cluster.yaml 'cat ~/.ray/auth_token' > ~/.ray/auth_token`, "
+                          "or set RAY_AUTH_TOKEN")
+    # Ray's own loader looks in the same places, but reads the home of the user's passwd entry, not $HOME:
+    # hand it the token found.
+    if "ray" in sys.modules:  # the farm's own order of imports went wrong: say how to get on regardless
+        raise SubmitError(f"the Ray cluster at {address} wants a token: set RAY_AUTH_MODE=token (the token is in {source})")
+    os.environ["RAY_AUTH_MODE"], os.environ["RAY_AUTH_TOKEN"] = "token", token
+    return source
+
+
+def _client(address: str, source: str = "") -> Any:
+    try:
+        from ray.exceptions import AuthenticationError
         from ray.job_submission import JobSubmissionClient
     except ImportError:
         raise SubmitError("Ray's job SDK is missing: pip install 'ray[default]' (the version the cluster runs)") from None
@@ -221,6 +274,10 @@ def _client(address: str) -> Any:
     logging.getLogger("ray.dashboard.modules.dashboard_sdk").setLevel(logging.WARNING)
     try:
         return JobSubmissionClient(address)
+    except AuthenticationError as exc:
+        raise SubmitError(f"the Ray cluster at {address} refused the token from {source or 'nowhere'} "
+                          f"({first_line(str(exc), 120)}): get the cluster's token (`ray get-auth-token` on the head) into "
+                          "~/.ray/auth_token or RAY_AUTH_TOKEN") from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise SubmitError(f"cannot reach the Ray job server at {address}: {first_line(str(exc), 300)}; check the address "
                           f"(the head's dashboard, port {DASHBOARD_PORT}) and that this machine can reach it") from None
