@@ -72,3 +72,18 @@ def test_which_names_are_store_credentials(monkeypatch):
     for name in credentials + others:
         monkeypatch.setenv(name, "x")
     assert drop_store_credentials(keep=["AWS_PROFILE"]) == sorted(set(credentials) - {"AWS_PROFILE"})
+
+
+def test_a_failure_in_the_cells_own_set_up_is_stored_with_its_exception(farm_cli, write_job, tmp_path):
+    # The cell's log cannot be opened (its run's folder is a file): the set-up around the engine fails, and the
+    # driver used to see only Ray's wrapper of the actor's exception.
+    home = tmp_path / "home"
+    (home / "cell-logs").mkdir(parents=True)
+    (home / "cell-logs" / "s1").write_text("a file where the run's log folder goes")
+    job = write_job(JOB.replace("KEEP", "retries: {recheck: 0, infra_attempts: 1}").replace("retries: {recheck: 0}\n", ""))
+    code, _, err = farm_cli("run", str(job), "--store", "results", "--run-id", "s1", env={"FARM_HOME": str(home)})
+    assert code == 3, err[-2000:]  # a cell could not run: no verdict
+    result = json.loads(next((tmp_path / "results" / "runs" / "s1" / "cells").rglob("attempt-1.json")).read_text())
+    assert result["status"] == "infra_error" and result["error"]["origin"] == "farm", result["error"]
+    message = result["error"]["message"]
+    assert message.startswith("the farm's own code failed at farm/cell/execute.py:") and "FileExistsError" in message, message

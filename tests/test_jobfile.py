@@ -118,3 +118,35 @@ def test_any_yaml_document(tmp_path, document, with_a_model):
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(document, allow_unicode=True))
     _outcome(path)
+
+
+# --- any label: store keys under the store's prefix, page text that renders inert ------------------------------
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(min_size=1, max_size=60), st.text(min_size=1, max_size=60))
+def test_any_run_or_cell_label_makes_a_key_inside_the_store(tmp_path, run_id, cell_id):
+    from farm.store import LocalStore
+    from farm.store.layout import check_key, log_key, manifest_key, matrix_key, result_key
+
+    store = LocalStore(tmp_path / "store")
+    keys = [result_key(run_id, cell_id, 1), log_key(run_id, cell_id, 1), manifest_key(run_id), matrix_key(run_id)]
+    for key in keys:
+        assert check_key(key) == key and key.split("/")[0] in ("runs", "matrix")
+        assert ".." not in key.split("/") and "\\" not in key
+    store.put(keys[0], b"x", overwrite=True)
+    written = [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    assert all(p.resolve().is_relative_to((tmp_path / "store").resolve()) for p in written)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(min_size=1, max_size=80))
+def test_any_label_renders_inert_in_the_page(label):
+    from farm.model.matrix import Matrix
+    from farm.report.render import embedded_matrix, render_page
+
+    matrix = Matrix(run_id=label, job_name=label, generated_at="2026-12-06T00:00:00+00:00", rows=[label], columns=[label],
+                    cells=[], platforms=[label])
+    page = render_page(matrix)
+    # The template's own two scripts (the app and the embedded data) and nothing a label could open or close.
+    assert page.lower().count("<script") == 2 and page.lower().count("</script") == 2
+    assert embedded_matrix(page).job_name == label

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from farm.cell.credentials import drop_store_credentials
-from farm.cell.execute import CellSettings, capture_output, execute_cell, log_tail
+from farm.cell.execute import CellSettings, capture_output, execute_cell, log_tail, setup_failure
 from farm.model.cells import Cell
 from farm.settings import ENV_IN_USE_VARIABLE
 
@@ -70,13 +70,17 @@ class CellActor:
         import ray
 
         path = Path(log_path)
+        cell = Cell.model_validate_json(cell_json)
         settings = CellSettings.model_validate_json(settings_json)
         dropped = drop_store_credentials(settings.keep_env)  # before anything of the cell runs (farm.cell.credentials)
-        with capture_output(path), _fault_handler(timeout_s), _memory_watchdog(memory_limit, path):
-            if dropped:
-                print(f"farm: the cell's process runs without the store credentials {', '.join(dropped)} "
-                      "(a job keeps one with keep_env)", file=sys.stderr, flush=True)
-            result = execute_cell(Cell.model_validate_json(cell_json), settings, run_id, attempt, path)
+        try:
+            with capture_output(path), _fault_handler(timeout_s), _memory_watchdog(memory_limit, path):
+                if dropped:
+                    print(f"farm: the cell's process runs without the store credentials {', '.join(dropped)} "
+                          "(a job keeps one with keep_env)", file=sys.stderr, flush=True)
+                result = execute_cell(cell, settings, run_id, attempt, path)
+        except Exception as exc:  # not the engine's (execute_cell keeps those): the set-up around it
+            result = setup_failure(cell, run_id, attempt, exc)
         result.node_id = ray.get_runtime_context().get_node_id()
         result.log_tail = log_tail(path)
         return result.model_dump_json()

@@ -136,6 +136,17 @@ def _record_exception(result: CellResult, exc: Exception, probe: str | None, set
         result.probes.append(ProbeResult(name="load", passed=False, detail=result.error.type))
 
 
+def setup_failure(cell: Cell, run_id: str, attempt: int, exc: BaseException) -> CellResult:
+    """A cell whose own set-up around the engine failed (its log, its watchdogs): an infra_error that names
+    the exception and the farm's file:line, never a verdict. Without it the driver saw only Ray's wrapper."""
+    error = error_info(exc)
+    where = farm_origin(exc) or "the cell's set-up"
+    error.message = f"the farm's own code failed at {where}: {error.type}: {error.message}"[:2000]
+    error.origin = "farm"
+    return CellResult(run_id=run_id, cell_id=cell.id, cell=cell, attempt=attempt, status=CellStatus.INFRA_ERROR,
+                      error=error, env=env_facts(), started_at=utcnow(), finished_at=utcnow())
+
+
 def wrong_output(failed: list[ProbeResult]) -> ErrorInfo:
     """A cell whose engine ran but answered wrongly: its signature is the set of probes it failed,
     so cells with the same wrong behaviour group together like cells with the same exception."""
