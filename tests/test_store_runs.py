@@ -228,3 +228,20 @@ def test_resume_when_the_store_lost_the_run_but_its_spool_holds_results(farm_cli
     assert "ran 1 cell(s); 2 already had a result" in out, out
     assert sorted(r.cell.quantization for r in scan_run(store, "lost-1").latest.values()) == ["q0", "q1", "q2"]
     assert read_manifest(store, "lost-1").counts == {"pass": 3}
+
+
+def test_a_matrix_that_cannot_be_written_after_the_cells_ran_is_exit_5_and_resume_writes_it(farm_cli, write_job, tmp_path):
+    # What a full disk at the end does: the results are stored, the matrix is not (here: `matrix` is a file).
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "matrix").write_text("in the way")
+    job = write_job(fault_job("full", cells=2))
+    env = {"FARM_HOME": str(tmp_path / "home")}
+    code, _, err = farm_cli("run", str(job), "--store", "store", "--run-id", "full-1", env=env, timeout=300)
+    assert code == 5, err[-3000:]
+    assert "every result of run full-1 is in the store, but its matrix and page could not be written: cannot write" in err
+    assert "`farm run --resume full-1` writes them" in err
+    assert len(list((tmp_path / "store" / "runs" / "full-1" / "cells").rglob("attempt-1.json"))) == 2
+    (tmp_path / "store" / "matrix").unlink()
+    code, out, err = farm_cli("run", "--resume", "full-1", "--store", "store", env=env, timeout=300)
+    assert code == 0, err[-3000:]
+    assert "ran 0 cell(s); 2 already had a result" in out and (tmp_path / "store" / "matrix" / "full-1.json").exists()

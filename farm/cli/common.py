@@ -10,6 +10,7 @@ from typing import Any
 EXIT_FARM_ERROR = 1
 EXIT_CELLS_NOT_RUN = 3
 EXIT_SPOOLED = 4
+EXIT_REPORT_NOT_WRITTEN = 5
 
 
 def run_id_arg(text: str) -> str:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from farm.cli.common import EXIT_CELLS_NOT_RUN, EXIT_SPOOLED, log_to_stderr, open_store, run_id_arg, store_arguments
+from farm.cli.common import EXIT_CELLS_NOT_RUN, EXIT_REPORT_NOT_WRITTEN, EXIT_SPOOLED, log_to_stderr, open_store, run_id_arg, store_arguments
 
 
 def add_parsers(sub: Any) -> None:
@@ -104,6 +104,11 @@ def _run(args: argparse.Namespace) -> int:
     if outcome.spooled:
         print(f"farm: {spool_report(outcome)}", file=sys.stderr)
         return EXIT_SPOOLED
+    if outcome.report_error:
+        print(f"farm: every result of run {outcome.run_id} is in the store, but its matrix and page could not be "
+              f"written: {outcome.report_error}; once that is fixed, `farm run --resume {outcome.run_id}` writes them",
+              file=sys.stderr)
+        return EXIT_REPORT_NOT_WRITTEN
     assert outcome.matrix_key and outcome.page_key
     print()
     print(format_table(load_matrix(store, outcome.run_id)))

@@ -32,7 +32,7 @@ from typing import Any
 
 from farm import settings
 from farm.cell.execute import CellSettings
-from farm.errors import JobSpecError, StoreError, StoreUnavailable
+from farm.errors import JobSpecError, PageError, StoreError, StoreUnavailable
 from farm.model.cells import Cell, expand
 from farm.model.results import CellResult, CellStatus, ErrorInfo, Launch, RunManifest, status_counts, utcnow
 from farm.model.spec import JobSpec, parse_job
@@ -71,6 +71,7 @@ class RunOutcome:
     spooled: list[Path] = field(default_factory=list)  # documents still waiting for the store
     spool_dir: Path | None = None
     store_error: str | None = None  # why the store could not take them
+    report_error: str | None = None  # every result is stored, but the matrix or the page could not be written: why
 
     @property
     def all_ran(self) -> bool:
@@ -244,7 +245,10 @@ def _finish(plan: _Plan, store: Store, pending: list[Path], write_matrix: bool) 
         outcome.store_error = str(plan.writer.error) if plan.writer.error else "the store did not take them"
         return outcome
     if write_matrix:
-        outcome.matrix_key, outcome.page_key = aggregate(store, plan.run_id, plan.scan, manifest=manifest)
+        try:
+            outcome.matrix_key, outcome.page_key = aggregate(store, plan.run_id, plan.scan, manifest=manifest)
+        except (StoreError, PageError) as exc:  # e.g. a full disk: the results are safe, the cells ran
+            outcome.report_error = str(exc)
     return outcome
 
 
