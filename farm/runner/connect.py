@@ -13,6 +13,7 @@ import socket
 from typing import Any
 
 from farm.cell.execute import engine_environment
+from farm.runner import leftovers
 from farm.settings import farm_home
 
 
@@ -39,7 +40,8 @@ def connect(address: str | None = None) -> Any:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
     else:
-        ray.init(
+        leftovers.clean_up()  # what a killed earlier driver's local Ray left (farm.runner.leftovers)
+        context = ray.init(
             # "local": always a Ray of our own. Without an address, ray.init joins the newest Ray
             # already started on this machine (another user's, another test's), whose workers run other code.
             address="local",
@@ -49,6 +51,9 @@ def connect(address: str | None = None) -> Any:
             # A cell's log goes to its own file (and the store), not interleaved on the terminal.
             log_to_driver=False,
         )
+        session = context.address_info.get("session_dir") if hasattr(context, "address_info") else None
+        if session:
+            leftovers.record(str(session))
     return ray
 
 
