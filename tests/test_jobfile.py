@@ -150,3 +150,22 @@ def test_any_label_renders_inert_in_the_page(label):
     # The template's own two scripts (the app and the embedded data) and nothing a label could open or close.
     assert page.lower().count("<script") == 2 and page.lower().count("</script") == 2
     assert embedded_matrix(page).job_name == label
+
+
+def test_local_paths_must_exist_here_and_hub_ids_are_said_to_be_the_nodes(farm_cli, tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: p\nmodels: [{{name: m, variants: [{{checkpoint: {tmp_path}/no-such-model}}], "
+                   f"loras: [{{name: a, path: {adapter}}}]}}]\n")
+    code, _, err = farm_cli("validate", str(job))
+    assert code == 1 and err == (f"farm: error: {job}: models[m].variants[0].checkpoint: {tmp_path}/no-such-model does not "
+                                 "exist on this machine; give an existing path, a zoo item (zoo: …) or a hub id (org/name, "
+                                 "for GPU nodes)\n")
+    code, out, _ = farm_cli("validate", str(job), "--paths-on-nodes")  # a cluster's job: the nodes' paths
+    assert code == 0 and out.startswith("job p: 2 cells")
+    code, _, err = farm_cli("run", str(job), "--store", "results")  # a run here: refused before anything ran
+    assert code == 1 and "no-such-model does not exist on this machine" in err and not (tmp_path / "results").exists()
+    job.write_text("name: p\nmodels: [{name: m, variants: [{checkpoint: Qwen/Qwen2-0.5B}]}]\n")
+    code, _, err = farm_cli("validate", str(job))
+    assert code == 0 and "not checked here: hub id(s) Qwen/Qwen2-0.5B: each GPU node fetches them" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,6 +16,8 @@ from farm.cli.common import EXIT_CELLS_NOT_RUN, EXIT_REPORT_NOT_WRITTEN, EXIT_SP
 def add_parsers(sub: Any) -> None:
     validate = sub.add_parser("validate", help="check a job spec and print the cells it expands to")
     validate.add_argument("job", type=Path)
+    validate.add_argument("--paths-on-nodes", action="store_true",
+                          help="the job's local paths are the cluster nodes', not this machine's: do not check them here")
     validate.set_defaults(handler=_validate)
 
     run = sub.add_parser("run", help="run every cell of a job and write the matrix")
@@ -55,10 +58,17 @@ def add_parsers(sub: Any) -> None:
 
 def _validate(args: argparse.Namespace) -> int:
     from farm.model.cells import expand
-    from farm.model.spec import load_job
+    from farm.model.spec import check_local_paths, load_job
 
     job = load_job(args.job)
+    if not args.paths_on_nodes:
+        check_local_paths(job, str(args.job))
     cells = expand(job)
+    hub = sorted({c.model_source for c in cells if c.model_source and "/" in c.model_source
+                  and not c.model_source.startswith(("zoo:", "/", ".", "~"))})
+    if hub:
+        print(f"not checked here: hub id(s) {', '.join(hub)}: each GPU node fetches them (a token for gated ones "
+              "goes on the nodes, deploy/README.md); a CPU test machine has no hub", file=sys.stderr)
     print(f"job {job.name}: {len(cells)} cells, probes {', '.join(job.probes)}, "
           f"{job.resources.num_cpus:g} CPU / {job.resources.num_gpus:g} GPU per cell, timeout {job.timeout_s:g}s")
     rows = [("cell id", "model", "quantization", "lora", "engine")]
@@ -72,7 +82,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from farm.cli import ops as cli_ops
     from farm.errors import UsageError
-    from farm.model.spec import load_job
+    from farm.model.spec import check_local_paths, load_job
     from farm.report.aggregate import load_matrix
     from farm.report.table import format_table
     from farm.runner.driver import make_run_id, run, spool_report
@@ -84,6 +94,8 @@ def _run(args: argparse.Namespace) -> int:
     from farm.runner.progress import Progress, summary_table
 
     job = load_job(args.job) if args.job else None
+    if job is not None and not (args.address or os.environ.get("RAY_ADDRESS")):
+        check_local_paths(job, str(args.job))  # a run on this machine: its paths are here (a cluster's are the nodes')
     webhook = cli_ops.webhook_url(args.webhook)  # a bad URL fails now, not after the run
     store = open_store(args)
     run_id = args.resume or args.run_id or make_run_id(job.name)  # type: ignore[union-attr]

@@ -25,7 +25,7 @@ from farm.errors import JobSpecError, did_you_mean
 from farm.model.base import NAME_PATTERN, NO_LORA, StrictModel, one_line, require_unique
 from farm.model.engines import FAULTS, CurrentEngine, Engine, EngineSpec, read_patch
 from farm.model.jobfile import read_job_document
-from farm.model.sources import zoo_source
+from farm.model.sources import is_local_path, zoo_source
 from farm.registry import PROBES
 
 # Bounds of numbers whose absurd values were accepted and then failed late (a timeout of 1e21 s overflowed
@@ -240,6 +240,29 @@ class JobSpec(StrictModel):
                 raise ValueError(f"{where}: unknown fault {arguments['fault']!r}; the fault-injection engine knows "
                                  f"{', '.join(FAULTS)}")
         return self
+
+
+def check_local_paths(job: JobSpec, origin: str) -> None:
+    """Refuse a job whose local paths (checkpoints, adapters, references given as /…, ./…, ~…) do not exist here.
+
+    For a run on this machine and for ``farm validate``; a job for a cluster names the nodes' paths, and hub ids
+    (``org/name``, GPU jobs) are looked up by the node."""
+    for field, source in _local_paths(job):
+        if not Path(source).expanduser().exists():
+            raise JobSpecError(f"{origin}: {field}: {source} does not exist on this machine; give an existing path, "
+                               "a zoo item (zoo: …) or a hub id (org/name, for GPU nodes)")
+
+
+def _local_paths(job: JobSpec) -> list[tuple[str, str]]:
+    found = []
+    for model in job.models:
+        for i, variant in enumerate(model.variants):
+            found += [(f"models[{model.name}].variants[{i}].{name}", value) for name, value in
+                      (("checkpoint", variant.checkpoint), ("reference", variant.reference)) if value and is_local_path(value)]
+        for adapter in model.loras:
+            found += [(f"models[{model.name}].loras[{adapter.name}].{name}", value) for name, value in
+                      (("path", adapter.path), ("reference", adapter.reference)) if value and is_local_path(value)]
+    return found
 
 
 def load_job(path: str | Path) -> JobSpec:
