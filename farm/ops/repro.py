@@ -20,6 +20,7 @@ from farm.cell.engine import engine_kwargs
 from farm.cell.execute import engine_environment
 from farm.errors import FarmError
 from farm.model.matrix import Matrix, MatrixCell
+from farm.model.platforms import platform_of
 from farm.model.results import CellResult, CellStatus
 from farm.model.sources import zoo_item
 from farm.model.verdicts import failure_kind, root_cause
@@ -78,7 +79,7 @@ def _header(result: CellResult, model_item: str | None, lora_item: str | None) -
     lines = [
         f"Reproduces farm cell {result.cell_id} ({result.cell.label}) of run {result.run_id}.",
         f"Measured on vLLM {env.vllm} ({env.vllm_dist or 'vllm'}{', commit ' + env.vllm_commit if env.vllm_commit else ''}), "
-        f"torch {env.torch}, transformers {env.transformers}, Python {env.python}; platform: {platform_of(env)}.",
+        f"torch {env.torch}, transformers {env.transformers}, Python {env.python}; platform: {_platform_text(env)}.",
     ]
     if result.status is not CellStatus.PASS and result.error:
         kind = failure_kind(result.status, result.error)
@@ -186,12 +187,10 @@ if __name__ == "__main__":
 '''
 
 
-def platform_of(facts: Any) -> str:
-    """The platform in words, from a result's env facts: the GPU, or the CPU and its features."""
+def _platform_text(facts: Any) -> str:
+    """The platform as the matrix names it (farm.model.platforms), with the CUDA build or the CPU model."""
     if facts is None:
         return "unknown"
-    device = facts.device or ""
-    if device and not device.startswith("cpu"):
-        return f"{device} (CUDA {facts.cuda})" if facts.cuda else device
-    features = " ".join(facts.cpu_features or [])
-    return f"{facts.cpu or 'CPU'} [{features}]" if features else (facts.cpu or device or "CPU")
+    label = platform_of(facts) or "unknown"
+    detail = f"CUDA {facts.cuda}" if facts.cuda else facts.cpu
+    return f"{label} ({detail})" if detail else label
