@@ -208,6 +208,18 @@ class JobSpec(StrictModel):
     # Unlike exclude, the cells stay in the matrix: the page shows the combination and why it is not tested.
     unsupported: list[Unsupported] = Field(default_factory=list)
 
+    def has_cells(self) -> bool:
+        """Whether the include/exclude rules leave a cell (the axes farm.model.cells.expand matches them on)."""
+        for model in self.models:
+            for variant in model.variants:
+                for lora in ([NO_LORA] if self.base else []) + [a.name for a in model.loras]:
+                    for engine in self.engines:
+                        axes = {"model": model.name, "quantization": variant.quantization, "lora": lora, "engine": engine.name}
+                        if (not self.include or any(r.matches(axes) for r in self.include)) and not any(
+                                r.matches(axes) for r in self.exclude):
+                            return True
+        return False
+
     def unsupported_reason(self, axes: dict[str, str]) -> str | None:
         """The reason of the first ``unsupported`` rule that matches a cell's axes, if any."""
         return next((rule.reason for rule in self.unsupported if rule.matches(axes)), None)
@@ -300,11 +312,8 @@ def parse_job(data: Any, origin: str = "<job>") -> JobSpec:
         job = JobSpec.model_validate(data)
     except ValidationError as exc:
         raise JobSpecError(f"{origin}: {one_line(exc)}") from None
-    if job.include or job.exclude or not job.base:  # only these can leave a job without cells
-        from farm.model.cells import expand  # cells builds on this module
-
-        if not expand(job):
-            raise JobSpecError(f"{origin}: the job has no cell to run: its include/exclude rules (or base: false "
+    if not job.has_cells():
+        raise JobSpecError(f"{origin}: the job has no cell to run: its include/exclude rules (or base: false "
                                "without adapters) leave none; loosen them (farm validate lists what remains)")
     return job
 
