@@ -33,7 +33,8 @@ HOSTILE = {
     # name: (file content, what the one line says)
     "alias bomb in engine_args": (MINIMAL + "engine_args:\n" + _alias_bomb("  "), f"expands to more than {MAX_NODES} values"),
     "alias bomb in a variant": (VARIANT_ARGS + _alias_bomb(" " * 10), f"expands to more than {MAX_NODES} values"),
-    "deep nesting": (MINIMAL + "engine_args: {a: " + "[" * 3000 + "]" * 3000 + "}\n", f"nested deeper than {MAX_DEPTH} levels"),
+    "deep nesting (1 MB of brackets)": (MINIMAL + "engine_args: {a: " + "[" * 500_000 + "]" * 500_000 + "}\n",
+                                        f"nested deeper than {MAX_DEPTH} levels"),
     "binary": (b"name: x\n\xff\xfe\x00\x01garbage", "not UTF-8 text (byte 8, line 2)"),
     "duplicate key": (MINIMAL + "name: y\n", "key 'name' given twice in one mapping (first at line 1)"),
     "duplicate key deep": (MINIMAL.replace("{zoo: qwen2-dense}", "{zoo: qwen2-dense, zoo: mixtral}"), "key 'zoo' given twice"),
