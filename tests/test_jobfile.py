@@ -105,8 +105,11 @@ def test_any_bytes(tmp_path, data):
 
 
 _SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20))
-_DOCUMENTS = st.recursive(_SCALARS, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)), max_leaves=30)
+def _nested(children: st.SearchStrategy) -> st.SearchStrategy:
+    return st.one_of(st.lists(children, max_size=4), st.dictionaries(st.text(max_size=12), children, max_size=4))
+
+
+_DOCUMENTS = st.recursive(_SCALARS, _nested, max_leaves=30)
 _FIELDS = st.sampled_from(["name", "models", "engines", "probes", "engine_args", "generation", "resources", "timeout_s",
                            "retries", "include", "exclude", "unsupported", "base", "start_timeout_s"])
 

@@ -244,6 +244,11 @@ def _wants_token(address: str) -> bool:
         return False  # unreachable: the SDK says so below, in its own words
 
 
+def _no_token(address: str) -> str:
+    return (f"the Ray cluster at {address} wants a token (token authentication is on) and this machine has none: copy "
+            "the head's, e.g. `ray exec cluster.yaml 'cat ~/.ray/auth_token' > ~/.ray/auth_token`, or set RAY_AUTH_TOKEN")
+
+
 def use_token_if_wanted(address: str) -> str:
     """Turn on Ray's token auth for this process when the cluster wants a token; returns where the token comes
     from, or '' when none is needed. Call it before anything imports Ray: Ray reads the mode when imported."""
@@ -253,9 +258,7 @@ def use_token_if_wanted(address: str) -> str:
         return ""
     token, source = auth_token()
     if token is None:
-        raise SubmitError(f"the Ray cluster at {address} wants a token (token authentication is on) and this machine has "
-                          "none: copy the head's, e.g. `ray exec cluster.yaml 'cat ~/.ray/auth_token' > ~/.ray/auth_token`, "
-                          "or set RAY_AUTH_TOKEN")
+        raise SubmitError(_no_token(address))
     # Ray's own loader looks in the same places, but reads the home of the user's passwd entry, not $HOME:
     # hand it the token found.
     if "ray" in sys.modules:  # the farm's own order of imports went wrong: say how to get on regardless
@@ -275,7 +278,11 @@ def _client(address: str, source: str = "") -> Any:
     try:
         return JobSubmissionClient(address)
     except AuthenticationError as exc:
-        raise SubmitError(f"the Ray cluster at {address} refused the token from {source or 'nowhere'} "
+        if not source:  # the job server asked for no token a moment ago (a head still starting): it does now
+            raise SubmitError(_no_token(address) if auth_token()[0] is None else
+                              f"the Ray cluster at {address} wants a token and has just begun to ask for it; run "
+                              f"farm submit again (it finds the token in {auth_token()[1]})") from None
+        raise SubmitError(f"the Ray cluster at {address} refused the token from {source} "
                           f"({first_line(str(exc), 120)}): get the cluster's token (`ray get-auth-token` on the head) into "
                           "~/.ray/auth_token or RAY_AUTH_TOKEN") from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
