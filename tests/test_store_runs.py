@@ -245,3 +245,19 @@ def test_a_matrix_that_cannot_be_written_after_the_cells_ran_is_exit_5_and_resum
     code, out, err = farm_cli("run", "--resume", "full-1", "--store", "store", env=env, timeout=300)
     assert code == 0, err[-3000:]
     assert "ran 0 cell(s); 2 already had a result" in out and (tmp_path / "store" / "matrix" / "full-1.json").exists()
+
+
+def test_a_failure_seen_in_an_earlier_run_is_not_rechecked(farm_cli, write_job, tmp_path):
+    # The smoke job spent 6 of its 18 attempts rechecking deterministic failures: history decides them now.
+    job = write_job(fault_job("again", cells=1).replace("engine_args: {fault: pass, build_s: 1}",
+                                                        "engine_args: {fault: raise}"))
+    env = {"FARM_HOME": str(tmp_path / "home")}
+    attempts = {}
+    for run_id in ("again-1", "again-2"):
+        code, _, err = farm_cli("run", str(job), "--store", "store", "--run-id", run_id, env=env, timeout=300)
+        assert code == 0, err[-3000:]
+        attempts[run_id] = sorted(p.name for p in (tmp_path / "store" / "runs" / run_id / "cells").rglob("attempt-*.json"))
+    assert attempts == {"again-1": ["attempt-1.json", "attempt-2.json"],  # a new root cause: rechecked
+                        "again-2": ["attempt-1.json"]}, "the same root cause in the job's last run: settled"
+    result = json.loads((tmp_path / "store" / "matrix" / "again-2.json").read_text())["cells"][0]
+    assert result["status"] == "fail" and result["kind"] == "broken"

@@ -83,7 +83,8 @@ class KindRule:
         if self.types and error.type not in self.types:
             return False
         # The raw message and its headline (a pydantic error's reason comes first there: "VllmConfig: …").
-        text = f"{error.message or ''}\n{error.normalized_message or ''}"
+        # Only the parts there are: a missing headline is no empty line (which _INTERNAL_CONTRACT would match).
+        text = "\n".join(part for part in (error.message, error.normalized_message) if part)
         if self.message is not None and not re.search(self.message, text, re.IGNORECASE | re.MULTILINE):
             return False
         if self.where is not None and not (error.frame and re.search(self.where, error.frame)):

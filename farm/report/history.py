@@ -84,6 +84,34 @@ def expected_seconds(store: Store, job_name: str) -> dict[str, float]:
     return {cell_id: snap.seconds for cell_id, snap in newest.cells.items() if snap.seconds is not None}
 
 
+RECENT_RUNS = 20  # what the retry policy reads of a cell's past (farm.runner.retry.Known)
+
+
+def recent_outcomes(store: Store, job_name: str, exclude_run: str | None = None,
+                    window: int = RECENT_RUNS) -> dict[str, list[tuple[str, str | None, str | None]]]:
+    """Cell id → its (status, root cause, vLLM version) in the job's last ``window`` aggregated runs, oldest first
+    (``exclude_run``: a run being resumed is not its own past). Empty for a first run or if unreadable."""
+    try:
+        keys = sorted(k for k in store.list(history_prefix(job_name)) if k.endswith(".json"))
+    except StoreError:
+        return {}
+    runs: list[RunSummary] = []
+    for key in reversed(keys):
+        if len(runs) == window:
+            break
+        try:
+            summary = RunSummary.model_validate_json(store.get(key))
+        except (StoreError, ValidationError):
+            continue
+        if summary.run_id != exclude_run:
+            runs.append(summary)
+    outcomes: dict[str, list[tuple[str, str | None, str | None]]] = {}
+    for summary in reversed(runs):
+        for cell_id, snap in summary.cells.items():
+            outcomes.setdefault(cell_id, []).append((snap.status, snap.root_cause, snap.vllm))
+    return outcomes
+
+
 def build_history(runs: list[RunSummary], window: int = HISTORY_WINDOW) -> History:
     """Strips for the cells of the last run in ``runs`` (oldest first)."""
     current = runs[-1]

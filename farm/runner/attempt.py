@@ -18,6 +18,7 @@ from farm.envs import PreparedEnv
 from farm.model.cells import Cell
 from farm.model.results import CellResult, CellStatus
 from farm.runner.placement import CellRequest
+from farm.runner.retry import Known
 
 
 class Phase(str, Enum):
@@ -65,6 +66,7 @@ class Work:
     infra_outcomes: int = 0  # in this session (a resume starts a fresh budget)
     avoid: set[str] = field(default_factory=set)  # nodes where the cell met infra outcomes
     prefer: str | None = None  # the node the next attempt should run on if Ray can (after a cold-start timeout)
+    known: Known = field(default_factory=Known)  # what earlier runs of the job say about the cell (farm.runner.retry)
 
     @property
     def number(self) -> int:

@@ -37,11 +37,11 @@ from farm.model.cells import Cell, expand
 from farm.model.results import CellResult, CellStatus, ErrorInfo, Launch, RunManifest, status_counts, utcnow
 from farm.model.spec import JobSpec, parse_job
 from farm.report.aggregate import aggregate
-from farm.report.history import expected_seconds
+from farm.report.history import expected_seconds, recent_outcomes
 from farm.runner.attempt import Event, EventFn, EventKind, Work, warm_nodes
 from farm.runner.connect import connect
 from farm.runner.placement import alive_nodes, check_feasible, request_for
-from farm.runner.retry import INFRA, decide
+from farm.runner.retry import INFRA, Known, decide, known_from
 from farm.runner.scheduler import Scheduler
 from farm.store import (
     ResultWriter,
@@ -170,7 +170,8 @@ def _plan(store: Store, job: JobSpec | None, run_id: str | None, resume: bool) -
     else:
         assert job is not None
         manifest = _new_manifest(job, run_id)
-    todo = longest_first(_owed(manifest.cells, scan.attempts, job, resume), expected_seconds(store, job.name))
+    past = {cell_id: known_from(runs) for cell_id, runs in recent_outcomes(store, job.name, exclude_run=run_id).items()}
+    todo = longest_first(_owed(manifest.cells, scan.attempts, job, resume, past), expected_seconds(store, job.name))
     reasons = {w.cell.id: job.unsupported_reason(w.cell.axes()) for w in todo}
     declared = [(w.cell, reason) for w in todo if (reason := reasons[w.cell.id])]
     todo = [w for w in todo if not reasons[w.cell.id]]
@@ -271,18 +272,22 @@ def _attempts(store: Store, run_id: str, spooled: list[CellResult]) -> RunScan:
     return scan
 
 
-def _owed(cells: list[Cell], history: dict[str, list[CellResult]], job: JobSpec, resume: bool) -> list[Work]:
-    """The cells that owe an attempt: no result yet, or the retry policy wants another (a resume's fresh budget)."""
+def _owed(cells: list[Cell], history: dict[str, list[CellResult]], job: JobSpec, resume: bool,
+          past: dict[str, Known]) -> list[Work]:
+    """The cells that owe an attempt: no result yet, or the retry policy wants another (a resume's fresh budget).
+    ``past``: what earlier runs of the job say about each cell (its known root causes, its flip rate)."""
     todo = []
     for cell in cells:
         attempts = history.get(cell.id, [])
+        known = past.get(cell.id, Known())
         if not attempts:
-            todo.append(Work(cell, reason="resumed: no result from the session that died" if resume else None))
+            todo.append(Work(cell, reason="resumed: no result from the session that died" if resume else None, known=known))
             continue
-        decision = decide(attempts, job.retries, infra_outcomes=0)
+        decision = decide(attempts, job.retries, infra_outcomes=0, known=known)
         if decision.retry:
             avoid = {a.node_id for a in attempts if a.status in INFRA and a.node_id}
-            todo.append(Work(cell, list(attempts), reason=decision.reason, avoid=avoid, prefer=decision.prefer_node))
+            todo.append(Work(cell, list(attempts), reason=decision.reason, avoid=avoid, prefer=decision.prefer_node,
+                             known=known))
     return todo
 
 

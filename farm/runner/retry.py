@@ -30,6 +30,13 @@ exactly the bugs a farm exists to find. What would make them infra (the node die
 the actor) is told apart before the policy sees them (``farm.runner.outcomes``): a lost node is an
 infra outcome, never a crash. The recheck covers the rest (a neighbour that starved the node).
 
+**No wasted rechecks.** A recheck runs only where history cannot decide. A failure whose root cause
+this cell already failed with in an earlier run of the job (same cell id: the same engine) is settled,
+and so is a ``refused`` failure at engine build (vLLM declining a configuration does so every time);
+a new root cause is still rechecked. Flakiness is judged over history too: a cell whose verdict flips
+in at least 5 % of its recent runs on one vLLM version (Ray's release tests use the same rule) is
+``flaky``, and always rechecked.
+
 Resume needs no state beyond the store: ``decide`` on the attempts read back says which
 cells still owe an attempt (never ran, infra, or a failure never rechecked).
 """
@@ -40,12 +47,41 @@ from dataclasses import dataclass
 
 from farm.model.results import CellResult, CellStatus
 from farm.model.spec import Retries
+from farm.model.verdicts import FailureKind, failure_kind, root_cause
 from farm.text import first_line
 
 # Not a pass, but a verdict: rerun to tell flaky from broken.
 RECHECKED = (CellStatus.FAIL, CellStatus.CRASH, CellStatus.TIMEOUT)
 # The farm could not run the cell: run it again elsewhere.
 INFRA = (CellStatus.INFRA_ERROR, CellStatus.ENV_ERROR)
+
+
+FLAKY_FLIP_RATE = 0.05  # of a cell's recent runs on one vLLM version whose verdict differs from the run before
+FLAKY_MIN_RUNS = 5  # fewer runs say nothing about a rate
+
+
+@dataclass(frozen=True)
+class Known:
+    """What earlier runs of the job say about a cell: the root causes it failed with, and how often its verdict
+    flipped between runs on one vLLM version."""
+
+    causes: frozenset[str] = frozenset()
+    flip_rate: float = 0.0
+
+    @property
+    def flaky(self) -> bool:
+        return self.flip_rate >= FLAKY_FLIP_RATE
+
+
+def known_from(runs: list[tuple[str, str | None, str | None]]) -> Known:
+    """``runs``: the cell's (status, root cause, vLLM version) in earlier runs, oldest first."""
+    causes = frozenset(cause for status, cause, _ in runs if cause and status in {s.value for s in RECHECKED})
+    verdicts = [(status, cause, vllm) for status, cause, vllm in runs if CellStatus(status).is_verdict()]
+    pairs = [(a, b) for a, b in zip(verdicts, verdicts[1:]) if a[2] == b[2]]  # a new version is no flip
+    if len(pairs) + 1 < FLAKY_MIN_RUNS:
+        return Known(causes)
+    flips = sum(1 for a, b in pairs if (a[0], a[1]) != (b[0], b[1]))
+    return Known(causes, flips / len(pairs))
 
 
 @dataclass(frozen=True)
@@ -62,7 +98,7 @@ class Decision:
         return cls(False)
 
 
-def decide(attempts: list[CellResult], retries: Retries, infra_outcomes: int) -> Decision:
+def decide(attempts: list[CellResult], retries: Retries, infra_outcomes: int, known: Known = Known()) -> Decision:
     """What follows a cell's latest attempt.
 
     Args:
@@ -70,6 +106,7 @@ def decide(attempts: list[CellResult], retries: Retries, infra_outcomes: int) ->
         retries: the job's policy.
         infra_outcomes: infra outcomes (cold-start timeouts included) of this cell in this session, the last one
             included.
+        known: what earlier runs of the job say about the cell (``known_from``).
     """
     if not attempts:
         return Decision(True, None)
@@ -85,16 +122,30 @@ def decide(attempts: list[CellResult], retries: Retries, infra_outcomes: int) ->
                               "compile caches are warm now", prefer_node=last.node_id)
     if last.status in RECHECKED:
         verdicts = [a for a in attempts if a.status.is_verdict() and not cold_timeout(a)]
-        if len(verdicts) > retries.recheck:
+        if len(verdicts) > retries.recheck or settled(last, known):
             return Decision.done()
         return Decision(True, f"recheck: attempt {last.attempt} was {_said(last)}; run again to tell flaky from broken")
     return Decision.done()
 
 
-def settle(result: CellResult, earlier: list[CellResult]) -> CellResult:
-    """Give an attempt its history: the earlier attempts' summaries, and ``flaky`` for a pass after a failure."""
+def settled(failure: CellResult, known: Known) -> str | None:
+    """Why a failure needs no recheck (history or its kind decides it), or None."""
+    if known.flaky or failure.error is None:
+        return None
+    if failure_kind(failure.status, failure.error) is FailureKind.REFUSED and failure.error.probe is None:
+        return "refused at engine build: vLLM declines a configuration every time"
+    if root_cause(failure.error) in known.causes:
+        return "the root cause it failed with in an earlier run of the job"
+    return None
+
+
+def settle(result: CellResult, earlier: list[CellResult], known: Known = Known()) -> CellResult:
+    """Give an attempt its history: the earlier attempts' summaries, and ``flaky`` for a pass after a failure, or
+    for any verdict of a cell whose recent runs flip (``Known.flaky``)."""
     result.previous_attempts = [a.summary() for a in earlier]
-    if result.status is CellStatus.PASS and any(a.status in RECHECKED and not cold_timeout(a) for a in earlier):
+    failed_before = any(a.status in RECHECKED and not cold_timeout(a) for a in earlier)
+    a_verdict = result.status is CellStatus.PASS or (result.status in RECHECKED and not cold_timeout(result))
+    if (result.status is CellStatus.PASS and failed_before) or (known.flaky and a_verdict):
         result.status = CellStatus.FLAKY
     return result
 

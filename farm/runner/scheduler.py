@@ -362,7 +362,7 @@ class Scheduler:
         if attempt.started is not None and attempt.node_id:  # its actor ran there: the engine's next build is warm
             result.cold_start = attempt.cold
             self.warm.add((work.cell.engine.name, attempt.node_id))
-        settle(result, work.history)
+        settle(result, work.history, work.known)
         if result.status is CellStatus.ENV_ERROR and self._env_failed_for_run(work.cell, attempt.request):
             work.infra_outcomes = self.job.retries.infra_attempts  # nowhere left to build it: no retry
         elif result.status in INFRA:
@@ -373,7 +373,7 @@ class Scheduler:
             work.infra_outcomes += 1
         self.record(result)
         work.history.append(result)
-        decision = decide(work.history, self.job.retries, work.infra_outcomes)
+        decision = decide(work.history, self.job.retries, work.infra_outcomes, work.known)
         if not decision.retry:
             self.events(Event(EventKind.DONE, work.cell, result.attempt, result=result))
             return []
