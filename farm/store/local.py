@@ -57,12 +57,13 @@ class LocalStore(Store):
         return resolved
 
     @contextlib.contextmanager
-    def _directory(self, relative: str, key: str, *, create: bool = False) -> Iterator[int]:
-        """An fd of the root's directory ``relative``, opened one component at a time without following a symlink
-        (one met is followed only into the root); ``create``: make missing directories on the way."""
+    def _directory(self, relative: str, key: str, *, create: bool = False) -> Iterator[tuple[int, Path]]:
+        """An fd of the root's directory ``relative`` and its path, opened one component at a time without
+        following a symlink (one met is followed only into the root); ``create``: make missing directories."""
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        here = self.root  # the path of fd, for following a symlink (no /proc outside Linux)
         try:
             for name in relative.split("/") if relative else []:
                 try:
@@ -76,26 +77,27 @@ class LocalStore(Store):
                 except OSError as exc:
                     if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                         raise
-                    below = self._follow(fd, name, key)
+                    below, here = self._follow(here / name, key)
+                else:
+                    here = here / name
                 os.close(fd)
                 fd = below
-            yield fd
+            yield fd, here
         finally:
             os.close(fd)
 
-    def _follow(self, fd: int, name: str, key: str) -> int:
-        """The directory a symlink ``name`` in directory ``fd`` leads to, if inside the root."""
-        target = Path(f"/proc/self/fd/{fd}").resolve() / name
-        resolved = target.resolve()
+    def _follow(self, link: Path, key: str) -> tuple[int, Path]:
+        """The directory a symlink leads to, opened, and its path; only if it is inside the root."""
+        resolved = link.resolve()
         if resolved != self.root and self.root not in resolved.parents:
             raise self._escapes(key)
-        return os.open(resolved, os.O_RDONLY | os.O_DIRECTORY)
+        return os.open(resolved, os.O_RDONLY | os.O_DIRECTORY), resolved
 
     def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
         parent, _, name = check_key(key).rpartition("/")
         path = self.root / key
         try:
-            with self._directory(parent, key, create=True) as directory:
+            with self._directory(parent, key, create=True) as (directory, _):
                 self._write(directory, name, data, overwrite, key)
         except FileExistsError:
             raise KeyExists(f"{self.location(key)} exists; results are written once") from None
@@ -132,13 +134,13 @@ class LocalStore(Store):
         parent, _, name = check_key(key).rpartition("/")
         path = self.root / key
         try:
-            with self._directory(parent, key) as directory:
+            with self._directory(parent, key) as (directory, here):
                 try:
                     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=directory)
                 except OSError as exc:
                     if exc.errno != errno.ELOOP:
                         raise
-                    return self._read(self._inside(Path(f"/proc/self/fd/{directory}").resolve() / name, key))
+                    return self._read(self._inside(here / name, key))
         except (FileNotFoundError, NotADirectoryError):
             raise KeyNotFound(f"{path} does not exist in the store") from None
         except OSError as exc:
