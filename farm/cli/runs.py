@@ -58,14 +58,14 @@ def add_parsers(sub: Any) -> None:
 
 def _validate(args: argparse.Namespace) -> int:
     from farm.model.cells import expand
+    from farm.model.sources import is_hub_id
     from farm.model.spec import check_local_paths, load_job
 
     job = load_job(args.job)
     if not args.paths_on_nodes:
         check_local_paths(job, str(args.job))
     cells = expand(job)
-    hub = sorted({c.model_source for c in cells if c.model_source and "/" in c.model_source
-                  and not c.model_source.startswith(("zoo:", "/", ".", "~"))})
+    hub = sorted({c.model_source for c in cells if is_hub_id(c.model_source)})
     if hub:
         print(f"not checked here: hub id(s) {', '.join(hub)}: each GPU node fetches them (a token for gated ones "
               "goes on the nodes, deploy/README.md); a CPU test machine has no hub", file=sys.stderr)

@@ -25,3 +25,8 @@ def zoo_item(source: str | None) -> str | None:
 def is_local_path(source: str) -> bool:
     """A checkpoint given as a path on the node (not a hub id)."""
     return source.startswith(("/", "./", "../", "~"))
+
+
+def is_hub_id(source: str) -> bool:
+    """A checkpoint named by its hub id (``org/name``): neither a zoo item nor a local path."""
+    return zoo_item(source) is None and not is_local_path(source) and "/" in source
