@@ -4,7 +4,7 @@
       zoo/          the tiny model zoo ($FARM_ZOO_DIR overrides)
       envs/         the engine env cache ($FARM_ENV_CACHE overrides)
       code/         snapshots of the farm's own code, put on a cell's PYTHONPATH
-      vllm-cache/   vLLM's compile caches (VLLM_CACHE_ROOT), shared by a node's cells
+      vllm-cache/   vLLM's compile caches (VLLM_CACHE_ROOT), one folder per env, shared by a node's cells
       cell-logs/    each attempt's output, read back when its process dies
       spool/        results not yet in the store (an outage loses nothing)
       fault-injection/  the fault-injection seam's build counters

@@ -267,6 +267,57 @@ def test_real_vllm_cells_in_the_same_run_pass(fault_run):
         assert real.env.vllm and real.probe("generate").passed and real.peak_rss_mb < 4 * 1024
 
 
+# ---- cells that share GPUs ----
+
+SHARED_JOB = """
+name: shared
+models:
+  - name: s
+    variants:
+{variants}
+      - {{quantization: greedy, checkpoint: fault-injection, engine_args: {{fault: gpu_oom, needs_gpu: 0.5, build_s: 2}}}}
+engines: [{{name: fi, kind: fault-injection}}]
+probes: [load, generate]
+resources: {{num_cpus: 0.25, num_gpus: 0.25}}
+timeout_s: 120
+"""
+
+
+def test_cells_share_gpus_and_one_that_overruns_its_share_fails_alone(cluster, tmp_path):
+    variants = "\n".join(f"      - {{quantization: q{i}, checkpoint: fault-injection, engine_args: {{build_s: 8}}}}"
+                          for i in range(7))
+    (tmp_path / "job.yaml").write_text(SHARED_JOB.format(variants=variants))
+    proc = farm(cluster, tmp_path, "run", "job.yaml", "--store", "results", "--run-id", "shared", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cells = assert_complete(open_store(str(tmp_path / "results")), "shared")
+
+    def where(result: CellResult) -> tuple[str, str, str]:
+        line = next(line for line in result.log_tail.splitlines() if line.startswith("fault-injection: GPUs"))
+        match = re.fullmatch(r"fault-injection: GPUs \[(\w*)\]; gpu_memory_utilization (\S+)", line)
+        assert match, line
+        return result.node_id, match.group(1), match.group(2)
+
+    neighbours = [attempts for key, attempts in cells.items() if key != "greedy/none"]
+    assert len(neighbours) == 7 and all([a.status for a in attempts] == [CellStatus.PASS] for attempts in neighbours)
+    placed = [(where(attempts[0]), attempts[0]) for attempts in neighbours]
+    assert {budget for (_, _, budget), _ in placed} == {"0.25"}, "vLLM's budget is the cell's share"
+    # At most four cells on one GPU at a time (a quarter each), and some GPU held several at once.
+    crowd = 0
+    for gpu in {(node, gpu) for (node, gpu, _), _ in placed}:
+        spans = [(r.started_at, r.finished_at) for (node, g, _), r in placed if (node, g) == gpu]
+        at_once = max(sum(1 for start, end in spans if start <= moment < end) for moment, _ in spans)
+        assert at_once <= 4, (gpu, spans)
+        crowd = max(crowd, at_once)
+    assert crowd >= 2, placed
+
+    greedy = cells["greedy/none"]
+    assert [a.status for a in greedy] == [CellStatus.INFRA_ERROR, CellStatus.PASS]
+    assert greedy[0].error.message.startswith("the cell ran out of GPU memory inside its share (num_gpus 0.25)")
+    assert greedy[1].retry_reason == "GPU share: attempt 1 ran out of GPU memory in its share; run again on a whole GPU"
+    assert where(greedy[0])[2] == "0.25" and where(greedy[1])[2] == "unset", "the retry holds a whole GPU"
+    assert "GPU share: attempt 1 ran out of GPU memory" in proc.stdout
+
+
 # ---- a request no node can satisfy ----
 
 def test_unsatisfiable_request_is_a_clear_error_not_a_hang(cluster, tmp_path):

@@ -66,12 +66,12 @@ class CellActor:
                            "hostname": socket.gethostname()})
 
     def run(self, cell_json: str, settings_json: str, run_id: str, attempt: int, log_path: str,
-            timeout_s: float, memory_limit: int | None) -> str:
+            timeout_s: float, memory_limit: int | None, gpu_share: float | None = None) -> str:
         import ray
 
         path = Path(log_path)
         cell = Cell.model_validate_json(cell_json)
-        settings = CellSettings.model_validate_json(settings_json)
+        settings = CellSettings.model_validate_json(settings_json).model_copy(update={"gpu_share": gpu_share})
         dropped = drop_store_credentials(settings.keep_env)  # before anything of the cell runs (farm.cell.credentials)
         try:
             with capture_output(path), _fault_handler(timeout_s), _memory_watchdog(memory_limit, path):

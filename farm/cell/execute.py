@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from farm.cell import gpu_share
 from farm.cell.signature import error_info, farm_origin, signature_of
 from farm.cell.types import Deferred, ProbeContext
 from farm.errors import FarmError
@@ -43,6 +44,8 @@ class CellSettings(BaseModel):
     engine_args: dict[str, Any] = Field(default_factory=dict)
     generation: Generation = Field(default_factory=Generation)
     keep_env: list[str] = Field(default_factory=list)
+    # Per attempt: the fraction of one GPU this attempt's actor holds beside other cells (farm.cell.gpu_share).
+    gpu_share: float | None = None
 
     @classmethod
     def from_job(cls, job: JobSpec) -> CellSettings:
@@ -85,11 +88,10 @@ def execute_cell(
     with _peak_rss() as peak:
         try:
             deferred: list[tuple[str, Deferred]] = []
-            with build_engine(cell, settings.engine_args) as engine:
+            engine_args = gpu_share.engine_args(cell, settings.engine_args, settings.gpu_share)
+            with build_engine(cell, engine_args) as engine:
                 result.timings["engine_build"] = round(engine.build_seconds, 3)
-                context = ProbeContext(
-                    cell=cell, engine=engine, generation=settings.generation, engine_args=settings.engine_args
-                )
+                context = ProbeContext(cell=cell, engine=engine, generation=settings.generation, engine_args=engine_args)
                 for name in settings.probes:
                     probe = PROBES.get(name)
                     if not probe.applies(cell):
@@ -132,6 +134,10 @@ def _record_exception(result: CellResult, exc: Exception, probe: str | None, set
         result.status = CellStatus.INFRA_ERROR
         result.error.message = f"the farm's own code failed at {origin}: {result.error.message}"[:2000]
         result.error.origin = "farm"
+    elif settings.gpu_share is not None and gpu_share.out_of_memory(exc):  # the share was too small: no verdict
+        result.status = CellStatus.INFRA_ERROR
+        result.error.message = gpu_share.overrun_message(settings.gpu_share, result.error.message)[:2000]
+        result.error.origin = gpu_share.ORIGIN
     elif not result.probes and "load" in settings.probes:
         result.probes.append(ProbeResult(name="load", passed=False, detail=result.error.type))
 

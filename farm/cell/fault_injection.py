@@ -5,10 +5,14 @@ crash containment, store outages). A job selects it with an engine of
 ``kind: fault-injection``; each variant says what the engine does through its
 ``engine_args``:
 
-    fault: pass | raise | segfault | abort | hang | oom | exit | infra     (default pass)
+    fault: pass | raise | segfault | abort | hang | oom | gpu_oom | exit | infra     (default pass)
         raise     an exception during the build (a ``fail``)
         segfault  reads address 0 (SIGSEGV);  abort  raises SIGABRT
         hang      sleeps forever (a ``timeout``);  oom  allocates until something kills it
+        gpu_oom   takes ``needs_gpu`` (default 0.5) of its GPU's memory: on a real GPU in 256 MiB
+                  tensors (PyTorch raises out of memory past the cell's share, ``farm.cell.gpu_share``);
+                  on Ray's logical GPUs (no CUDA) it raises the same error when ``needs_gpu`` is
+                  more than its ``gpu_memory_utilization``, as a capped allocator would
         exit      sys.exit(exit_code) from deep in the engine (default code 3)
         infra     the farm's own "checkpoint missing on this node" (an ``infra_error``)
     build_s: seconds the "engine build" sleeps first (default 0)
@@ -66,9 +70,11 @@ class FaultInjectionEngine:
         started = time.perf_counter()
         time.sleep(float(engine_args.get("build_s", 0)))
         self.workers = _start_workers(int(engine_args.get("tensor_parallel_size", 1)))
+        _say_where(engine_args)
+        self.gpu_memory: list[Any] = []
         if self._fires(engine_args):
             print(f"fault-injection: injecting {self.fault}", flush=True)
-            self._inject(int(engine_args.get("exit_code", 3)))
+            self._inject(int(engine_args.get("exit_code", 3)), engine_args)
         self.build_seconds = time.perf_counter() - started
 
     def _fires(self, engine_args: dict[str, Any]) -> bool:
@@ -85,7 +91,10 @@ class FaultInjectionEngine:
             count.write("build\n")
         return builds < int(times)
 
-    def _inject(self, exit_code: int) -> None:
+    def _inject(self, exit_code: int, engine_args: dict[str, Any]) -> None:
+        if self.fault == "gpu_oom":
+            self.gpu_memory = _take_gpu_memory(float(engine_args.get("needs_gpu", 0.5)),
+                                               float(engine_args.get("gpu_memory_utilization", 1.0)))
         if self.fault == "raise":
             raise InjectedFault("injected failure during engine build")
         if self.fault == "infra":
@@ -125,6 +134,42 @@ def _check_expectations(engine_args: dict[str, Any]) -> None:
     wrong += [f"no {path} in {os.getcwd()}" for path in engine_args.get("expect_files") or [] if not os.path.exists(path)]
     if wrong:
         raise InjectedFault(f"the cell's process does not see what it expects: {'; '.join(wrong)}")
+
+
+class SimulatedOutOfMemoryError(RuntimeError):
+    """What PyTorch's capped allocator raises past a cell's GPU share, on a logical GPU that has no memory."""
+
+    stands_in_for_engine = True
+
+
+def _take_gpu_memory(needs: float, share: float) -> list[Any]:
+    """Hold ``needs`` of GPU 0's memory; where there is no CUDA, fail as a capped allocator would past ``share``."""
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    except ImportError:
+        cuda = False
+    if not cuda:
+        if needs > share:
+            raise SimulatedOutOfMemoryError(
+                f"CUDA out of memory (simulated on a logical GPU): the engine needs {needs:g} of the GPU, "
+                f"its gpu_memory_utilization is {share:g}")
+        return []
+    chunk = 256 * 2**20
+    total = torch.cuda.get_device_properties(0).total_memory
+    held = [torch.empty(chunk, dtype=torch.uint8, device="cuda") for _ in range(int(needs * total) // chunk)]
+    print(f"fault-injection: holding {len(held) * chunk / 2**30:.1f} GiB of GPU memory", flush=True)
+    return held
+
+
+def _say_where(engine_args: dict[str, Any]) -> None:
+    """One line in the cell's log: the GPUs Ray gave the actor and vLLM's memory budget (what a test reads back)."""
+    import ray
+
+    gpus = [str(g) for g in ray.get_gpu_ids()] if ray.is_initialized() else []
+    print(f"fault-injection: GPUs [{','.join(gpus)}]; gpu_memory_utilization "
+          f"{engine_args.get('gpu_memory_utilization', 'unset')}", flush=True)
 
 
 class _Worker:

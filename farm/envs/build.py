@@ -36,6 +36,7 @@ from farm.settings import (
     FARM_CELL_REQUIREMENTS,
     code_dir,
     env_cache_budget_bytes,
+    vllm_cache_dir,
 )
 from farm.text import first_line
 
@@ -62,6 +63,12 @@ def farm_code(root: Path) -> Path:
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def compile_cache_env(key: str) -> dict[str, str]:
+    """vLLM's compile caches for one env on this node: a second engine of the same model and version loads what
+    the first compiled (torch.compile, Triton, FlashInfer's JIT); an env never reads another vLLM's artifacts."""
+    return {"VLLM_CACHE_ROOT": str(vllm_cache_dir() / key)}
 
 
 def actor_env_vars(code_dir: Path, *site: Path) -> dict[str, str]:
@@ -96,7 +103,7 @@ class BuiltEnv(EnvKind):
         """How a cell's actor starts in the env: its interpreter, and ``env_vars`` (the farm's code on PYTHONPATH)."""
         notes = self.notes(cache.env_dir(found.key))
         extra = {ENV_NOTES_VARIABLE: json.dumps(notes)} if notes else {}
-        return {"py_executable": found.python, "env_vars": {**env_vars, **extra}}
+        return {"py_executable": found.python, "env_vars": {**env_vars, **extra, **compile_cache_env(found.key)}}
 
     def requirements(self, engine: PackageEngine, node: NodeContext) -> list[str]:
         return [*engine.requirements, f"ray=={node.ray_version}", *FARM_CELL_REQUIREMENTS]

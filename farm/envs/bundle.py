@@ -31,7 +31,7 @@ from typing import Any
 
 from farm.bundles import pack
 from farm.envs import cache, interpreter
-from farm.envs.build import actor_env_vars, farm_code
+from farm.envs.build import actor_env_vars, compile_cache_env, farm_code
 from farm.envs.registry import EnvKind, NodeContext, PreparedEnv, Stopwatch, register
 from farm.errors import EnvBuildError
 from farm.model.engines import BundleEngine, EngineSpec
@@ -70,7 +70,7 @@ class Bundle(EnvKind):
             found.engines.append(engine.name)
             cache.write(found)
         site = cache.env_dir(key) / UNPACKED / pack.SITE
-        env_vars = {**actor_env_vars(farm_code(code_dir()), site), **document.get("env", {})}
+        env_vars = {**actor_env_vars(farm_code(code_dir()), site), **document.get("env", {}), **compile_cache_env(key)}
         return PreparedEnv(
             engine=engine.name,
             kind=engine.kind,

@@ -122,4 +122,4 @@ def _resources(job: Resources, variant: Resources | None) -> Resources | None:
     """The job's resources with the fields the variant sets; None when it sets none."""
     if variant is None or not variant.model_fields_set:
         return None
-    return job.model_copy(update={name: getattr(variant, name) for name in variant.model_fields_set})
+    return job.merged(variant)

@@ -127,7 +127,7 @@ class CurrentEngine(EngineSpec):
 
 
 # What the fault-injection engine does when built (its ``fault`` engine argument), farm.cell.fault_injection.
-FAULTS = ("pass", "raise", "segfault", "abort", "hang", "oom", "exit", "infra")
+FAULTS = ("pass", "raise", "segfault", "abort", "hang", "oom", "gpu_oom", "exit", "infra")
 
 
 class FaultInjectionEngine(EngineSpec):

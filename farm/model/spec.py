@@ -10,6 +10,7 @@ what would be valid.
 from __future__ import annotations
 
 import fnmatch
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -49,6 +50,26 @@ class Resources(StrictModel):
     memory_gb: float | None = Field(
         None, ge=0.1, le=MAX_MEMORY_GB, description="host memory per cell in GiB: reserved in Ray and enforced (killed past it)"
     )
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _share_or_whole(cls, value: float) -> float:
+        # Ray gives a fraction of one GPU or whole GPUs, never 1.5 of them.
+        if value > 1 and not float(value).is_integer():
+            raise ValueError(f"num_gpus {value:g} is neither a share of one GPU (below 1, e.g. 0.125) nor whole GPUs "
+                             f"(1, 2, …); write {math.floor(value)} or {math.ceil(value)}")
+        return value
+
+    def merged(self, variant: Resources | None) -> Resources:
+        """These resources with the fields a variant sets."""
+        if variant is None or not variant.model_fields_set:
+            return self
+        return self.model_copy(update={name: getattr(variant, name) for name in variant.model_fields_set})
+
+    @property
+    def gpu_share(self) -> float | None:
+        """The share of one GPU a cell takes when it shares it with others (``farm.cell.gpu_share``), else None."""
+        return self.num_gpus if 0 < self.num_gpus < 1 else None
 
 
 def _check_one_source(zoo_item: str | None, elsewhere: str | None, choices: str) -> None:
@@ -237,6 +258,27 @@ class JobSpec(StrictModel):
     def _unique(self) -> JobSpec:
         require_unique([m.name for m in self.models], "models[].name")
         require_unique([e.name for e in self.engines], "engines[].name")
+        return self
+
+    @model_validator(mode="after")
+    def _gpu_shares(self) -> JobSpec:
+        """A cell that shares a GPU runs one engine worker, in at most its share of the GPU's memory."""
+        for model in self.models:
+            for i, variant in enumerate(model.variants):
+                share = self.resources.merged(variant.resources).gpu_share
+                if share is None:
+                    continue
+                where = f"models[{model.name}].variants[{i}]"
+                args = {**self.engine_args, **variant.engine_args}
+                workers = int(args.get("tensor_parallel_size", 1) or 1) * int(args.get("pipeline_parallel_size", 1) or 1)
+                if workers > 1:
+                    raise ValueError(f"{where}: {workers} engine workers cannot share a GPU (num_gpus {share:g}); "
+                                     "give tensor- or pipeline-parallel cells whole GPUs (num_gpus: 1)")
+                asked = args.get("gpu_memory_utilization")
+                if isinstance(asked, int | float) and asked > share + 1e-9:
+                    raise ValueError(f"{where}: gpu_memory_utilization {asked:g} is more than the cell's GPU share "
+                                     f"(num_gpus {share:g}), and its neighbours' memory; leave it out (the farm sets it "
+                                     "to the share) or raise num_gpus")
         return self
 
     @model_validator(mode="after")

@@ -67,6 +67,7 @@ class Work:
     avoid: set[str] = field(default_factory=set)  # nodes where the cell met infra outcomes
     prefer: str | None = None  # the node the next attempt should run on if Ray can (after a cold-start timeout)
     known: Known = field(default_factory=Known)  # what earlier runs of the job say about the cell (farm.runner.retry)
+    whole_gpu: bool = False  # it ran out of memory in its share of a GPU: the next attempts take a whole one
 
     @property
     def number(self) -> int:

@@ -8,6 +8,9 @@ A cell runs on one node, always:
   ``{GPU: num_gpus, CPU: num_cpus}``, so vLLM's N Ray workers share one node (NVLink, no
   cross-node NCCL). The actor holds bundle 0's CPUs and no GPU, and captures its child tasks
   into the group, so vLLM's workers (``num_gpus`` each, no CPUs) land in its bundles.
+- **GPU share** (``num_gpus`` below 1): the same actor with a fraction of one GPU, so several small cells
+  run on one GPU at once; ``farm.cell.gpu_share`` holds each to its share of the GPU's memory. A cell
+  that ran out of memory inside its share is retried on a whole GPU (``whole_gpu``) for its verdict.
 - **CPU platform** (``num_gpus: 0``): one actor with ``num_cpus`` × N CPUs; vLLM's CPU workers are
   its child processes.
 
@@ -54,6 +57,12 @@ class CellRequest:
                 total[key] = total.get(key, 0) + value
         return {k: v for k, v in total.items() if v}
 
+    @property
+    def gpu_share(self) -> float | None:
+        """The fraction of one GPU the cell's actor holds, when it shares the GPU with other cells."""
+        gpus = dict(self.actor).get("GPU", 0)
+        return gpus if 0 < gpus < 1 and not self.grouped else None
+
     def describe(self) -> str:
         shown = _format(self.per_node())
         if self.grouped:
@@ -98,8 +107,11 @@ def timeout_of(cell: Cell, job: JobSpec) -> float:
     return cell.timeout_s or job.timeout_s
 
 
-def request_for(cell: Cell, job: JobSpec) -> CellRequest:
+def request_for(cell: Cell, job: JobSpec, *, whole_gpu: bool = False) -> CellRequest:
+    """What the cell reserves; ``whole_gpu`` turns a GPU share into one whole GPU (the retry of a share overrun)."""
     res = resources_of(cell, job)
+    if whole_gpu and res.gpu_share is not None:
+        res = res.model_copy(update={"num_gpus": 1.0})
     workers = engine_workers(cell, job)
     memory = (("memory", res.memory_gb * GIB),) if res.memory_gb else ()
     if res.num_gpus and workers > 1:

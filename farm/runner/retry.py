@@ -45,6 +45,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from farm.cell import gpu_share
 from farm.model.results import CellResult, CellStatus
 from farm.model.spec import Retries
 from farm.model.verdicts import FailureKind, failure_kind, root_cause
@@ -114,6 +115,9 @@ def decide(attempts: list[CellResult], retries: Retries, infra_outcomes: int, kn
     if last.status in INFRA:
         if infra_outcomes >= retries.infra_attempts:
             return Decision.done()
+        if last.error is not None and last.error.origin == gpu_share.ORIGIN:
+            return Decision(True, f"GPU share: attempt {last.attempt} ran out of GPU memory in its share; "
+                                  "run again on a whole GPU", infra=True)
         return Decision(True, f"infra: attempt {last.attempt} was {_said(last)}; run again elsewhere", infra=True)
     if cold_timeout(last):
         if infra_outcomes >= retries.infra_attempts:

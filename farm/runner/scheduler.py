@@ -48,6 +48,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from farm.cell import gpu_share
 from farm.cell.actor import CellActor, read_log
 from farm.cell.execute import CellSettings
 from farm.envs import EnvFailure, PreparedEnv
@@ -155,7 +156,7 @@ class Scheduler:
     # ---- phases ----
 
     def _start(self, work: Work) -> list[Work]:
-        request = placement.request_for(work.cell, self.job)
+        request = placement.request_for(work.cell, self.job, whole_gpu=work.whole_gpu)
         # The session in the name: a resumed run's attempt never appends to the log of one its dead driver left.
         name = f"{work.cell.id}.attempt-{work.number}.{self.session}.log"
         log_path = cell_log_dir() / safe_part(self.run_id) / name
@@ -254,7 +255,8 @@ class Scheduler:
             limit = int(memory_gb * placement.GIB) if memory_gb else None
             timeout = placement.timeout_of(attempt.work.cell, self.job)
             run = attempt.actor.run.remote(attempt.work.cell.model_dump_json(), self.settings_json, self.run_id,
-                                           attempt.work.number, str(attempt.log_path), timeout, limit)
+                                           attempt.work.number, str(attempt.log_path), timeout, limit,
+                                           attempt.request.gpu_share)
             return self._wait_on(attempt, Phase.RUNNING, run, timeout + KILL_GRACE_S)
         if attempt.phase is Phase.RUNNING:
             return self._finish(attempt, CellResult.model_validate_json(value))
@@ -365,6 +367,9 @@ class Scheduler:
         settle(result, work.history, work.known)
         if result.status is CellStatus.ENV_ERROR and self._env_failed_for_run(work.cell, attempt.request):
             work.infra_outcomes = self.job.retries.infra_attempts  # nowhere left to build it: no retry
+        elif result.status in INFRA and result.error is not None and result.error.origin == gpu_share.ORIGIN:
+            work.infra_outcomes += 1
+            work.whole_gpu = True  # the share was too small, not the node: the next attempt gets a whole GPU
         elif result.status in INFRA:
             work.infra_outcomes += 1
             if result.node_id:
