@@ -25,6 +25,7 @@ from farm.envs.node import prepare_here
 from farm.envs.registry import EnvFailure, PreparedEnv
 from farm.errors import BundleError
 from farm.model.engines import BundleEngine
+from farm.settings import vllm_cache_dir
 
 from .conftest import docs_text
 
@@ -245,6 +246,7 @@ def test_a_node_unpacks_a_bundle_once_under_the_lock(env_cache, tmp_path):
     assert prepared.runtime_env["py_executable"] == sys.executable
     env_vars = prepared.runtime_env["env_vars"]
     assert env_vars["PYTHONPATH"].split(":")[1] == str(site) and env_vars["FARM_TEST_BUNDLE"] == "layered"
+    assert env_vars["VLLM_CACHE_ROOT"] == str(vllm_cache_dir() / prepared.key)
     assert prepared.versions.ray == facts.dist_version("ray") and prepared.versions.vllm == facts.vllm_version()
     assert prepare_here(engine).built is False
     # The actor's view: the bundle's module imports with that PYTHONPATH.

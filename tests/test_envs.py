@@ -33,7 +33,7 @@ from farm.errors import JobSpecError
 from farm.model.cells import expand
 from farm.model.engines import ENGINE_SPECS, PackageEngine
 from farm.model.spec import parse_job
-from farm.settings import FARM_CELL_DISTRIBUTIONS, FARM_CELL_REQUIREMENTS
+from farm.settings import FARM_CELL_DISTRIBUTIONS, FARM_CELL_REQUIREMENTS, vllm_cache_dir
 
 from .conftest import REPO
 
@@ -220,6 +220,8 @@ def test_two_processes_racing_build_the_env_once(env_cache, tmp_path):
     assert outcomes[0].key == outcomes[1].key and outcomes[0].runtime_env == outcomes[1].runtime_env
     python = outcomes[0].runtime_env["py_executable"]
     assert python == str(env_cache / outcomes[0].key / "bin" / "python") and Path(python).exists()
+    # vLLM's compile caches are the env's own on the node: another release never reads them.
+    assert outcomes[0].runtime_env["env_vars"]["VLLM_CACHE_ROOT"] == str(vllm_cache_dir() / outcomes[0].key)
     assert outcomes[0].versions.ray == facts.dist_version("ray") and outcomes[0].versions.vllm
     manifest = cache.read(outcomes[0].key)
     assert manifest.ready and manifest.engines == ["linked"] and manifest.size_bytes > 0
