@@ -8,6 +8,9 @@
 #   docs/gpu/run.sh stage .carry/pN   (once per part: keeps it in /root/bundle)
 #   docs/gpu/run.sh start     (verify + unpack, zoo build, `farm run` in the background)
 #   docs/gpu/run.sh wait      (until the run ends; its store, matrix, page and logs into $OUT)
+# or, for the packing and compile-cache benchmarks (bench/gpu.py) instead of `start`:
+#   docs/gpu/run.sh bench     (verify + unpack, zoo build, bench/gpu.py packing, overrun, compile in the background)
+#   docs/gpu/run.sh wait      (until they end; their JSON, logs and store into $OUT)
 set -euo pipefail
 PY=/opt/torch/.venv/bin/python
 BUNDLE=/root/bundle
@@ -16,15 +19,9 @@ SRC=/root/farm-src
 STORE=/root/results
 RUN_ID=gpu-smoke-1
 
-case "${1:-}" in
-stage)
-    mkdir -p "$BUNDLE"
-    cp -v "${2:?which carried folder}"/* "$BUNDLE"/
-    ls -l "$BUNDLE"
-    ;;
-start)
+prepare() {
     # The farm's code as it was sent, out of the synced repo copy (later calls replace that copy).
-    rm -rf "$SRC" && mkdir -p "$SRC" && cp -r farm jobs dashboards pyproject.toml "$SRC"/
+    rm -rf "$SRC" && mkdir -p "$SRC" && cp -r farm jobs dashboards bench pyproject.toml "$SRC"/
     rm -rf "$SITE"
     $PY "$BUNDLE/unpack.py" unpack "$BUNDLE/bundle.json" --into "$SITE"
     export PYTHONPATH="$SITE/site:$SRC" VLLM_USE_FLASHINFER_SAMPLER=0
@@ -36,10 +33,30 @@ start)
     } > /root/facts.txt 2>&1
     cat /root/facts.txt
     time $PY -m farm zoo build --for-job jobs/gpu_smoke.yaml
+}
+
+case "${1:-}" in
+stage)
+    mkdir -p "$BUNDLE"
+    cp -v "${2:?which carried folder}"/* "$BUNDLE"/
+    ls -l "$BUNDLE"
+    ;;
+start)
+    prepare
     # In its own session: it outlives this call, and the next call (`wait`) collects it.
     setsid nohup bash -c "time $PY -m farm run jobs/gpu_smoke.yaml --store $STORE --run-id $RUN_ID; echo \"exit \$?\"" \
         > /root/run.log 2>&1 < /dev/null &
     sleep 60; tail -5 /root/run.log
+    ;;
+bench)
+    prepare
+    B=/root/bench
+    rm -rf "$B" && mkdir -p "$B"
+    # Packing first (the one-at-a-time run then finds warm compile caches: tilted against packing), then the real
+    # engine that overruns its share, then the compile cache (two builds with compilation on).
+    setsid nohup bash -c "for what in packing overrun compile; do time $PY -m bench.gpu \$what --out $B; done; \
+        echo \"exit \$?\"" > /root/run.log 2>&1 < /dev/null &
+    sleep 30; tail -5 /root/run.log
     ;;
 wait)
     deadline=$(( $(date +%s) + ${2:-540} ))
@@ -52,7 +69,11 @@ wait)
         cp "$STORE/index.html" "$OUT/index.html" 2>/dev/null || true
     fi
     tar -C /root/.cache/farm -czf "$OUT/cell-logs.tar.gz" cell-logs 2>/dev/null || true
+    if [ -d /root/bench ]; then
+        cp /root/bench/*.json "$OUT"/ 2>/dev/null || true
+        tar -C /root/bench -czf "$OUT/bench.tar.gz" --exclude=store . && tar -C /root/bench -czf "$OUT/bench-store.tar.gz" store
+    fi
     ;;
 *)
-    echo "usage: docs/gpu/run.sh stage | start | wait [SECONDS]" >&2; exit 2 ;;
+    echo "usage: docs/gpu/run.sh stage DIR | start | bench | wait [SECONDS]" >&2; exit 2 ;;
 esac
