@@ -1,17 +1,19 @@
 """Benchmark on a GPU machine: cells packed onto one GPU against one cell at a time; a compile cache's worth.
 
-    python -m bench.gpu packing --job jobs/gpu_smoke.yaml --share 0.125 --out DIR
-    python -m bench.gpu compile --job jobs/gpu_smoke.yaml --out DIR
+    python -m bench.gpu packed --job jobs/gpu_smoke.yaml --share 0.125 --out DIR
+    python -m bench.gpu serial --job jobs/gpu_smoke.yaml --out DIR
+    python -m bench.gpu compare --out DIR
     python -m bench.gpu overrun --job jobs/gpu_smoke.yaml --share 0.125 --out DIR
+    python -m bench.gpu compile --job jobs/gpu_smoke.yaml --out DIR
 
-``packing`` runs the job twice through ``farm run`` on this machine's GPU(s), in one store:
-packed first (every cell's ``resources.num_gpus`` = ``--share``, the job's own
-``gpu_memory_utilization`` left to the share: ``farm.cell.gpu_share``), then as the job says
-(one whole GPU per cell), so the one-at-a-time run finds the compile caches the packed run
-warmed: the comparison is tilted against packing, never for it. For each: wall time of the whole
-``farm run``, cells per GPU-hour (cells ÷ wall time × GPUs), the GPUs' peak memory in use
-(``nvidia-smi``, every 0.5 s), and at the end whether every cell's verdict (status and signature)
-is the same in both runs.
+``packed`` and ``serial`` run the job through ``farm run`` on this machine's GPU(s), in one store:
+packed (every cell's ``resources.num_gpus`` = ``--share``, the job's own ``gpu_memory_utilization``
+left to the share: ``farm.cell.gpu_share``), and as the job says (one whole GPU per cell). Run
+packed first: the one-at-a-time run then finds the compile caches the packed run warmed, which
+tilts the comparison against packing, never for it. For each: wall time of the whole ``farm run``,
+cells per GPU-hour (cells ÷ wall time × GPUs), the GPUs' peak memory in use (``nvidia-smi``, every
+0.5 s). ``compare`` reads both: the speed-up, and whether every cell's verdict (status and
+signature) is the same in both runs.
 
 ``compile`` builds one engine of the job's first zoo model twice, with compilation on (no
 ``enforce_eager``), in two runs: the second finds vLLM's compile cache of the first
@@ -108,22 +110,28 @@ def packed(job: dict[str, Any], share: float) -> dict[str, Any]:
     return job
 
 
-def packing(job: dict[str, Any], share: float, out: Path) -> dict[str, Any]:
+def one_way(job: dict[str, Any], share: float, out: Path, way: str) -> dict[str, Any]:
+    """One run of the job, packed (``--share`` of a GPU per cell) or one cell at a time (as the job says)."""
     gpus, _, name = gpu_facts()
     store = out / "store"
-    runs = {"packed": farm_run(packed(job, share), store, "bench-packed", out),
-            "one_at_a_time": farm_run(job, store, "bench-serial", out)}
-    cells = {label: verdicts(store, run["run_id"]) for label, run in runs.items()}
-    for label, run in runs.items():
-        run["cells"] = len(cells[label])
-        run["cells_per_gpu_hour"] = round(run["cells"] / (run["wall_s"] / 3600 * gpus), 1)
-        run["attempts"] = sum(len(a) for a in cells[label].values())
-    final = {label: {cell: (a[-1]["status"], a[-1]["signature"]) for cell, a in runs_cells.items()}
-             for label, runs_cells in cells.items()}
-    differ = sorted(c for c in final["packed"] if final["packed"][c] != final["one_at_a_time"].get(c))
-    return {"gpu": name, "gpus": gpus, "share": share, "runs": runs, "same_verdicts": not differ, "differ": differ,
-            "speedup": round(runs["packed"]["cells_per_gpu_hour"] / runs["one_at_a_time"]["cells_per_gpu_hour"], 2),
-            "cells": cells}
+    run = farm_run(packed(job, share) if way == "packed" else job, store, f"bench-{way}", out)
+    cells = verdicts(store, run["run_id"])
+    run.update(way=way, gpu=name, gpus=gpus, share=share if way == "packed" else None, cells=len(cells),
+               attempts=sum(len(a) for a in cells.values()), cells_per_gpu_hour=round(len(cells) / (run["wall_s"] / 3600 * gpus), 1),
+               verdicts=cells)
+    return run
+
+
+def compare(out: Path) -> dict[str, Any]:
+    """The packed run against the one-at-a-time run: speed-up in cells per GPU-hour, and whether every verdict agrees."""
+    runs = {way: json.loads((out / f"{way}.json").read_text()) for way in ("packed", "serial")}
+    final = {way: {cell: (a[-1]["status"], a[-1]["signature"]) for cell, a in run["verdicts"].items()}
+             for way, run in runs.items()}
+    differ = sorted(c for c in final["packed"].keys() | final["serial"].keys()
+                    if final["packed"].get(c) != final["serial"].get(c))
+    return {"speedup": round(runs["packed"]["cells_per_gpu_hour"] / runs["serial"]["cells_per_gpu_hour"], 2),
+            "same_verdicts": not differ, "differ": differ,
+            "runs": {way: {k: v for k, v in run.items() if k != "verdicts"} for way, run in runs.items()}}
 
 
 def first_model(job: dict[str, Any]) -> dict[str, Any]:
@@ -160,7 +168,7 @@ def overrun(job: dict[str, Any], share: float, out: Path) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["packing", "compile", "overrun"])
+    parser.add_argument("what", choices=["packed", "serial", "compare", "overrun", "compile"])
     parser.add_argument("--job", default=str(REPO / "jobs" / "gpu_smoke.yaml"))
     parser.add_argument("--share", type=float, default=0.125)
     parser.add_argument("--out", required=True)
@@ -169,13 +177,17 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     job = yaml.safe_load(Path(args.job).read_text())
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    if args.what == "packing":
-        found = packing(job, args.share, out)
-        print(f"{found['gpus']} × {found['gpu']}, share {found['share']:g}")
+    found: dict[str, Any]
+    if args.what in ("packed", "serial"):
+        found = one_way(job, args.share, out, args.what)
+        print(f"{args.what}: {found['cells']} cells, {found['attempts']} attempts, {found['wall_s']} s, "
+              f"{found['cells_per_gpu_hour']} cells per GPU-hour, peak {found['peak_gpu_mib']} MiB, exit {found['exit']}")
+    elif args.what == "compare":
+        found = compare(out)
         print("| run | cells | attempts | wall s | cells per GPU-hour | peak GPU memory MiB | exit |")
         print("|---|---|---|---|---|---|---|")
-        for label, run in found["runs"].items():
-            print(f"| {label} | {run['cells']} | {run['attempts']} | {run['wall_s']} | {run['cells_per_gpu_hour']} | "
+        for way, run in found["runs"].items():
+            print(f"| {way} | {run['cells']} | {run['attempts']} | {run['wall_s']} | {run['cells_per_gpu_hour']} | "
                   f"{run['peak_gpu_mib']} | {run['exit']} |")
         print(f"speed-up {found['speedup']}×; same verdicts: {found['same_verdicts']} {found['differ'] or ''}")
     elif args.what == "compile":

@@ -9,8 +9,8 @@
 #   docs/gpu/run.sh start     (verify + unpack, zoo build, `farm run` in the background)
 #   docs/gpu/run.sh wait      (until the run ends; its store, matrix, page and logs into $OUT)
 # or, for the packing and compile-cache benchmarks (bench/gpu.py) instead of `start`:
-#   docs/gpu/run.sh bench     (verify + unpack, zoo build, bench/gpu.py packing, overrun, compile in the background)
-#   docs/gpu/run.sh wait      (until they end; their JSON, logs and store into $OUT)
+#   docs/gpu/run.sh bench     (verify + unpack, zoo build, bench/gpu.py packed, overrun, compile, serial in the background)
+#   docs/gpu/run.sh wait      (until they end; bench.tar.gz: their JSON and logs; bench-store.tar.gz: their store)
 set -euo pipefail
 PY=/opt/torch/.venv/bin/python
 BUNDLE=/root/bundle
@@ -52,9 +52,10 @@ bench)
     prepare
     B=/root/bench
     rm -rf "$B" && mkdir -p "$B"
-    # Packing first (the one-at-a-time run then finds warm compile caches: tilted against packing), then the real
-    # engine that overruns its share, then the compile cache (two builds with compilation on).
-    setsid nohup bash -c "for what in packing overrun compile; do time $PY -m bench.gpu \$what --out $B; done; \
+    # Packed first (the one-at-a-time run then finds warm compile caches: tilted against packing), then the real
+    # engine that overruns its share and the compile cache (two builds with compilation on), the long one-at-a-time
+    # run last: what a lease cuts short is collected by `wait` as far as it got.
+    setsid nohup bash -c "for what in packed overrun compile serial compare; do time $PY -m bench.gpu \$what --out $B; done; \
         echo \"exit \$?\"" > /root/run.log 2>&1 < /dev/null &
     sleep 30; tail -5 /root/run.log
     ;;
@@ -70,7 +71,6 @@ wait)
     fi
     tar -C /root/.cache/farm -czf "$OUT/cell-logs.tar.gz" cell-logs 2>/dev/null || true
     if [ -d /root/bench ]; then
-        cp /root/bench/*.json "$OUT"/ 2>/dev/null || true
         tar -C /root/bench -czf "$OUT/bench.tar.gz" --exclude=store . && tar -C /root/bench -czf "$OUT/bench-store.tar.gz" store
     fi
     ;;
