@@ -50,12 +50,12 @@ class _Actor:
         return json.dumps({"node_id": NODE_ID, "pid": os.getpid(), "hostname": socket.gethostname()})
 
     def _run(self, cell_json: str, settings_json: str, run_id: str, attempt: int, log_path: str,
-             timeout_s: float, memory_limit: int | None) -> str:
+             timeout_s: float, memory_limit: int | None, gpu_share: float | None = None) -> str:
         from farm.cell.execute import CellSettings, execute_cell
         from farm.model.cells import Cell
 
-        result = execute_cell(Cell.model_validate_json(cell_json), CellSettings.model_validate_json(settings_json),
-                              run_id, attempt, Path(log_path))
+        settings = CellSettings.model_validate_json(settings_json).model_copy(update={"gpu_share": gpu_share})
+        result = execute_cell(Cell.model_validate_json(cell_json), settings, run_id, attempt, Path(log_path))
         result.node_id = NODE_ID
         return result.model_dump_json()
 
