@@ -9,7 +9,8 @@
 #   docs/gpu/run.sh start     (verify + unpack, zoo build, `farm run` in the background)
 #   docs/gpu/run.sh wait      (until the run ends; its store, matrix, page and logs into $OUT)
 # or, for the packing and compile-cache benchmarks (bench/gpu.py) instead of `start`:
-#   docs/gpu/run.sh bench     (verify + unpack, zoo build, bench/gpu.py packed, serial, compare, overrun, compile in the background)
+#   docs/gpu/run.sh bench [STEP …]  (verify + unpack, zoo build, bench/gpu.py's steps in the background:
+#                             packed serial compare overrun compile unless named)
 #   docs/gpu/run.sh wait      (until they end; bench.tar.gz: their JSON and logs; bench-store.tar.gz: their store)
 set -euo pipefail
 PY=/opt/torch/.venv/bin/python
@@ -55,7 +56,8 @@ bench)
     # Packed first (the one-at-a-time run then finds warm kernel caches: tilted against packing), then one cell at
     # a time and the comparison (the issue's number), then the real engine that overruns its share and the compile
     # cache (two builds with compilation on): what a lease cuts short, `wait` collects as far as it got.
-    setsid nohup bash -c "for what in packed serial compare overrun compile; do time $PY -m bench.gpu \$what --out $B; done; \
+    steps="${*:2}"
+    setsid nohup bash -c "for what in ${steps:-packed serial compare overrun compile}; do time $PY -m bench.gpu \$what --out $B; done; \
         echo \"exit \$?\"" > /root/run.log 2>&1 < /dev/null &
     sleep 30; tail -5 /root/run.log
     ;;
@@ -75,5 +77,5 @@ wait)
     fi
     ;;
 *)
-    echo "usage: docs/gpu/run.sh stage DIR | start | bench | wait [SECONDS]" >&2; exit 2 ;;
+    echo "usage: docs/gpu/run.sh stage DIR | start | bench [STEP …] | wait [SECONDS]" >&2; exit 2 ;;
 esac
