@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from farm.bundles import pack
-from farm.bundles.make import check_left_out, make_bundle
+from farm.bundles.make import check_left_out, imported_at_start, make_bundle
 from farm.bundles.resolve import Package, Plan, Target, plan
 from farm.cell import facts
 from farm.envs.node import prepare_here
@@ -119,8 +119,8 @@ def test_split_parts_verify_join_and_unpack_with_python_alone(made, tmp_path):
     script = [sys.executable, "-I", str(out / "unpack.py")]
     ok = subprocess.run([*script, "verify", str(out / "bundle.json")], capture_output=True, text=True)
     assert ok.returncode == 0 and "SHA-256 verified" in ok.stdout, ok.stderr
-    joined = subprocess.run([*script, "join", str(out), "--out", str(tmp_path / "whole.tar.gz")], capture_output=True, text=True)
-    assert joined.returncode == 0 and pack.sha256_of(tmp_path / "whole.tar.gz") == document["archive"]["sha256"]
+    joined = subprocess.run([*script, "join", str(out), "--out", str(tmp_path / "whole.tar.xz")], capture_output=True, text=True)
+    assert joined.returncode == 0 and pack.sha256_of(tmp_path / "whole.tar.xz") == document["archive"]["sha256"]
     unpacked = subprocess.run([*script, "unpack", str(out / "bundle.json"), "--into", str(tmp_path / "node")],
                               capture_output=True, text=True)
     assert unpacked.returncode == 0 and (tmp_path / "node" / "site" / "vllm" / "__init__.py").exists(), unpacked.stderr
@@ -304,3 +304,24 @@ def test_a_cell_runs_with_a_bundle_env(farm_cli, write_job, tmp_path):
     assert result.status.value == "pass" and result.env.vllm == facts.vllm_version()
     envs = read_manifest(LocalStore(tmp_path / "results"), "b1").model_dump(mode="json")
     assert "/bundle/site" in json.dumps(envs), "the run's manifest records the bundle's site folder"
+
+
+def test_a_package_imported_on_cuda_by_the_quantization_lookup_is_kept(tmp_path):
+    # vllm 0.22.1: get_quantization_config imports every method's module in its body, and humming.py
+    # imports humming under `if current_platform.is_cuda():` (an FP8 cell failed on an H100 without it).
+    site = tmp_path / "site"
+    quant = site / "vllm" / "model_executor" / "layers" / "quantization"
+    quant.mkdir(parents=True)
+    for package in (site / "vllm", site / "vllm" / "model_executor", site / "vllm" / "model_executor" / "layers"):
+        (package / "__init__.py").write_text("")
+    (quant / "__init__.py").write_text("def get_quantization_config(name):\n    from .humming import HummingConfig\n\n"
+                                       "def unused():\n    from .tilelang_method import X\n")
+    (quant / "humming.py").write_text("from vllm.platforms import current_platform\n"
+                                      "if current_platform.is_cuda():\n    from humming.layer import HummingMethod\n"
+                                      "if current_platform.is_rocm():\n    import quack\n")
+    (quant / "tilelang_method.py").write_text("import tilelang\n")
+    (site / "vllm" / "__init__.py").write_text("import vllm.model_executor.layers.quantization\n")
+    chosen = Plan(left_out={n: Package(n, "1", "", None, [], "") for n in ("humming-kernels", "quack-kernels", "tilelang")})
+    found = imported_at_start(site, chosen)
+    assert set(found) == {"humming-kernels"}, found
+    assert found["humming-kernels"].startswith("vllm/model_executor/layers/quantization/humming.py:3 imports humming.layer")

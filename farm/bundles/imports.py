@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 # The modules vLLM loads for a farm cell on a CUDA GPU: the offline engine and what it
@@ -58,7 +59,16 @@ FARM_ENTRY_MODULES: tuple[str, ...] = (
     "vllm.lora.worker_manager",
 )
 
+# Functions on the farm's path whose lazy imports therefore run: vLLM resolves a checkpoint's quantization
+# method through get_quantization_config, which imports every method's module in its body (vllm 0.22.1's
+# humming.py then imports humming at module level on CUDA: seen failing an FP8 cell on an H100).
+FARM_CALLED_FUNCTIONS: dict[str, tuple[str, ...]] = {
+    "vllm.model_executor.layers.quantization": ("get_quantization_config",),
+}
+
 _GUARDS = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
+# Platform checks that hold on the bundles' targets (CUDA GPUs): what they guard runs there.
+_CUDA_CHECKS = {"is_cuda", "is_cuda_alike"}
 
 
 @dataclass(frozen=True)
@@ -106,12 +116,13 @@ class Reach:
 
 
 def reach(site: Path, entries: Iterable[str] = FARM_ENTRY_MODULES, package: str = "vllm", *,
-          conditional: bool = False) -> Reach:
+          conditional: bool = False, called: dict[str, tuple[str, ...]] = FARM_CALLED_FUNCTIONS) -> Reach:
     """Follow import-time imports from ``entries`` through ``package``'s source under ``site``.
 
     ``conditional=False`` follows only imports that always run (not those under a module-level
-    ``if``, such as ``if has_deep_ep():``): what it finds is certainly imported. ``True`` also
-    follows those: what it finds may be.
+    ``if``, such as ``if has_deep_ep():``; an ``if current_platform.is_cuda():`` does run on the
+    bundle's GPU): what it finds is certainly imported. ``True`` also follows those: what it finds
+    may be. The bodies of ``called`` functions (module → names) count as run.
     """
     result = Reach()
     queue = []
@@ -137,7 +148,11 @@ def reach(site: Path, entries: Iterable[str] = FARM_ENTRY_MODULES, package: str 
         except SyntaxError:
             continue
         is_package = path.name == "__init__.py"
-        for node, eager, guarded, under_if in _imports(tree.body, eager=True, guarded=False, under_if=False):
+        run_bodies = [fn.body for fn in tree.body if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
+                      and fn.name in called.get(name, ())]
+        statements = chain(_imports(tree.body, eager=True, guarded=False, under_if=False),
+                           *(_imports(body, eager=True, guarded=False, under_if=False) for body in run_bodies))
+        for node, eager, guarded, under_if in statements:
             if under_if and not conditional:
                 continue
             for target in _targets(node, name, is_package):
@@ -221,6 +236,10 @@ def _imports(body: list[ast.stmt], *, eager: bool, guarded: bool, under_if: bool
             if _is_type_checking(node.test):
                 yield from _imports(node.orelse, eager=eager, guarded=guarded, under_if=under_if)
                 continue
+            if _is_cuda_check(node.test):
+                yield from _imports(node.body, eager=eager, guarded=guarded, under_if=under_if)
+                yield from _imports(node.orelse, eager=eager, guarded=guarded, under_if=True)
+                continue
             yield from _imports(node.body + node.orelse, eager=eager, guarded=guarded, under_if=True)
         elif isinstance(node, ast.Try):
             catches = any(_catches_import_error(h) for h in node.handlers)
@@ -237,6 +256,12 @@ def _imports(body: list[ast.stmt], *, eager: bool, guarded: bool, under_if: bool
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _is_cuda_check(test: ast.expr) -> bool:
+    """``current_platform.is_cuda()`` and the like."""
+    return (isinstance(test, ast.Call) and isinstance(test.func, ast.Attribute) and test.func.attr in _CUDA_CHECKS
+            and not test.args)
 
 
 def _catches_import_error(handler: ast.ExceptHandler) -> bool:

@@ -15,14 +15,14 @@ import shutil
 import subprocess
 import tarfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from packaging.utils import canonicalize_name
 
 from farm.bundles import imports, pack
-from farm.bundles.resolve import LEFT_OUT, Plan, Target, packages_of, pip_report, plan, read_freeze, resolver_python
+from farm.bundles.resolve import LEFT_OUT, Package, Plan, Target, packages_of, pip_report, plan, read_freeze, resolver_python
 from farm.errors import BundleError, translated
 
 # What a Hopper run of the farm does not load, removed from the site folder after install.
@@ -77,12 +77,24 @@ def make_bundle(
     log = out / "build.log"
     work = out / ".work"
     shutil.rmtree(work, ignore_errors=True)
-    resolver, chosen, notes = _resolve(target, roots, freeze, pip_args, log, say)
-    files, site = _install(resolver, chosen, target, pip_args, work, log, say)
+    resolver, packages, chosen, notes = _resolve(target, roots, freeze, pip_args, log, say)
+    files, site = _install(resolver, chosen.ship.values(), target, pip_args, work, log, say)
+    left_out, kept = dict(LEFT_OUT), {}
+    while blocking := imported_at_start(site, chosen):
+        # What LEFT_OUT names is left out of every release unless this release's vLLM imports it where the
+        # farm goes (vllm 0.22.1's FP8 path imports humming; 0.26.0's does not): keep it, and say why.
+        for name, why in blocking.items():
+            kept[name] = why
+            left_out.pop(name)
+            say(f"keeping {name}: {why}")
+        wider = plan(packages, roots, target, freeze, left_out)
+        more, site = _install(resolver, [p for n, p in wider.ship.items() if n not in chosen.ship], target, pip_args,
+                              work, log, say)
+        files, chosen = files + more, wider
     review = check_left_out(site, chosen)
     stripped = strip(site, target)
     name = f"vllm-{version}-cp{target.python.replace('.', '')}-{target.platform}"
-    manifest = _manifest(version, target, ray_version, roots, against, chosen, files, review, stripped, site, notes)
+    manifest = _manifest(version, target, ray_version, roots, against, chosen, files, review, stripped, site, notes, kept)
     say(f"packing {manifest['site_bytes'] / 2**20:.0f} MiB of site folder …")
     with translated(BundleError, f"packing the bundle into {out}", OSError, tarfile.TarError):
         document = pack.pack(site, out, name, split=split, manifest=manifest)
@@ -93,8 +105,8 @@ def make_bundle(
 
 
 def _resolve(target: Target, roots: list[str], freeze: dict[str, str], pip_args: Sequence[str], log: Path,
-             say: Callable[[str], Any]) -> tuple[str, Plan, list[str]]:
-    """The resolver's Python, the plan and its notes.
+             say: Callable[[str], Any]) -> tuple[str, dict[str, Package], Plan, list[str]]:
+    """The resolver's Python, the resolved packages, the plan and its notes.
 
     Resolved a second time with the target's own versions pinned when the target has some of the packages:
     those versions, not pip's first choice, are what the shipped packages meet on the node.
@@ -117,20 +129,21 @@ def _resolve(target: Target, roots: list[str], freeze: dict[str, str], pip_args:
             notes.append(f"the resolution pinned to the target's versions failed, so the first one is used: {exc}")
     if "vllm" not in chosen.ship:
         raise BundleError("the target already has vLLM (its freeze lists vllm): nothing to bundle")
-    return resolver, chosen, notes
+    return resolver, packages, chosen, notes
 
 
-def _install(resolver: str, chosen: Plan, target: Target, pip_args: Sequence[str], work: Path, log: Path,
+def _install(resolver: str, ship: Iterable[Package], target: Target, pip_args: Sequence[str], work: Path, log: Path,
              say: Callable[[str], Any]) -> tuple[list[Path], Path]:
-    """The shipped wheels and the site folder they are installed into.
+    """The wheels of ``ship`` and the site folder they are installed into (added to what is there).
 
     Downloaded first and installed from those files only (``--no-index``): the manifest records each wheel's
     checksum and the glibc it needs, so the site folder must come from exactly these wheels.
     """
-    wheels, site = work / "wheels", work / "site"
-    say(f"downloading {len(chosen.ship)} wheels …")
+    ship = list(ship)
+    wheels, site = work / f"wheels{len(list(work.glob('wheels*')))}", work / "site"
+    say(f"downloading {len(ship)} wheels …")
     _pip(resolver, ["download", "--no-deps", "--dest", str(wheels), *target.pip_options(), *pip_args,
-                    *(f"{p.name}=={p.version}" for p in chosen.ship.values())], log)
+                    *(f"{p.name}=={p.version}" for p in ship)], log)
     files = sorted(wheels.glob("*.whl"))
     say(f"installing {len(files)} wheels into one site folder …")
     _pip(resolver, ["install", "--no-deps", "--no-compile", "--no-index", "--target", str(site),
@@ -140,7 +153,7 @@ def _install(resolver: str, chosen: Plan, target: Target, pip_args: Sequence[str
 
 def _manifest(version: str, target: Target, ray_version: str, roots: list[str], against: Path | None, chosen: Plan,
               files: list[Path], review: dict[str, list[str]], stripped: list[dict[str, Any]], site: Path,
-              notes: list[str]) -> dict[str, Any]:
+              notes: list[str], kept: dict[str, str]) -> dict[str, Any]:
     """``bundle.json`` without the parts: what a node needs to trust and use the bundle, and a reviewer to audit it."""
     return {
         "vllm": version,
@@ -158,6 +171,8 @@ def _manifest(version: str, target: Target, ray_version: str, roots: list[str], 
         "target_has": [{"name": n, **v} for n, v in sorted(chosen.target_has.items())],
         "left_out": [{"name": p.name, "version": p.version, "reason": LEFT_OUT[p.name].reason,
                       "lazy_imports": review.get(p.name, [])} for p in sorted(chosen.left_out.values(), key=lambda p: p.name)],
+        # Named in LEFT_OUT but shipped: this vLLM imports them where the farm goes.
+        "kept": [{"name": name, "reason": why} for name, why in sorted(kept.items())],
         "stripped": stripped,
         "site_bytes": _size(site),
         "pth_files": sorted(p.name for p in site.glob("*.pth")),  # not run from PYTHONPATH: listed for review
@@ -165,22 +180,31 @@ def _manifest(version: str, target: Target, ray_version: str, roots: list[str], 
     }
 
 
+def imported_at_start(site: Path, chosen: Plan) -> dict[str, str]:
+    """The left-out packages that vLLM imports unguarded on the farm's paths: name → where, and how it got there."""
+    if not (site / "vllm").is_dir():
+        return {}
+    definite = imports.reach(site)
+    found = {}
+    for name in chosen.left_out:
+        blocking = definite.unguarded(LEFT_OUT[name].imports)
+        if blocking:
+            first = blocking[0]
+            found[name] = (f"{first.where()} imports {first.module} when vLLM starts (via "
+                           f"{' ← '.join(definite.chain(first.importer)[:4]) or 'an entry module'})")
+    return found
+
+
 def check_left_out(site: Path, chosen: Plan) -> dict[str, list[str]]:
     """Raise if vLLM imports a left-out package unguarded at import time; return the lazy imports, for review."""
     if not (site / "vllm").is_dir():
         return {}
+    blocking = imported_at_start(site, chosen)
+    if blocking:
+        name, why = next(iter(blocking.items()))
+        raise BundleError(f"{name} cannot be left out of this vLLM: {why}")
     definite = imports.reach(site)
-    review: dict[str, list[str]] = {}
-    for name in chosen.left_out:
-        tops = LEFT_OUT[name].imports
-        blocking = definite.unguarded(tops)
-        if blocking:
-            first = blocking[0]
-            raise BundleError(f"{name} cannot be left out of this vLLM: {first.where()} imports {first.module} when "
-                              f"vLLM starts (via {' ← '.join(definite.chain(first.importer)[:4]) or 'an entry module'}); remove it from "
-                              "LEFT_OUT in farm/bundles/resolve.py")
-        review[name] = sorted({s.where() for s in definite.lazily(tops)})
-    return review
+    return {name: sorted({s.where() for s in definite.lazily(LEFT_OUT[name].imports)}) for name in chosen.left_out}
 
 
 def strip(site: Path, target: Target) -> list[dict[str, Any]]:
@@ -262,4 +286,4 @@ def _installed_ray() -> str:
         raise BundleError("no Ray installed here to take the cluster's version from: give --ray VERSION") from None
 
 
-__all__ = ["STRIP", "check_left_out", "make_bundle", "strip"]
+__all__ = ["STRIP", "check_left_out", "imported_at_start", "make_bundle", "strip"]

@@ -1,7 +1,7 @@
-"""A bundle on disk: one gzip tarball of a site folder, optionally split into parts, and ``bundle.json``.
+"""A bundle on disk: one xz tarball of a site folder, optionally split into parts, and ``bundle.json``.
 
     DIR/bundle.json                  what is inside and the SHA-256 of every part and of the whole
-    DIR/<name>.tar.gz.part000 …      the tarball's parts (or DIR/<name>.tar.gz unsplit)
+    DIR/<name>.tar.xz.part000 …      the tarball's parts (or DIR/<name>.tar.xz unsplit)
     DIR/unpack.py                    this file: verify and unpack with nothing but python3
 
 Standard library only, and importing nothing of the farm: ``farm bundle`` copies this very
@@ -66,14 +66,17 @@ def sha256_of(path: Path) -> str:
 
 
 def pack(site: Path, out: Path, name: str, *, split: int | None, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Tar and gzip ``site`` (as ``site/`` inside) into ``out``, split it, and write ``bundle.json``.
+    """Tar and xz ``site`` (as ``site/`` inside) into ``out``, split it, and write ``bundle.json``.
+
+    xz, not gzip: a bundle travels in parts over slow or size-capped links, and vLLM's CUDA kernels
+    shrink by a third more (vllm 0.24.0's bundle: 299 MiB with gzip -6). Unpacking reads either.
 
     ``manifest`` carries what the caller knows (versions, packages, what was left out);
     this adds the archive, its parts with sizes and SHA-256, and the format. Returns it.
     """
     out.mkdir(parents=True, exist_ok=True)
-    archive = out / f"{name}.tar.gz"
-    with tarfile.open(archive, "w:gz", compresslevel=6) as tar:
+    archive = out / f"{name}.tar.xz"
+    with tarfile.open(archive, "w:xz", preset=6) as tar:
         # Sorted, owner-less entries: the same site makes the same member list on every machine.
         for path in sorted(site.rglob("*")):
             info = tar.gettarinfo(str(path), arcname=f"{SITE}/{path.relative_to(site).as_posix()}")
@@ -228,7 +231,7 @@ def unpack(manifest_path: Path, into: Path, *, verified: bool = False) -> dict[s
     staging.mkdir()
     joined = _Joined([base / p["name"] for p in document["parts"]])
     try:
-        with tarfile.open(fileobj=joined, mode="r|gz") as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=joined, mode="r|*") as tar:  # type: ignore[call-overload]  # xz, or gzip (older bundles)
             # The data filter refuses absolute paths, links out of the target and device files.
             extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(staging, **extra)
@@ -255,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "(standard library only: runs on an air-gapped node).")
     sub = parser.add_subparsers(dest="action", required=True)
     for action, text in (("verify", "check every part's size and SHA-256"),
-                         ("join", "verify, then write the parts as one .tar.gz"),
+                         ("join", "verify, then write the parts as one tarball"),
                          ("unpack", "verify, then unpack into a new directory (its site/ goes on PYTHONPATH)")):
         command = sub.add_parser(action, help=text)
         command.add_argument("manifest", type=Path, help="the bundle's bundle.json (or its directory)")

@@ -87,6 +87,10 @@ LEFT_OUT: dict[str, LeftOut] = {
         "is on by default in vLLM >= 0.2x and imports flashinfer unguarded (vllm/v1/sample/ops/topk_topp_sampler.py), "
         "so cells set VLLM_USE_FLASHINFER_SAMPLER=0 (vLLM's PyTorch sampler; greedy probes do not sample)",
         env=(("VLLM_USE_FLASHINFER_SAMPLER", "0"),)),
+    "flashinfer-cubin": LeftOut(
+        ("flashinfer_cubin",), "FlashInfer's prebuilt kernels (cubins, 344-426 MB in vLLM 0.22-0.24), loaded only by "
+        "flashinfer-python, which is left out; vLLM only asks whether it is installed (vllm/utils/flashinfer.py, "
+        "has_flashinfer_cubin)"),
     **{name: LeftOut((mod,), _KERNELS) for name, mod in (
         ("tilelang", "tilelang"), ("nvidia-cutlass-dsl", "cutlass"),
         ("quack-kernels", "quack"), ("tokenspeed-mla", "tokenspeed_mla"), ("humming-kernels", "humming"),
