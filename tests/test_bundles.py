@@ -63,6 +63,16 @@ def index(tmp_path_factory) -> Path:
                  "vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so": b"\1" * 4096,
                  "vllm/third_party/kernels/include/kernel.h": b"// header\n",
                  "vllm/vllm-rs": b"\x7fELF" + b"\0" * 1000})
+    # A release whose quantization lookup imports a package LEFT_OUT names (vllm 0.22.1 and humming).
+    quantization = "vllm/model_executor/layers/quantization"
+    wheel(links, "vllm", "0.98.0", requires=("tinydep>=1", "humming-kernels"),
+          files={"vllm/__init__.py": b"", "vllm/model_executor/__init__.py": b"",
+                 "vllm/model_executor/layers/__init__.py": b"",
+                 f"{quantization}/__init__.py": b"def get_quantization_config(name):\n    from .humming import C\n",
+                 f"{quantization}/humming.py": b"from vllm.platforms import current_platform\n"
+                                                b"if current_platform.is_cuda():\n    import humming\n"})
+    wheel(links, "humming-kernels", "0.1", requires=("nvvmdep",), files={"humming/__init__.py": b""})
+    wheel(links, "nvvmdep", "1.0")
     for name, version, requires in (("tinydep", "1.2", ()), ("tinydep", "0.5", ()), ("numpy", "1.5", ()),
                                     ("uvicorn", "0.1", ("h11",)), ("h11", "0.1", ()), ("ray", "2.60.0", ()),
                                     ("pydantic", "2.9.0", ("pydantic-core==2.20",)), ("pydantic-core", "2.20", ()),
@@ -325,3 +335,15 @@ def test_a_package_imported_on_cuda_by_the_quantization_lookup_is_kept(tmp_path)
     found = imported_at_start(site, chosen)
     assert set(found) == {"humming-kernels"}, found
     assert found["humming-kernels"].startswith("vllm/model_executor/layers/quantization/humming.py:3 imports humming.layer")
+
+
+def test_a_bundle_keeps_a_left_out_package_its_release_imports_and_says_why(index, tmp_path):
+    document = make_bundle("0.98.0", python=HERE, platform_tag="manylinux_2_28_x86_64", out=tmp_path / "b",
+                           ray_version="2.60.0", say=lambda _: None,
+                           pip_args=["--no-index", f"--find-links={index}", "--isolated"])
+    shipped = {p["name"] for p in document["packages"]}
+    assert {"humming-kernels", "nvvmdep", "vllm"} <= shipped, shipped
+    (kept,) = document["kept"]
+    assert kept["name"] == "humming-kernels" and kept["reason"].startswith(
+        "vllm/model_executor/layers/quantization/humming.py:3 imports humming when vLLM starts")
+    assert "humming-kernels" not in {p["name"] for p in document["left_out"]}

@@ -126,7 +126,7 @@ def reach(site: Path, entries: Iterable[str] = FARM_ENTRY_MODULES, package: str 
     """
     result = Reach()
     queue = []
-    for entry in entries:
+    for entry in dict.fromkeys([*entries, *called]):  # a called function's module is imported to call it
         if _source(site, entry) is None:
             result.missing_entries.append(entry)
         else:
