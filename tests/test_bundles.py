@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from farm.bundles import pack
-from farm.bundles.make import check_left_out, imported_at_start, make_bundle
+from farm.bundles.make import check_left_out, left_out_imports, make_bundle
 from farm.bundles.resolve import Package, Plan, Target, plan
 from farm.cell import facts
 from farm.envs.node import prepare_here
@@ -332,7 +332,7 @@ def test_a_package_imported_on_cuda_by_the_quantization_lookup_is_kept(tmp_path)
     (quant / "tilelang_method.py").write_text("import tilelang\n")
     (site / "vllm" / "__init__.py").write_text("import vllm.model_executor.layers.quantization\n")
     chosen = Plan(left_out={n: Package(n, "1", "", None, [], "") for n in ("humming-kernels", "quack-kernels", "tilelang")})
-    found = imported_at_start(site, chosen)
+    found, _ = left_out_imports(site, chosen)
     assert set(found) == {"humming-kernels"}, found
     assert found["humming-kernels"].startswith("vllm/model_executor/layers/quantization/humming.py:3 imports humming.layer")
 

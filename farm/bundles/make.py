@@ -78,9 +78,12 @@ def make_bundle(
     work = out / ".work"
     shutil.rmtree(work, ignore_errors=True)
     resolver, packages, chosen, notes = _resolve(target, roots, freeze, pip_args, log, say)
-    files, site = _install(resolver, chosen.ship.values(), target, pip_args, work, log, say)
+    files, site = _install(resolver, chosen.ship.values(), target, pip_args, work / "wheels", log, say)
     left_out, kept = dict(LEFT_OUT), {}
-    while blocking := imported_at_start(site, chosen):
+    while True:
+        blocking, review = left_out_imports(site, chosen)
+        if not blocking:
+            break
         # What LEFT_OUT names is left out of every release unless this release's vLLM imports it where the
         # farm goes (vllm 0.22.1's FP8 path imports humming; 0.26.0's does not): keep it, and say why.
         for name, why in blocking.items():
@@ -89,9 +92,8 @@ def make_bundle(
             say(f"keeping {name}: {why}")
         wider = plan(packages, roots, target, freeze, left_out)
         more, site = _install(resolver, [p for n, p in wider.ship.items() if n not in chosen.ship], target, pip_args,
-                              work, log, say)
+                              work / f"wheels-kept{len(kept)}", log, say)
         files, chosen = files + more, wider
-    review = check_left_out(site, chosen)
     stripped = strip(site, target)
     name = f"vllm-{version}-cp{target.python.replace('.', '')}-{target.platform}"
     manifest = _manifest(version, target, ray_version, roots, against, chosen, files, review, stripped, site, notes, kept)
@@ -132,15 +134,15 @@ def _resolve(target: Target, roots: list[str], freeze: dict[str, str], pip_args:
     return resolver, packages, chosen, notes
 
 
-def _install(resolver: str, ship: Iterable[Package], target: Target, pip_args: Sequence[str], work: Path, log: Path,
+def _install(resolver: str, ship: Iterable[Package], target: Target, pip_args: Sequence[str], wheels: Path, log: Path,
              say: Callable[[str], Any]) -> tuple[list[Path], Path]:
-    """The wheels of ``ship`` and the site folder they are installed into (added to what is there).
+    """The wheels of ``ship``, downloaded into ``wheels``, and the site folder beside it they are added to.
 
     Downloaded first and installed from those files only (``--no-index``): the manifest records each wheel's
     checksum and the glibc it needs, so the site folder must come from exactly these wheels.
     """
     ship = list(ship)
-    wheels, site = work / f"wheels{len(list(work.glob('wheels*')))}", work / "site"
+    site = wheels.parent / "site"
     say(f"downloading {len(ship)} wheels …")
     _pip(resolver, ["download", "--no-deps", "--dest", str(wheels), *target.pip_options(), *pip_args,
                     *(f"{p.name}=={p.version}" for p in ship)], log)
@@ -180,31 +182,31 @@ def _manifest(version: str, target: Target, ray_version: str, roots: list[str], 
     }
 
 
-def imported_at_start(site: Path, chosen: Plan) -> dict[str, str]:
-    """The left-out packages that vLLM imports unguarded on the farm's paths: name → where, and how it got there."""
+def left_out_imports(site: Path, chosen: Plan) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """One walk of vLLM's source: the left-out packages it imports unguarded on the farm's paths (name → where,
+    and how it got there), and for every left-out package its lazy imports, for review."""
     if not (site / "vllm").is_dir():
-        return {}
+        return {}, {}
     definite = imports.reach(site)
-    found = {}
+    blocking, review = {}, {}
     for name in chosen.left_out:
-        blocking = definite.unguarded(LEFT_OUT[name].imports)
-        if blocking:
-            first = blocking[0]
-            found[name] = (f"{first.where()} imports {first.module} when vLLM starts (via "
-                           f"{' ← '.join(definite.chain(first.importer)[:4]) or 'an entry module'})")
-    return found
+        tops = LEFT_OUT[name].imports
+        unguarded = definite.unguarded(tops)
+        if unguarded:
+            first = unguarded[0]
+            blocking[name] = (f"{first.where()} imports {first.module} when vLLM starts (via "
+                              f"{' ← '.join(definite.chain(first.importer)[:4]) or 'an entry module'})")
+        review[name] = sorted({s.where() for s in definite.lazily(tops)})
+    return blocking, review
 
 
 def check_left_out(site: Path, chosen: Plan) -> dict[str, list[str]]:
     """Raise if vLLM imports a left-out package unguarded at import time; return the lazy imports, for review."""
-    if not (site / "vllm").is_dir():
-        return {}
-    blocking = imported_at_start(site, chosen)
+    blocking, review = left_out_imports(site, chosen)
     if blocking:
         name, why = next(iter(blocking.items()))
         raise BundleError(f"{name} cannot be left out of this vLLM: {why}")
-    definite = imports.reach(site)
-    return {name: sorted({s.where() for s in definite.lazily(LEFT_OUT[name].imports)}) for name in chosen.left_out}
+    return review
 
 
 def strip(site: Path, target: Target) -> list[dict[str, Any]]:
@@ -286,4 +288,4 @@ def _installed_ray() -> str:
         raise BundleError("no Ray installed here to take the cluster's version from: give --ray VERSION") from None
 
 
-__all__ = ["STRIP", "check_left_out", "imported_at_start", "make_bundle", "strip"]
+__all__ = ["STRIP", "check_left_out", "left_out_imports", "make_bundle", "strip"]
