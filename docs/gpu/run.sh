@@ -12,19 +12,25 @@
 #   docs/gpu/run.sh bench [STEP …]  (verify + unpack, zoo build, bench/gpu.py's steps in the background:
 #                             packed serial compare overrun compile unless named)
 #   docs/gpu/run.sh wait      (until they end; bench.tar.gz: their JSON and logs; bench-store.tar.gz: their store)
+# or, for the CUDA version history (jobs/gpu_history.yaml: four releases, one bundle each):
+#   docs/gpu/run.sh stage .carry/pN /root/bundles/0.22.1   (each part of each release's bundle)
+#   docs/gpu/run.sh history   (the farm runs on the 0.26.0 bundle's site; `farm run` in the background)
+#   docs/gpu/run.sh wait      (as for `start`: store, matrix, page, logs)
 set -euo pipefail
 PY=/opt/torch/.venv/bin/python
 BUNDLE=/root/bundle
-SITE=/root/vllm-0.26.0
 SRC=/root/farm-src
 STORE=/root/results
-RUN_ID=gpu-smoke-1
+# What `start` or `history` launched, for `wait`: the job's run id.
+RUN_ID=$(cat /root/run-id 2>/dev/null || echo gpu-smoke-1)
 
-prepare() {
+prepare() {  # JOB [BUNDLE_DIR]: the farm's own site from that bundle (default /root/bundle), the job's zoo
+    local job=$1 bundle=${2:-$BUNDLE}
+    local SITE=/root/farm-site
     # The farm's code as it was sent, out of the synced repo copy (later calls replace that copy).
     rm -rf "$SRC" && mkdir -p "$SRC" && cp -r farm jobs dashboards bench pyproject.toml "$SRC"/
     rm -rf "$SITE"
-    $PY "$BUNDLE/unpack.py" unpack "$BUNDLE/bundle.json" --into "$SITE"
+    $PY "$bundle/unpack.py" unpack "$bundle/bundle.json" --into "$SITE"
     export PYTHONPATH="$SITE/site:$SRC" VLLM_USE_FLASHINFER_SAMPLER=0
     cd "$SRC"
     {
@@ -33,24 +39,33 @@ prepare() {
         uname -r; nproc; ldd --version | sed -n 1p
     } > /root/facts.txt 2>&1
     cat /root/facts.txt
-    time $PY -m farm zoo build --for-job jobs/gpu_smoke.yaml
+    time $PY -m farm zoo build --for-job "$job"
+}
+
+launch() {  # JOB RUN_ID: `farm run` in its own session: it outlives this call, and `wait` collects it
+    echo "$2" > /root/run-id
+    setsid nohup bash -c "time $PY -m farm run $1 --store $STORE --run-id $2; echo \"exit \$?\"" \
+        > /root/run.log 2>&1 < /dev/null &
+    sleep 60; tail -5 /root/run.log
 }
 
 case "${1:-}" in
 stage)
-    mkdir -p "$BUNDLE"
-    cp -v "${2:?which carried folder}"/* "$BUNDLE"/
-    ls -l "$BUNDLE"
+    into=${3:-$BUNDLE}
+    mkdir -p "$into"
+    cp -v "${2:?which carried folder}"/* "$into"/
+    ls -l "$into"
     ;;
 start)
-    prepare
-    # In its own session: it outlives this call, and the next call (`wait`) collects it.
-    setsid nohup bash -c "time $PY -m farm run jobs/gpu_smoke.yaml --store $STORE --run-id $RUN_ID; echo \"exit \$?\"" \
-        > /root/run.log 2>&1 < /dev/null &
-    sleep 60; tail -5 /root/run.log
+    prepare jobs/gpu_smoke.yaml
+    launch jobs/gpu_smoke.yaml gpu-smoke-1
+    ;;
+history)
+    prepare jobs/gpu_history.yaml /root/bundles/0.26.0
+    launch jobs/gpu_history.yaml gpu-history-1
     ;;
 bench)
-    prepare
+    prepare jobs/gpu_smoke.yaml
     B=/root/bench
     rm -rf "$B" && mkdir -p "$B"
     # Packed first (the one-at-a-time run then finds warm kernel caches: tilted against packing), then one cell at
@@ -77,5 +92,5 @@ wait)
     fi
     ;;
 *)
-    echo "usage: docs/gpu/run.sh stage DIR | start | bench [STEP …] | wait [SECONDS]" >&2; exit 2 ;;
+    echo "usage: docs/gpu/run.sh stage DIR [INTO] | start | history | bench [STEP …] | wait [SECONDS]" >&2; exit 2 ;;
 esac
