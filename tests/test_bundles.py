@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import multiprocessing
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -134,6 +135,22 @@ def test_split_parts_verify_join_and_unpack_with_python_alone(made, tmp_path):
     unpacked = subprocess.run([*script, "unpack", str(out / "bundle.json"), "--into", str(tmp_path / "node")],
                               capture_output=True, text=True)
     assert unpacked.returncode == 0 and (tmp_path / "node" / "site" / "vllm" / "__init__.py").exists(), unpacked.stderr
+
+
+def test_a_bundle_is_cut_again_into_smaller_parts_and_still_unpacks(made, farm_cli, tmp_path):
+    document, out = made
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    code, printed, err = farm_cli("bundle", "split", str(copy / "bundle.json"), "--split", "1000")
+    assert code == 0, err
+    again = json.loads((copy / "bundle.json").read_text())
+    assert len(again["parts"]) > len(document["parts"]) and all(p["size"] <= 1000 for p in again["parts"])
+    assert again["archive"] == document["archive"] and f"{len(again['parts'])} part(s)" in printed
+    assert sorted(p.name for p in copy.glob("*.part*")) == [p["name"] for p in again["parts"]]  # no old part left
+    pack.unpack(copy / "bundle.json", tmp_path / "u")
+    assert (tmp_path / "u" / "site" / "tinydep" / "__init__.py").read_text() == "__version__ = '1.2'\n"
+    code, _, err = farm_cli("bundle", "split", str(copy / "bundle.json"))
+    assert code == 1 and "needs --split SIZE" in err
 
 
 def test_a_corrupt_or_missing_part_is_named_before_anything_is_unpacked(made, tmp_path):

@@ -203,6 +203,24 @@ def join(manifest_path: Path, out: Path) -> Path:
     return out
 
 
+def resplit(manifest_path: Path, size: int) -> dict[str, Any]:
+    """Verify, then cut the bundle again into parts of at most ``size`` bytes (a link's cap changed); rewrite
+    ``bundle.json``. The archive and its SHA-256 stay as they were: only the cut moves."""
+    document = verify(manifest_path)
+    base = _base(manifest_path)
+    archive = base / document["archive"]["name"]
+    old = [base / p["name"] for p in document["parts"]]
+    if old != [archive]:
+        join(manifest_path, archive.with_name(archive.name + ".joining")).rename(archive)
+        for path in old:
+            path.unlink()
+    parts = [document["archive"]] if document["archive"]["size"] <= size else _split(archive, size)
+    document = {**document, "parts": parts, "split_bytes": size}
+    manifest = base / MANIFEST if manifest_path.is_dir() else manifest_path
+    manifest.write_text(json.dumps(document, indent=1) + "\n")
+    return document
+
+
 def check_node(document: dict[str, Any]) -> list[str]:
     """What makes this node unfit for the bundle (another Python, too old a glibc); empty when it fits."""
     problems = []

@@ -12,8 +12,9 @@ def add_parsers(sub: Any) -> None:
         "bundle", help="make an offline vLLM bundle for air-gapped nodes (VERSION), or verify / unpack one",
         usage="farm bundle VERSION --python X.Y --platform TAG --out DIR [options]\n"
               "       farm bundle verify BUNDLE_JSON\n"
-              "       farm bundle unpack BUNDLE_JSON --into DIR")
-    bundle.add_argument("what", nargs="+", metavar="VERSION | verify BUNDLE_JSON | unpack BUNDLE_JSON")
+              "       farm bundle unpack BUNDLE_JSON --into DIR\n"
+              "       farm bundle split BUNDLE_JSON --split SIZE")
+    bundle.add_argument("what", nargs="+", metavar="VERSION | verify BUNDLE_JSON | unpack BUNDLE_JSON | split BUNDLE_JSON")
     bundle.add_argument("--python", help="the node's Python, major.minor (e.g. 3.12)")
     bundle.add_argument("--platform", help="the node's manylinux tag, e.g. manylinux_2_31_x86_64 "
                         "(2_NN: at most the node's glibc, `ldd --version`)")
@@ -36,12 +37,23 @@ def _bundle(args: argparse.Namespace) -> int:
 
     action, *rest = args.what
     try:
-        if action in ("verify", "unpack"):
+        if action in ("verify", "unpack", "split"):
             if len(rest) != 1:
                 raise BundleError(f"farm bundle {action} takes one bundle.json (or its directory)")
             if action == "verify":
                 document = pack.verify(Path(rest[0]))
                 print(f"ok: {document['name']}: {len(document['parts'])} part(s), "
+                      f"{document['archive']['size'] / 2**20:.1f} MiB, SHA-256 verified")
+                return 0
+            if action == "split":
+                if not args.split:
+                    raise BundleError("farm bundle split needs --split SIZE (e.g. 48MiB): the new parts' size")
+                try:
+                    size = pack.parse_size(args.split)
+                except ValueError as exc:
+                    raise BundleError(f"--split: {exc}") from None
+                document = pack.resplit(Path(rest[0]), size)
+                print(f"{document['name']}: {len(document['parts'])} part(s) of at most {args.split}, "
                       f"{document['archive']['size'] / 2**20:.1f} MiB, SHA-256 verified")
                 return 0
             if args.into is None:
