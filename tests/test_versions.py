@@ -7,7 +7,7 @@ from farm.model.results import CellResult, CellStatus, EnvFacts, ErrorInfo, RunM
 from farm.model.spec import parse_job
 from farm.model.verdicts import root_cause
 from farm.report.aggregate import build_matrix
-from farm.report.table import format_table
+from farm.report.table import format_by_version, format_table
 
 JOB = {
     "name": "versions",
@@ -99,6 +99,25 @@ def test_the_terminal_table_shows_versions_side_by_side_and_the_changes():
     assert "First version where the outcome changed:" in text
     assert f"  dense · none · attn: pass on v1 → fail [{_cause('aaaa')}] on v2 (2 changes along the versions)" in lines
     assert f"  moe · none · none: fail [{_cause('bbbb')}] on v1 → pass on v3" in lines
+
+
+def test_each_combination_reads_as_stretches_of_one_outcome_along_the_versions():
+    lines = format_by_version(_matrix()).splitlines()
+    assert lines[0] == "4 combination(s) over 3 engine(s) (v1 … v3), 3 with a verdict that changes:"
+    assert lines[2:] == [
+        "dense · none · none", "  v1 … v3  pass",  # one outcome on every version: one stretch
+        "dense · none · attn", "  v1  pass", "  v2  fail (broken): E: error aaaa", "  v3  pass",
+        # An env that did not build shows as what it is, between the verdicts: never merged into one.
+        "moe · none · none", "  v1  fail (broken): E: error bbbb", "  v2  env_error", "  v3  pass",
+        # v3's moved line of the same bug (another signature, one root cause) stays in v2's stretch.
+        "moe · none · attn", "  v1       fail (broken): E: error bbbb", "  v2 … v3  fail (broken): E: error cccc",
+    ]
+
+
+def test_by_version_changed_leaves_out_combinations_with_one_verdict():
+    text = format_by_version(_matrix(), changed_only=True)
+    assert "dense · none · none" not in text and "dense · none · attn" in text
+    assert "moe · none · none" in text, "fail on v1, pass on v3: the env_error between says nothing"
 
 
 def test_a_single_engine_matrix_has_no_version_lines():

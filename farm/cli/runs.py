@@ -45,6 +45,10 @@ def add_parsers(sub: Any) -> None:
     store_arguments(matrix)
     matrix.add_argument("--json", action="store_true", help="print matrix.json instead of the table")
     matrix.add_argument("--html", type=Path, metavar="FILE", help="also write the matrix's page to FILE (one file, no server)")
+    matrix.add_argument("--by-version", action="store_true",
+                        help="instead of the grid: each combination's outcome along the versions, in stretches of one "
+                             "outcome (with --changed: only those whose verdict changes)")
+    matrix.add_argument("--changed", action="store_true", help="with --by-version: only combinations whose verdict changes")
     matrix.set_defaults(handler=_matrix)
 
     dashboard = sub.add_parser("dashboard", help="serve the matrix page on 127.0.0.1; re-render it as results arrive")
@@ -163,15 +167,20 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _matrix(args: argparse.Namespace) -> int:
-    from farm.errors import PageError, translated
+    from farm.errors import PageError, UsageError, translated
     from farm.report.aggregate import load_matrix, load_merged
     from farm.report.render import render_page
-    from farm.report.table import format_table
+    from farm.report.table import format_by_version, format_table
 
+    if args.changed and not args.by_version:
+        raise UsageError("--changed goes with --by-version: farm matrix RUN --by-version --changed")
     store = open_store(args)
     one = args.run_id[0] if len(args.run_id) == 1 else None
     matrix = load_merged(store, args.run_id) if len(args.run_id) > 1 else load_matrix(store, one)
-    print(matrix.model_dump_json(indent=1) if args.json else format_table(matrix))
+    if args.json:
+        print(matrix.model_dump_json(indent=1))
+    else:
+        print(format_by_version(matrix, changed_only=args.changed) if args.by_version else format_table(matrix))
     if args.html:
         # The page's "JSON twin" link: its matrix.json beside it (a merged matrix is kept nowhere else).
         twin = args.html.with_suffix(".json")

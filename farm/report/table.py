@@ -51,6 +51,18 @@ def format_table(matrix: Matrix) -> str:
     return "\n".join(lines)
 
 
+def format_by_version(matrix: Matrix, *, changed_only: bool = False) -> str:
+    """Each combination's outcome along the versions (the job's engine order), in stretches of one outcome."""
+    order = list(dict.fromkeys(group.engine for group in matrix.engines)) or sorted({c.engine for c in matrix.cells})
+    found = versions.timelines(matrix.cells, order, changed_only=changed_only)
+    if not found:
+        return "No combination changed its verdict between versions." if changed_only else "No cells."
+    changed = sum(1 for t in found if len({versions.outcome(s.cell) for s in t.stretches if s.cell.status.is_verdict()}) > 1)
+    header = (f"{len(found)} combination(s) over {len(order)} engine(s) ({order[0]} … {order[-1]}), "
+              f"{changed} with a verdict that changes:")
+    return "\n".join([header, "", *versions.format_timelines(found, platforms=len(matrix.platforms) > 1)])
+
+
 def _status_text(cell: MatrixCell) -> str:
     return f"{cell.status.value}/{cell.kind}" if cell.kind else cell.status.value
 

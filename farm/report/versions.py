@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from farm.model.matrix import EngineGroup, MatrixCell, PlatformDifference, PlatformOutcome, VersionChange
 from farm.model.results import RunManifest
@@ -96,6 +97,84 @@ def first_changes(cells: Sequence[MatrixCell], order: Sequence[str]) -> list[Ver
             before_vllm=before.vllm, after_vllm=after.vllm, changes=len(steps), platform=platform,
         ))
     return changes
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """Adjacent engines, in the job's order, on which a combination had one outcome; ``cell`` (the first
+    engine's) stands for them all."""
+
+    first: str
+    last: str
+    cell: MatrixCell
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """One combination's outcomes along the versions, on one platform: what `farm matrix --by-version` prints."""
+
+    model: str
+    quantization: str
+    lora: str
+    platform: str | None
+    stretches: list[Stretch]
+
+
+def timelines(cells: Sequence[MatrixCell], order: Sequence[str], *, changed_only: bool = False) -> list[Timeline]:
+    """Per combination (and platform), its runs of one outcome along ``order``. A cell without a verdict (not
+    run, infra or env error) is a stretch of its own status: shown, never merged into a verdict's stretch."""
+    by_combination: dict[tuple[str, str, str, str | None], dict[str, MatrixCell]] = {}
+    for cell in cells:
+        by_combination.setdefault((cell.model, cell.quantization, cell.lora, cell.platform), {})[cell.engine] = cell
+    found = []
+    for (model, quantization, lora, platform), per_engine in by_combination.items():
+        stretches: list[Stretch] = []
+        for name in (n for n in order if n in per_engine):
+            cell = per_engine[name]
+            if stretches and _same_outcome(stretches[-1].cell, cell):
+                stretches[-1] = Stretch(stretches[-1].first, name, stretches[-1].cell)
+            else:
+                stretches.append(Stretch(name, name, cell))
+        verdicts = {outcome(s.cell) for s in stretches if s.cell.status.is_verdict()}
+        if changed_only and len(verdicts) < 2:
+            continue
+        found.append(Timeline(model, quantization, lora, platform, stretches))
+    return found
+
+
+def _same_outcome(a: MatrixCell, b: MatrixCell) -> bool:
+    if a.status.is_verdict() != b.status.is_verdict():
+        return False
+    return outcome(a) == outcome(b) if a.status.is_verdict() else a.status == b.status
+
+
+def format_timelines(found: Sequence[Timeline], *, platforms: bool = False, message_chars: int = 110) -> list[str]:
+    """Each combination (and its platform, with ``platforms``), then one line per stretch: the engines, the
+    status and kind, where and why it failed."""
+    lines = []
+    for timeline in found:
+        on = f" · {timeline.platform}" if platforms and timeline.platform else ""
+        lines.append(f"{timeline.model} · {timeline.quantization} · {timeline.lora}{on}")
+        spans = [s.first if s.first == s.last else f"{s.first} … {s.last}" for s in timeline.stretches]
+        width = max(len(span) for span in spans)
+        for span, stretch in zip(spans, timeline.stretches):
+            lines.append(f"  {span.ljust(width)}  {_outcome_text(stretch.cell, message_chars)}".rstrip())
+    return lines
+
+
+def _outcome_text(cell: MatrixCell, message_chars: int) -> str:
+    status = f"{cell.status.value} ({cell.kind})" if cell.kind else cell.status.value
+    if cell.error_type or cell.error_message:
+        message = (cell.error_message or "").strip().splitlines()
+        first = message[0] if message else ""
+        if len(first) > message_chars:
+            first = first[: message_chars - 1] + "…"
+        where = f" at {cell.frame}" if cell.frame else ""
+        probe = f" in probe {cell.error_probe}" if cell.error_probe else ""
+        return f"{status}{where}{probe}: {cell.error_type or 'error'}: {first}"
+    if cell.failed_probes:
+        return f"{status}: probes {', '.join(cell.failed_probes)} failed"
+    return status
 
 
 def platform_differences(cells: Sequence[MatrixCell], platforms: Sequence[str]) -> list[PlatformDifference]:
