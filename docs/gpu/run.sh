@@ -13,8 +13,11 @@
 #                             packed serial compare overrun compile unless named)
 #   docs/gpu/run.sh wait      (until they end; bench.tar.gz: their JSON and logs; bench-store.tar.gz: their store)
 # or, for the CUDA version history (jobs/gpu_history.yaml: four releases, one bundle each):
-#   docs/gpu/run.sh stage .carry/pN /root/bundles/0.22.1   (each part of each release's bundle)
-#   docs/gpu/run.sh history   (the farm runs on the 0.26.0 bundle's site; `farm run` in the background)
+#   docs/gpu/run.sh stage-tree .carry/now   (.carry/now/<release>/<files>: what fits in a call, parts of
+#                             several bundles too, into /root/bundles/<release>/)
+#   docs/gpu/run.sh warm      (once 0.26.0's bundle is complete: unpack the farm's site and build the zoo in
+#                             the background while the other bundles' parts arrive)
+#   docs/gpu/run.sh history   (once every bundle is there: `farm run` in the background)
 #   docs/gpu/run.sh wait      (as for `start`: store, matrix, page, logs)
 set -euo pipefail
 PY=/opt/torch/.venv/bin/python
@@ -56,12 +59,34 @@ stage)
     cp -v "${2:?which carried folder}"/* "$into"/
     ls -l "$into"
     ;;
+stage-tree)
+    for dir in "${2:?which carried folder}"/*/; do
+        into=/root/bundles/$(basename "$dir")
+        mkdir -p "$into" && cp -v "$dir"* "$into"/
+    done
+    ;;
+warm)
+    # A copy of this script: later calls replace the synced repo copy under a running bash.
+    cp "$0" /root/run-warm.sh
+    setsid nohup bash /root/run-warm.sh prepare-now jobs/gpu_history.yaml /root/bundles/0.26.0 \
+        > /root/prepare.log 2>&1 < /dev/null &
+    sleep 20; tail -3 /root/prepare.log
+    ;;
+prepare-now)
+    prepare "$2" "$3" && touch /root/prepare.done
+    ;;
 start)
     prepare jobs/gpu_smoke.yaml
     launch jobs/gpu_smoke.yaml gpu-smoke-1
     ;;
 history)
-    prepare jobs/gpu_history.yaml /root/bundles/0.26.0
+    while [ ! -f /root/prepare.done ] && pgrep -f "run-warm.sh prepare-now" > /dev/null; do sleep 5; done
+    cat /root/prepare.log 2>/dev/null | tail -5
+    if [ -f /root/prepare.done ]; then
+        export PYTHONPATH="/root/farm-site/site:$SRC" VLLM_USE_FLASHINFER_SAMPLER=0 && cd "$SRC"
+    else
+        prepare jobs/gpu_history.yaml /root/bundles/0.26.0
+    fi
     launch jobs/gpu_history.yaml gpu-history-1
     ;;
 bench)
@@ -92,5 +117,5 @@ wait)
     fi
     ;;
 *)
-    echo "usage: docs/gpu/run.sh stage DIR [INTO] | start | history | bench [STEP …] | wait [SECONDS]" >&2; exit 2 ;;
+    echo "usage: docs/gpu/run.sh stage DIR [INTO] | stage-tree DIR | warm | history | start | bench [STEP …] | wait [SECONDS]" >&2; exit 2 ;;
 esac
