@@ -117,6 +117,7 @@ def build_vllm_engine(cell: Cell, engine_args: dict[str, Any]) -> Iterator[Engin
     """A ``vllm.LLM`` for the cell, freed on exit: the builder of every engine kind but the test seam."""
     model_path = resolve_source(cell.model_source)
     lora_path = resolve_source(cell.lora_source) if cell.lora_source else None
+    vllm_compat.cpu_threads_bind_for_this_vllm()
     from vllm import LLM
 
     started = time.perf_counter()

