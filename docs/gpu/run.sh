@@ -15,9 +15,9 @@
 # or, for the CUDA version history (jobs/gpu_history.yaml: four releases, one bundle each):
 #   docs/gpu/run.sh stage-tree .carry/now   (.carry/now/<release>/<files>: what fits in a call, parts of
 #                             several bundles too, into /root/bundles/<release>/)
-#   docs/gpu/run.sh warm      (once 0.26.0's bundle is complete: unpack the farm's site and build the zoo in
+#   docs/gpu/run.sh warm [JOB BUNDLE_DIR]   (once 0.26.0's bundle is complete: unpack the farm's site and build the zoo in
 #                             the background while the other bundles' parts arrive)
-#   docs/gpu/run.sh history   (once every bundle is there: `farm run` in the background)
+#   docs/gpu/run.sh history [JOB BUNDLE_DIR RUN_ID]   (once every bundle is there: `farm run` in the background)
 #   docs/gpu/run.sh wait      (as for `start`: store, matrix, page, logs)
 set -euo pipefail
 PY=/opt/torch/.venv/bin/python
@@ -68,7 +68,7 @@ stage-tree)
 warm)
     # A copy of this script: later calls replace the synced repo copy under a running bash.
     cp "$0" /root/run-warm.sh
-    setsid nohup bash /root/run-warm.sh prepare-now jobs/gpu_history.yaml /root/bundles/0.26.0 \
+    setsid nohup bash /root/run-warm.sh prepare-now "${2:-jobs/gpu_history.yaml}" "${3:-/root/bundles/0.26.0}" \
         > /root/prepare.log 2>&1 < /dev/null &
     sleep 20; tail -3 /root/prepare.log
     ;;
@@ -85,9 +85,9 @@ history)
     if [ -f /root/prepare.done ]; then
         export PYTHONPATH="/root/farm-site/site:$SRC" VLLM_USE_FLASHINFER_SAMPLER=0 && cd "$SRC"
     else
-        prepare jobs/gpu_history.yaml /root/bundles/0.26.0
+        prepare "${2:-jobs/gpu_history.yaml}" "${3:-/root/bundles/0.26.0}"
     fi
-    launch jobs/gpu_history.yaml gpu-history-1
+    launch "${2:-jobs/gpu_history.yaml}" "${4:-gpu-history-1}"
     ;;
 bench)
     prepare jobs/gpu_smoke.yaml
