@@ -50,3 +50,16 @@ def test_no_binding_is_said_in_the_installed_vllms_words(tmp_path, monkeypatch, 
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", farm_value)
     vllm_compat.cpu_threads_bind_for_this_vllm()
     assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == expected
+
+
+@pytest.mark.parametrize(("vllm", "expected"), [("0.11.0+cpu", "all"), ("0.11.1+cpu", "nobind"), ("0.32.0", "nobind")])
+def test_a_repro_says_no_binding_in_its_releases_words(vllm, expected):
+    from farm.model.cells import expand
+    from farm.model.results import CellResult, CellStatus, EnvFacts
+    from farm.model.spec import parse_job
+    from farm.ops.repro import make_repro
+
+    job = {"name": "j", "models": [{"name": "dense", "variants": [{"zoo": "qwen2-dense"}]}]}
+    (cell,) = expand(parse_job(job))
+    result = CellResult(run_id="r", cell_id=cell.id, cell=cell, status=CellStatus.PASS, env=EnvFacts(vllm=vllm))
+    assert f"'VLLM_CPU_OMP_THREADS_BIND': '{expected}'" in make_repro(result, job)

@@ -14,6 +14,7 @@ the vLLM release and the platform the farm measured it on.
 from __future__ import annotations
 
 import pprint
+import re
 from typing import Any
 
 from farm.cell.engine import engine_kwargs
@@ -54,6 +55,8 @@ def make_repro(result: CellResult, job: dict[str, Any]) -> str:
     prompts = list(generation.get("prompts") or ["The capital of France is"])[:4]
     error = result.error if result.status is not CellStatus.PASS else None
     env = {k: v for k, v in engine_environment().items() if k in _REPRO_ENVIRONMENT}
+    if env.get("VLLM_CPU_OMP_THREADS_BIND") == "nobind" and _before_nobind(result.env.vllm):
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "all"  # what the cell said (farm.cell.vllm_compat): its vLLM predates "nobind"
     return _TEMPLATE.format(
         header=_header(result, model_item, lora_item),
         # Python literals (True, None), not JSON.
@@ -65,6 +68,12 @@ def make_repro(result: CellResult, job: dict[str, Any]) -> str:
         max_tokens=int(generation.get("max_tokens") or 16),
         expected=repr(error.signature if error else None),
     )
+
+
+def _before_nobind(version: str | None) -> bool:
+    """Whether a vLLM release predates ``VLLM_CPU_OMP_THREADS_BIND=nobind`` (0.11.1), which it would crash on."""
+    numbers = [int(n) for n in re.findall(r"\d+", (version or "").split("+")[0])[:3]]
+    return bool(numbers) and tuple(numbers) < (0, 11, 1)
 
 
 def _model_default(source: str | None, item: str | None) -> str | None:
