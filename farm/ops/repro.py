@@ -14,7 +14,6 @@ the vLLM release and the platform the farm measured it on.
 from __future__ import annotations
 
 import pprint
-import re
 from typing import Any
 
 from farm.cell.engine import engine_kwargs
@@ -25,6 +24,7 @@ from farm.model.platforms import platform_of
 from farm.model.results import CellResult, CellStatus
 from farm.model.sources import zoo_item
 from farm.model.verdicts import failure_kind, root_cause
+from farm.report.versions import release_order
 
 # The cell's process environment the failure depends on (farm.cell.execute.engine_environment), less the
 # farm's own cache folder.
@@ -72,8 +72,7 @@ def make_repro(result: CellResult, job: dict[str, Any]) -> str:
 
 def _before_nobind(version: str | None) -> bool:
     """Whether a vLLM release predates ``VLLM_CPU_OMP_THREADS_BIND=nobind`` (0.11.1), which it would crash on."""
-    numbers = [int(n) for n in re.findall(r"\d+", (version or "").split("+")[0])[:3]]
-    return bool(numbers) and tuple(numbers) < (0, 11, 1)
+    return bool(version) and release_order(version or "")[0] < (0, 11, 1)
 
 
 def _model_default(source: str | None, item: str | None) -> str | None:

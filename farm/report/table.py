@@ -57,7 +57,7 @@ def format_by_version(matrix: Matrix, *, changed_only: bool = False) -> str:
     found = versions.timelines(matrix.cells, order, changed_only=changed_only)
     if not found:
         return "No combination changed its verdict between versions." if changed_only else "No cells."
-    changed = sum(1 for t in found if len({versions.outcome(s.cell) for s in t.stretches if s.cell.status.is_verdict()}) > 1)
+    changed = sum(1 for timeline in found if timeline.verdict_changes)
     header = (f"{len(found)} combination(s) over {len(order)} engine(s) ({order[0]} … {order[-1]}), "
               f"{changed} with a verdict that changes:")
     return "\n".join([header, "", *versions.format_timelines(found, platforms=len(matrix.platforms) > 1)])

@@ -119,6 +119,11 @@ class Timeline:
     platform: str | None
     stretches: list[Stretch]
 
+    @property
+    def verdict_changes(self) -> bool:
+        """Whether its verdict differs between versions (cells without a verdict say nothing either way)."""
+        return len({outcome(s.cell) for s in self.stretches if s.cell.status.is_verdict()}) > 1
+
 
 def timelines(cells: Sequence[MatrixCell], order: Sequence[str], *, changed_only: bool = False) -> list[Timeline]:
     """Per combination (and platform), its runs of one outcome along ``order``. A cell without a verdict (not
@@ -135,10 +140,9 @@ def timelines(cells: Sequence[MatrixCell], order: Sequence[str], *, changed_only
                 stretches[-1] = Stretch(stretches[-1].first, name, stretches[-1].cell)
             else:
                 stretches.append(Stretch(name, name, cell))
-        verdicts = {outcome(s.cell) for s in stretches if s.cell.status.is_verdict()}
-        if changed_only and len(verdicts) < 2:
-            continue
-        found.append(Timeline(model, quantization, lora, platform, stretches))
+        timeline = Timeline(model, quantization, lora, platform, stretches)
+        if timeline.verdict_changes or not changed_only:
+            found.append(timeline)
     return found
 
 
