@@ -14,7 +14,8 @@
 #   docs/gpu/run.sh wait      (until they end; bench.tar.gz: their JSON and logs; bench-store.tar.gz: their store)
 # or, for the CUDA version history (jobs/gpu_history.yaml: four releases, one bundle each):
 #   docs/gpu/run.sh stage-tree .carry/now   (.carry/now/<release>/<files>: what fits in a call, parts of
-#                             several bundles too, into /root/bundles/<release>/)
+#                             several bundles too, into /root/bundles/<release>/; `python3 docs/gpu/carry.py
+#                             plan DIR…` here plans the calls, `carry.py load N` fills .carry/now for call N)
 #   docs/gpu/run.sh warm [JOB BUNDLE_DIR]   (once 0.26.0's bundle is complete: unpack the farm's site and build the zoo in
 #                             the background while the other bundles' parts arrive)
 #   docs/gpu/run.sh history [JOB BUNDLE_DIR RUN_ID]   (once every bundle is there: `farm run` in the background)
