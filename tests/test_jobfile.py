@@ -40,6 +40,8 @@ HOSTILE = {
     "duplicate key deep": (MINIMAL.replace("{zoo: qwen2-dense}", "{zoo: qwen2-dense, zoo: mixtral}"), "key 'zoo' given twice"),
     "infinite timeout": (MINIMAL + "timeout_s: .inf\n", "timeout_s: inf is not a finite number"),
     "NaN in engine args": (MINIMAL + "engine_args: {gpu_memory_utilization: .nan}\n", "engine_args.gpu_memory_utilization: nan is not a finite"),
+    # Found by test_any_yaml_document: a key holding a newline, quoted in the field path rather than printed.
+    "newline in a key": ('name: {"\\n": .inf}\n', "name.'\\n': inf is not a finite number"),
     "huge timeout": (MINIMAL + "timeout_s: 1.0e12\n", "timeout_s: Input should be less than or equal to 604800"),
     "absurd attempts": (MINIMAL + "retries: {infra_attempts: 1000000}\n", "retries.infra_attempts: Input should be less than or equal to 10"),
     "no memory": (MINIMAL + "resources: {memory_gb: 1.0e-9}\n", "resources.memory_gb: Input should be greater than or equal to 0.1"),

@@ -74,15 +74,22 @@ def _first_error(exc: ValidationError) -> tuple[tuple[Any, ...], str]:
 
 def one_line(exc: ValidationError) -> str:
     loc, message = _first_error(exc)
-    where = _format_loc(loc)
+    where = format_loc(loc)
     return f"{where}: {message}" if where else message
 
 
-def _format_loc(loc: tuple[Any, ...]) -> str:
+# What a field path shows as it is: a YAML key of word characters, dots, dashes, slashes and colons.
+_PLAIN_KEY = re.compile(r"[\w.:/-]+")
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    """``engines[0].engine_args.x``; a key that is not a plain name is quoted (``models[0].'\\n'``), so the
+    message stays one line whatever a YAML key holds."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            name = str(part) if _PLAIN_KEY.fullmatch(str(part)) else repr(part)
+            out += f".{name}" if out else name
     return out

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from farm.errors import JobSpecError
+from farm.model.base import format_loc
 
 MAX_BYTES = 1 << 20
 MAX_DEPTH = 32
@@ -157,13 +158,13 @@ def _at(mark: yaml.Mark | None) -> str:
 
 def _non_finite(data: Any) -> tuple[str, str] | None:
     """The first non-finite number in ``data`` and where (``engines[0].engine_args.x``), or None."""
-    stack: list[tuple[str, Any]] = [("", data)]
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), data)]
     while stack:
         where, value = stack.pop()
         if isinstance(value, float) and not math.isfinite(value):
-            return where or "the document", str(value)
+            return format_loc(where) or "the document", str(value)
         if isinstance(value, dict):
-            stack.extend((f"{where}.{key}" if where else str(key), item) for key, item in reversed(list(value.items())))
+            stack.extend(((*where, str(key)), item) for key, item in reversed(list(value.items())))
         elif isinstance(value, list):
-            stack.extend((f"{where}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+            stack.extend(((*where, i), item) for i, item in reversed(list(enumerate(value))))
     return None
