@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from farm.bundles import pack
-from farm.bundles.make import check_left_out, left_out_imports, make_bundle
+from farm.bundles.make import left_out_imports, make_bundle
 from farm.bundles.resolve import Package, Plan, Target, plan
 from farm.cell import facts
 from farm.envs.node import prepare_here
@@ -171,7 +171,7 @@ def test_a_corrupt_or_missing_part_is_named_before_anything_is_unpacked(made, tm
     assert code.returncode == 1 and f"{second.name} is missing" in code.stderr
 
 
-def test_a_left_out_package_that_vllm_imports_at_start_fails_the_bundle(tmp_path):
+def test_a_left_out_package_that_vllm_imports_at_start_is_found_with_where_and_how(tmp_path):
     site = tmp_path / "site"
     (site / "vllm" / "entrypoints").mkdir(parents=True)
     (site / "vllm" / "__init__.py").write_text("")
@@ -181,12 +181,11 @@ def test_a_left_out_package_that_vllm_imports_at_start_fails_the_bundle(tmp_path
         "def later():\n    import mistral_common\n\n"
         "import uvicorn\n")
     chosen = Plan(left_out={n: Package(n, "1", "", None, [], "") for n in ("outlines-core", "mistral-common")})
-    review = check_left_out(site, chosen)  # guarded and lazy imports do not block
-    assert review == {"outlines-core": [], "mistral-common": ["vllm/entrypoints/llm.py:7"]}
+    blocking, review = left_out_imports(site, chosen)  # guarded and lazy imports do not block
+    assert blocking == {} and review == {"outlines-core": [], "mistral-common": ["vllm/entrypoints/llm.py:7"]}
     chosen.left_out["uvicorn"] = Package("uvicorn", "1", "", None, [], "")
-    with pytest.raises(BundleError, match=r"uvicorn cannot be left out of this vLLM: vllm/entrypoints/llm\.py:9 "
-                                          r"imports uvicorn when vLLM starts \(via an entry module\)"):
-        check_left_out(site, chosen)
+    blocking, _ = left_out_imports(site, chosen)
+    assert blocking == {"uvicorn": "vllm/entrypoints/llm.py:9 imports uvicorn when vLLM starts (via an entry module)"}
 
 
 def test_a_lazy_loader_read_by_a_class_annotation_counts_as_imported_at_start(tmp_path):
@@ -204,10 +203,10 @@ def test_a_lazy_loader_read_by_a_class_annotation_counts_as_imported_at_start(tm
         "from __future__ import annotations\n" + loader.format(m="lmformatenforcer", a="lmfe") + "\nclass G:\n    m: lmfe.Parser\n")
     (site / "vllm" / "__init__.py").write_text("from vllm.entrypoints import llm, later\n")
     chosen = Plan(left_out={n: Package(n, "1", "", None, [], "") for n in ("outlines-core",)})
-    with pytest.raises(BundleError, match=r"outlines-core cannot be left out of this vLLM: vllm/entrypoints/llm\.py:8 "):
-        check_left_out(site, chosen)
+    blocking, _ = left_out_imports(site, chosen)
+    assert blocking["outlines-core"].startswith("vllm/entrypoints/llm.py:8 imports outlines_core when vLLM starts")
     chosen = Plan(left_out={n: Package(n, "1", "", None, [], "") for n in ("lm-format-enforcer",)})
-    assert check_left_out(site, chosen) == {"lm-format-enforcer": []}, "postponed annotations are never evaluated"
+    assert left_out_imports(site, chosen) == ({}, {"lm-format-enforcer": []}), "postponed annotations are never evaluated"
 
 
 def test_the_walk_follows_the_targets_markers_and_extras():
