@@ -19,7 +19,10 @@
 #   docs/gpu/run.sh warm [JOB BUNDLE_DIR]   (once 0.26.0's bundle is complete: unpack the farm's site and build the zoo in
 #                             the background while the other bundles' parts arrive)
 #   docs/gpu/run.sh history [JOB BUNDLE_DIR RUN_ID]   (once every bundle is there: `farm run` in the background)
-#   docs/gpu/run.sh wait      (as for `start`: store, matrix, page, logs)
+#   docs/gpu/run.sh wait [SECONDS]   (as for `start`: store, matrix, page, logs; a run still going is left
+#                             going, and what it has written so far comes back)
+#   docs/gpu/run.sh resume RESULTS_TGZ [RUN_ID JOB BUNDLE_DIR]   (a later lease: the run an earlier lease cut short,
+#                             from the results.tar.gz its `wait` brought back, carried in: `farm run --resume`)
 set -euo pipefail
 PY=/opt/torch/.venv/bin/python
 BUNDLE=/root/bundle
@@ -46,11 +49,21 @@ prepare() {  # JOB [BUNDLE_DIR]: the farm's own site from that bundle (default /
     time $PY -m farm zoo build --for-job "$job"
 }
 
-launch() {  # JOB RUN_ID: `farm run` in its own session: it outlives this call, and `wait` collects it
-    echo "$2" > /root/run-id
-    setsid nohup bash -c "time $PY -m farm run $1 --store $STORE --run-id $2; echo \"exit \$?\"" \
+launch() {  # RUN_ID FARM_RUN_ARGS…: `farm run` in its own session: it outlives this call, and `wait` collects it
+    echo "$1" > /root/run-id
+    setsid nohup bash -c "time $PY -m farm run ${*:2} --store $STORE; echo \"exit \$?\"" \
         > /root/run.log 2>&1 < /dev/null &
-    sleep 60; tail -5 /root/run.log
+    sleep 30; tail -5 /root/run.log
+}
+
+warmed() {  # JOB BUNDLE_DIR: wait for `warm`'s preparation, or prepare now; then in the farm's copy with its site
+    while [ ! -f /root/prepare.done ] && pgrep -f "run-warm.sh prepare-now" > /dev/null; do sleep 5; done
+    cat /root/prepare.log 2>/dev/null | tail -5
+    if [ -f /root/prepare.done ]; then
+        export PYTHONPATH="/root/farm-site/site:$SRC" VLLM_USE_FLASHINFER_SAMPLER=0 && cd "$SRC"
+    else
+        prepare "$1" "$2"
+    fi
 }
 
 case "${1:-}" in
@@ -78,17 +91,18 @@ prepare-now)
     ;;
 start)
     prepare jobs/gpu_smoke.yaml
-    launch jobs/gpu_smoke.yaml gpu-smoke-1
+    launch gpu-smoke-1 jobs/gpu_smoke.yaml --run-id gpu-smoke-1
     ;;
 history)
-    while [ ! -f /root/prepare.done ] && pgrep -f "run-warm.sh prepare-now" > /dev/null; do sleep 5; done
-    cat /root/prepare.log 2>/dev/null | tail -5
-    if [ -f /root/prepare.done ]; then
-        export PYTHONPATH="/root/farm-site/site:$SRC" VLLM_USE_FLASHINFER_SAMPLER=0 && cd "$SRC"
-    else
-        prepare "${2:-jobs/gpu_history.yaml}" "${3:-/root/bundles/0.26.0}"
-    fi
-    launch "${2:-jobs/gpu_history.yaml}" "${4:-gpu-history-1}"
+    warmed "${2:-jobs/gpu_history.yaml}" "${3:-/root/bundles/0.26.0}"
+    launch "${4:-gpu-history-1}" "${2:-jobs/gpu_history.yaml}" --run-id "${4:-gpu-history-1}"
+    ;;
+resume)
+    # A run an earlier lease cut short (its store as `wait` brought it back, carried in): the cells without a
+    # verdict run here, those of bundles that lease lacked included.
+    mkdir -p "$STORE" && tar -C "$STORE" -xzf "${2:?the results.tar.gz of an earlier lease}"
+    warmed "${4:-jobs/gpu_history.yaml}" "${5:-/root/bundles/0.26.0}"
+    launch "${3:-gpu-history-1}" --resume "${3:-gpu-history-1}"
     ;;
 bench)
     prepare jobs/gpu_smoke.yaml
@@ -118,5 +132,5 @@ wait)
     fi
     ;;
 *)
-    echo "usage: docs/gpu/run.sh stage DIR [INTO] | stage-tree DIR | warm | history | start | bench [STEP …] | wait [SECONDS]" >&2; exit 2 ;;
+    echo "usage: docs/gpu/run.sh stage DIR [INTO] | stage-tree DIR | warm | history | resume RESULTS_TGZ | start | bench [STEP …] | wait [SECONDS]" >&2; exit 2 ;;
 esac
