@@ -128,3 +128,61 @@ def test_a_published_check_is_kept_in_the_store_and_shown_on_the_page(farm_cli, 
     latest = Matrix.model_validate_json((store / "matrix" / "latest.json").read_text())
     assert latest.known_bugs == check and latest.cells == Matrix.model_validate(document).cells
     assert embedded_matrix((store / "index.html").read_text()).known_bugs == check
+
+
+def test_inside_the_window_failing_otherwise_and_outside_passing_says_the_window_holds():
+    # vLLM 0.20.0 … 0.26.0 on an H100 (docs/gpu/history/): FP8 MoE + LoRA is wrong on 0.20.0, crashes in a Triton
+    # kernel on 0.22.1 and passes from 0.24.0, while the ledger expects wrong adapter output (lora_reference).
+    garbage = KnownBug.model_validate({
+        "id": "fp8", "title": "garbage", "tracker": ["u"], "platform": "cuda",
+        "combination": {"model": "qwen2moe-shared", "quantization": "fp8*", "lora": "experts"},
+        "failure": {"probes": ["lora_reference"]}, "window": {"since": "0.20.0", "fixed": "0.24.0"}})
+    wrong = _cell("0.20.0", CellStatus.FAIL, quantization="fp8", lora="experts")
+    wrong.failed_probes, wrong.kind, wrong.signature = ["reference", "lora_unused"], "wrong", "88cf954902"
+    crash = _cell("0.22.1", CellStatus.FAIL, "Unsupported lhs dtype fp8e4nv", quantization="fp8", lora="experts")
+    crash.frame, crash.kind, crash.failed_probes = "vllm/lora/ops/triton_ops/fused_moe_lora_op.py:452", "broken", ["load"]
+    passes = [_cell(v, CellStatus.PASS, quantization="fp8", lora="experts") for v in ("0.24.0", "0.26.0")]
+    finding = check(garbage, [_matrix(wrong, crash, *passes)])
+    assert finding.verdict == "not reproducible" and finding.why.endswith("the window holds, the symptom differs")
+    assert finding.evidence == [
+        "0.20.0: 0 of 1 cell(s) show it; otherwise: fail/wrong in reference, lora_unused [88cf954902]",
+        "0.22.1: 0 of 1 cell(s) show it; otherwise: fail/broken at vllm/lora/ops/triton_ops/fused_moe_lora_op.py:452 "
+        "[abc]: Unsupported lhs dtype fp8e4nv",
+        "0.24.0: 0 of 1 cell(s) show it", "0.26.0: 0 of 1 cell(s) show it"]
+    # A release outside the window that fails too: the window says nothing then.
+    late = _cell("0.26.0", CellStatus.FAIL, "boom", quantization="fp8", lora="experts")
+    finding = check(garbage, [_matrix(wrong, crash, passes[0], late)])
+    assert finding.verdict == "not reproducible" and "the window holds" not in finding.why
+
+
+def test_several_runs_are_one_matrix_where_a_later_run_measured_a_cell_again(farm_cli, tmp_path):
+    # The H100 history: a first run's cells of two releases failed for the farm's own reason, a second run measured
+    # them again. The ledger counts each cell once, with the later result, as `farm matrix RUN RUN` shows it.
+    from farm.model.cells import Cell
+    from farm.model.engines import CurrentEngine
+    from farm.model.results import CellResult, ErrorInfo, RunManifest, utcnow
+    from farm.report.aggregate import aggregate
+    from farm.store import open_store, put_result, write_manifest
+
+    store = open_store(str(tmp_path / "store"))
+    seed = Cell(model="qwen2moe-shared", quantization="gptq-int4", model_source="zoo:m", lora="attn",
+                lora_source="zoo:a", engine=CurrentEngine(name="v0.11.1"))
+    for run_id, message, frame in (("first", "cannot import name 'context' from 'opentelemetry'", "fastapi/x.py:9"),
+                                   ("second", BROKEN, "vllm/lora/layers/fused_moe.py:43")):
+        write_manifest(store, RunManifest(run_id=run_id, job_name="h", job={"name": "h"}, cells=[seed],
+                                          launched_by="t@h", farm_version="0", started_at=utcnow(), finished_at=utcnow()),
+                       create=True)
+        put_result(store, CellResult(run_id=run_id, cell_id=seed.id, cell=seed, status=CellStatus.FAIL,
+                                     error=ErrorInfo(type="E", message=message, frame=frame, signature=run_id[:4]),
+                                     env={"vllm": "0.11.1", "device": "NVIDIA H100 80GB HBM3"}, finished_at=utcnow()))
+        aggregate(store, run_id)
+    ledger = tmp_path / "bugs.yaml"
+    ledger.write_text(json.dumps({"bugs": [SEED.model_dump(mode="json")]}))
+    code, out, err = farm_cli("known-bugs", "check", "first", "second", "--store", str(tmp_path / "store"), "--json",
+                              "--ledger", str(ledger))
+    assert code == 0, err
+    (finding,) = json.loads(out)
+    assert finding["verdict"] == "rediscovered" and finding["evidence"] == ["0.11.1: 1 of 1 cell(s) show it"]
+    code, out, _ = farm_cli("known-bugs", "check", "second", "first", "--store", str(tmp_path / "store"), "--json",
+                            "--ledger", str(ledger))
+    assert code == 0 and json.loads(out)[0]["verdict"] == "not reproducible", "the later run in the order given wins"

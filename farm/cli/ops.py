@@ -172,14 +172,15 @@ def _known_bugs_check(args: argparse.Namespace) -> int:
     import json
 
     from farm.ops.known_bugs import as_check, as_json, check, load_ledger, report
-    from farm.report.aggregate import load_matrix
+    from farm.report.aggregate import load_matrix, load_merged
     from farm.report.ledger import publish_known_bugs
     from farm.store import open_store
 
     ledger = load_ledger(args.ledger)
     store = open_store(args.store, s3_endpoint=args.s3_endpoint)
-    matrices = [load_matrix(store, run_id) for run_id in args.run_ids]
-    findings = [check(bug, matrices) for bug in ledger.bugs]
+    # Several runs: one matrix, as `farm matrix RUN RUN` shows it (a cell measured twice on one platform counts once).
+    matrix = load_merged(store, args.run_ids) if len(args.run_ids) > 1 else load_matrix(store, args.run_ids[0])
+    findings = [check(bug, [matrix]) for bug in ledger.bugs]
     print(json.dumps(as_json(findings), indent=1) if args.json else report(findings))
     if args.publish:
         page = publish_known_bugs(store, as_check(findings, str(args.ledger), list(args.run_ids)))

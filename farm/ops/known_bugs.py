@@ -10,7 +10,12 @@ says, per bug:
 - **contradicted**: a measured release disagrees with the window (the evidence names it: release,
   status, signature, message);
 - **not reproducible**: no run measured the combination on the bug's platform, or it never fails
-  that way on any measured release (a fidelity gap of the zoo or the platform: said with why).
+  that way on any measured release (a fidelity gap of the zoo or the platform: said with why). What
+  the cells did instead is the evidence; where every release inside the window fails otherwise and
+  every one outside it passes, the finding says so: the window holds, the symptom differs.
+
+Several runs are read as one matrix (``farm matrix RUN RUN``): a cell that two runs on one platform
+measured counts once, with the later run's result.
 
 The ledger is only ever compared with measured results: nothing of it is written into a result.
 """
@@ -135,13 +140,15 @@ def check(bug: KnownBug, matrices: list[Matrix]) -> Finding:
     if not measured:
         return Finding(bug, "not reproducible", f"no run measured {_describe(bug)} on the {bug.platform} platform")
     if not any(seen for cells in measured.values() for _, seen in cells):
-        return Finding(bug, "not reproducible", f"{_describe(bug)} never fails this way on the "
-                       f"{len(measured)} release(s) measured ({', '.join(sorted(measured, key=release_key))}): "
-                       "a fidelity gap of the zoo or the platform", _evidence(measured))
-    since, fixed = release_key(bug.window.since), release_key(bug.window.fixed) if bug.window.fixed else None
+        why = (f"{_describe(bug)} never fails this way on the {len(measured)} release(s) measured "
+               f"({', '.join(sorted(measured, key=release_key))}): a fidelity gap of the zoo or the platform")
+        if _window_holds_otherwise(bug, measured):
+            why += ("; but every release inside the window fails otherwise and every one outside it passes: "
+                    "the window holds, the symptom differs")
+        return Finding(bug, "not reproducible", why, _evidence(measured))
     against = []
     for version, cells in sorted(measured.items(), key=lambda item: release_key(item[0])):
-        inside = since <= release_key(version) and (fixed is None or release_key(version) < fixed)
+        inside = _inside(bug, version)
         for cell, seen in cells:
             if seen != inside:
                 against.append(f"{version}: {cell.row} · {cell.lora} is {cell.status.value}"
@@ -154,6 +161,20 @@ def check(bug: KnownBug, matrices: list[Matrix]) -> Finding:
                    f"{bug.window.fixed or 'unfixed'} ({len(measured)} release(s))", _evidence(measured))
 
 
+def _inside(bug: KnownBug, version: str) -> bool:
+    fixed = bug.window.fixed
+    return release_key(bug.window.since) <= release_key(version) and (fixed is None or release_key(version) < release_key(fixed))
+
+
+def _window_holds_otherwise(bug: KnownBug, measured: dict[str, list[tuple[MatrixCell, bool]]]) -> bool:
+    """Releases on both sides of the window were measured: every cell inside fails (not as the ledger says), every
+    cell outside passes."""
+    inside = [cell for version, cells in measured.items() if _inside(bug, version) for cell, _ in cells]
+    outside = [cell for version, cells in measured.items() if not _inside(bug, version) for cell, _ in cells]
+    return (bool(inside) and bool(outside) and all(c.status is not CellStatus.PASS for c in inside)
+            and all(c.status is CellStatus.PASS for c in outside))
+
+
 def _describe(bug: KnownBug) -> str:
     c = bug.combination
     return f"{c.model}/{c.quantization}/{c.lora}"
@@ -163,8 +184,22 @@ def _evidence(measured: dict[str, list[tuple[MatrixCell, bool]]]) -> list[str]:
     lines = []
     for version, cells in sorted(measured.items(), key=lambda item: release_key(item[0])):
         seen = sum(1 for _, hit in cells if hit)
-        lines.append(f"{version}: {seen} of {len(cells)} cell(s) show it")
+        otherwise = dict.fromkeys(_outcome(cell) for cell, hit in cells if not hit and cell.status is not CellStatus.PASS)
+        lines.append(f"{version}: {seen} of {len(cells)} cell(s) show it"
+                     + (f"; otherwise: {'; '.join(otherwise)}" if otherwise else ""))
     return lines
+
+
+def _outcome(cell: MatrixCell) -> str:
+    """What a cell that does not show the bug did instead: ``fail/wrong in reference, lora_unused [sig]`` or
+    ``fail/broken at FRAME [sig]: message``."""
+    text = cell.status.value + (f"/{cell.kind}" if cell.kind else "")
+    if cell.frame:  # an exception: where and what
+        text += f" at {cell.frame}" + (f" [{cell.signature}]" if cell.signature else "")
+        return text + (f": {' '.join((cell.error_message or '').split())[:100]}" if cell.error_message else "")
+    if cell.failed_probes:  # wrong output: which probes said so
+        text += f" in {', '.join(cell.failed_probes)}"
+    return text + (f" [{cell.signature}]" if cell.signature else "")
 
 
 def report(findings: list[Finding]) -> str:
