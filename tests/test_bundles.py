@@ -188,6 +188,28 @@ def test_a_left_out_package_that_vllm_imports_at_start_is_found_with_where_and_h
     assert blocking == {"uvicorn": "vllm/entrypoints/llm.py:9 imports uvicorn when vLLM starts (via an entry module)"}
 
 
+def test_a_shipped_package_that_imports_a_left_out_one_at_start_blocks_it(tmp_path):
+    # vllm 0.20.0 and 0.22.1 on an H100: fastapi 0.165 (shipped) imports opentelemetry.context when it is imported,
+    # and the bundles had left opentelemetry-api out: every cell failed at `from vllm import LLM`.
+    site = tmp_path / "site"
+    for folder in ("vllm/entrypoints", "fastapi/telemetry", "opentelemetry/sdk"):
+        (site / folder).mkdir(parents=True)
+    (site / "vllm" / "__init__.py").write_text("")
+    (site / "vllm" / "entrypoints" / "__init__.py").write_text("")
+    (site / "vllm" / "entrypoints" / "llm.py").write_text("from fastapi import FastAPI\n")
+    (site / "fastapi" / "__init__.py").write_text("from .telemetry import api\nFastAPI = object\n")
+    (site / "fastapi" / "telemetry" / "__init__.py").write_text("")
+    (site / "fastapi" / "telemetry" / "api.py").write_text("import json\n\nfrom opentelemetry import context as otel\n")
+    (site / "opentelemetry" / "sdk" / "__init__.py").write_text("")  # a namespace: the SDK shipped, the API not
+    chosen = Plan(left_out={n: Package(n, "1", "", None, [], "") for n in ("opentelemetry-api", "opentelemetry-sdk")})
+    blocking, _ = left_out_imports(site, chosen)
+    assert blocking == {"opentelemetry-api": "fastapi/telemetry/api.py:3 imports opentelemetry when vLLM starts "
+                                             "(via fastapi:1 ← vllm.entrypoints.llm:1)"}, "the SDK's modules are not imported"
+    # vLLM guarding its import of the shipped package: a failure there is caught, nothing blocks.
+    (site / "vllm" / "entrypoints" / "llm.py").write_text("try:\n    import fastapi\nexcept ImportError:\n    fastapi = None\n")
+    assert left_out_imports(site, chosen)[0] == {}
+
+
 def test_a_lazy_loader_read_by_a_class_annotation_counts_as_imported_at_start(tmp_path):
     # vllm 0.26.0's structured-output backends: LazyLoader defers the import, but a dataclass field's
     # annotation reads the loader's attribute when the class is defined (seen failing on an H200).
@@ -232,15 +254,19 @@ def test_sizes_parse():
 # --- the bundle engine kind ----------------------------------------------------------------------------------
 
 
-def layered_bundle(directory: Path, *, env: dict[str, str] | None = None, vllm: str | None = None) -> Path:
-    """A bundle whose site folder holds one marker module, for the test interpreter (which has vLLM and Ray)."""
+def layered_bundle(directory: Path, *, env: dict[str, str] | None = None, vllm: str | None = None,
+                   files: dict[str, str] | None = None, left_out: tuple[str, ...] = ()) -> Path:
+    """A bundle whose site folder holds one marker module (and ``files``), for the test interpreter (which has vLLM
+    and Ray)."""
     site = directory / "site-src"
-    (site / "bundlemark").mkdir(parents=True)
-    (site / "bundlemark" / "__init__.py").write_text("HERE = True\n")
+    for name, text in {"bundlemark/__init__.py": "HERE = True\n", **(files or {})}.items():
+        (site / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / name).write_text(text)
     out = directory / "bundle"
     pack.pack(site, out, "layered", split=200, manifest={
         "vllm": vllm or facts.vllm_version(), "python": HERE, "platform": "manylinux_2_28_x86_64",
-        "env": env or {"FARM_TEST_BUNDLE": "layered"}})
+        "env": env or {"FARM_TEST_BUNDLE": "layered"},
+        "left_out": [{"name": name, "version": "1", "reason": "test"} for name in left_out]})
     return out / "bundle.json"
 
 
@@ -293,6 +319,24 @@ def test_a_bad_bundle_is_an_env_error_naming_the_part(env_cache, tmp_path):
     other = prepare_here(BundleEngine(name="other", path=str(layered_bundle(tmp_path / "o", vllm="0.0.1")),
                                       python=sys.executable))
     assert isinstance(other, EnvFailure) and "not the bundle's 0.0.1" in other.message
+
+
+def test_a_bundle_vllm_does_not_import_with_is_an_env_error_naming_what_it_left_out(env_cache, tmp_path):
+    # vllm 0.20.0 and 0.22.1 on an H100: the bundles shipped fastapi 0.165 and part of the opentelemetry namespace
+    # but not opentelemetry-api; `from vllm import LLM` failed in every cell. Here a shipped package vLLM imports
+    # (transformers) does what fastapi did, with a namespace this interpreter lacks (humming, half shipped).
+    manifest = layered_bundle(tmp_path, files={"transformers/__init__.py": "from humming import kernels\n",
+                                               "humming/jit/__init__.py": ""},
+                              left_out=("humming-kernels", "uvicorn"))
+    failure = prepare_here(BundleEngine(name="lean", path=str(manifest), python=sys.executable))
+    assert isinstance(failure, EnvFailure), failure
+    assert "vLLM does not import with this bundle (`from vllm import LLM`: ImportError: cannot import name 'kernels' " \
+           "from 'humming' (unknown location))" in failure.message
+    assert failure.message.endswith("the bundle left out humming-kernels, which provides humming.kernels: make "
+                                    "it again with this farm (its import walk keeps what vLLM and the packages it "
+                                    "ships import) or with --extra humming-kernels"), failure.message
+    assert "transformers/__init__.py" in failure.log_tail, "the traceback is the env error's log"
+    assert not list(env_cache.glob("*/farm-env.json")), "not cached: a fixed bundle is tried at once"
 
 
 def test_bundle_commands_are_documented_and_check_their_arguments(farm_cli, tmp_path):

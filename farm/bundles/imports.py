@@ -8,7 +8,10 @@ imported. This reads vLLM's source (never imports it: the bundle is made on a ma
 without the target's torch or GPU) and follows every import that runs at import time:
 module level, class bodies, ``if`` and ``try`` blocks, but not function bodies (lazy
 imports) nor ``if TYPE_CHECKING:``. An import in a ``try`` whose ``except`` catches
-ImportError (or Exception) is *guarded*: vLLM carries on without the module.
+ImportError (or Exception) is *guarded*: vLLM carries on without the module. A package the
+bundle ships that vLLM imports unguarded is walked the same way: its own imports run too
+(fastapi 0.165 imports opentelemetry at import time, which bundles of vllm 0.20.0 and 0.22.1
+left out: every cell of theirs failed at ``from vllm import LLM`` on an H100).
 
 What it cannot see: a lazy import inside a function that the farm's path calls. Those are
 listed too (``lazy``), so a person can judge them; the GPU run is the final proof.
@@ -78,9 +81,10 @@ class ImportSite:
     line: int
     guarded: bool
 
-    @property
-    def top(self) -> str:
-        return self.module.split(".")[0]
+    def within(self, modules: tuple[str, ...]) -> bool:
+        """Whether this imports one of ``modules`` or a submodule of one (``opentelemetry.context`` is within
+        ``opentelemetry``, not within ``opentelemetry.sdk``)."""
+        return any(self.module == m or self.module.startswith(m + ".") for m in modules)
 
     def where(self) -> str:
         return f"{self.importer.replace('.', '/')}.py:{self.line}"
@@ -90,8 +94,8 @@ class ImportSite:
 class Reach:
     """What importing the entry modules imports: vLLM modules visited, third-party import sites."""
 
-    visited: set[str] = field(default_factory=set)
-    via: dict[str, str] = field(default_factory=dict)  # a vLLM module → the first module seen importing it
+    visited: set[str] = field(default_factory=set)  # vLLM's modules and the shipped packages' it imports
+    via: dict[str, str] = field(default_factory=dict)  # a module reached → the first module seen importing it
     eager: list[ImportSite] = field(default_factory=list)  # run at import time
     lazy: list[ImportSite] = field(default_factory=list)  # inside functions of visited modules
     missing_entries: list[str] = field(default_factory=list)  # entry modules this vLLM does not have
@@ -106,18 +110,21 @@ class Reach:
             module = step.split(":")[0]
         return out
 
-    def unguarded(self, tops: Iterable[str]) -> list[ImportSite]:
-        wanted = set(tops)
-        return [s for s in self.eager if s.top in wanted and not s.guarded]
+    def unguarded(self, modules: Iterable[str]) -> list[ImportSite]:
+        """The import sites of ``modules`` (or their submodules) that run at import time, unguarded."""
+        wanted = tuple(modules)
+        return [s for s in self.eager if s.within(wanted) and not s.guarded]
 
-    def lazily(self, tops: Iterable[str]) -> list[ImportSite]:
-        wanted = set(tops)
-        return [s for s in self.lazy if s.top in wanted]
+    def lazily(self, modules: Iterable[str]) -> list[ImportSite]:
+        wanted = tuple(modules)
+        return [s for s in self.lazy if s.within(wanted)]
 
 
 def reach(site: Path, entries: Iterable[str] = FARM_ENTRY_MODULES, package: str = "vllm", *,
-          conditional: bool = False, called: dict[str, tuple[str, ...]] = FARM_CALLED_FUNCTIONS) -> Reach:
-    """Follow import-time imports from ``entries`` through ``package``'s source under ``site``.
+          conditional: bool = False, called: dict[str, tuple[str, ...]] = FARM_CALLED_FUNCTIONS,
+          follow: bool = True) -> Reach:
+    """Follow import-time imports from ``entries`` through ``package``'s source under ``site``, and (``follow``)
+    through every other package under ``site`` that one of them imports unguarded.
 
     ``conditional=False`` follows only imports that always run (not those under a module-level
     ``if``, such as ``if has_deep_ep():``; an ``if current_platform.is_cuda():`` does run on the
@@ -164,6 +171,12 @@ def reach(site: Path, entries: Iterable[str] = FARM_ENTRY_MODULES, package: str 
                     continue
                 site_of = ImportSite(target, name, node.lineno, guarded)
                 (result.eager if eager else result.lazy).append(site_of)
+                if eager and not guarded and follow:
+                    # A package the bundle ships runs its own imports when vLLM imports it (fastapi 0.165's
+                    # telemetry imports opentelemetry, which vllm 0.20.0/0.22.1's bundles had left out).
+                    for found in _candidates(site, target):
+                        result.via.setdefault(found, f"{name}:{node.lineno}")
+                        queue.append(found)
         result.eager.extend(ImportSite(target, name, line, False) for target, line in _lazy_loads_at_import(tree))
     return result
 

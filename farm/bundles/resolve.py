@@ -45,7 +45,7 @@ from farm.errors import BundleError
 class LeftOut:
     """A requirement of vLLM the farm's cells do not import (see ``farm.bundles.imports``)."""
 
-    imports: tuple[str, ...]  # its top-level import names, for the import check
+    imports: tuple[str, ...]  # the modules it provides (and their submodules), for the import check
     reason: str
     env: tuple[tuple[str, str], ...] = ()  # what a cell sets so vLLM does not reach for it
 
@@ -70,9 +70,13 @@ LEFT_OUT: dict[str, LeftOut] = {
     "mcp": LeftOut(("mcp",), "MCP tool servers of the Responses API (`vllm serve`); imported lazily in vllm/entrypoints/mcp"),
     "model-hosting-container-standards": LeftOut(("model_hosting_container_standards",),
                                                  "SageMaker routes of `vllm serve` (vllm/entrypoints/serve/sagemaker)"),
-    **{name: LeftOut(("opentelemetry",), "OpenTelemetry tracing, off unless --otlp-traces-endpoint; the import is "
-                     "guarded (vllm/tracing/otel.py)") for name in (
-        "opentelemetry-sdk", "opentelemetry-api", "opentelemetry-exporter-otlp", "opentelemetry-semantic-conventions-ai")},
+    # One namespace package: each distribution is told apart by the modules it adds (the API is the namespace's
+    # own: fastapi >= 0.165 imports opentelemetry.context at import time, so a bundle whose fastapi does keeps it).
+    **{name: LeftOut(modules, "OpenTelemetry tracing, off unless --otlp-traces-endpoint; the import is "
+                     "guarded (vllm/tracing/otel.py)") for name, modules in (
+        ("opentelemetry-api", ("opentelemetry",)), ("opentelemetry-sdk", ("opentelemetry.sdk",)),
+        ("opentelemetry-exporter-otlp", ("opentelemetry.exporter.otlp",)),
+        ("opentelemetry-semantic-conventions-ai", ("opentelemetry.semconv_ai",)))},
     "pynvvideocodec": LeftOut(("PyNvVideoCodec",), _VIDEO),
     "torchcodec": LeftOut(("torchcodec",), _VIDEO),
     "opencv-python-headless": LeftOut(("cv2",), _VIDEO),

@@ -14,7 +14,9 @@ find it ready. A cell's actor starts with ``python`` (Ray's ``py_executable``) a
 own site-packages, plus the environment variables the bundle records (e.g.
 ``VLLM_USE_FLASHINFER_SAMPLER=0`` where the bundle leaves FlashInfer out). Before any cell, the
 combination is checked like every env: the cluster's Python and Ray, vLLM (the bundle's
-version), and the farm's own requirements.
+version), and the farm's own requirements; then ``from vllm import LLM`` runs once with the
+bundle (what every cell does first): a bundle that leaves out something vLLM imports is the
+engine's ``env_error``, naming the package, never a failed cell of every combination.
 
 A failed unpack is not cached (unlike a failed pip build): the fix is to copy a part again,
 and the next preparation retries at once.
@@ -23,6 +25,7 @@ and the next preparation retries at once.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import time
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.bundles import pack
+from farm.bundles.resolve import LEFT_OUT
 from farm.envs import cache, interpreter
 from farm.envs.build import actor_env_vars, compile_cache_env, farm_code
 from farm.envs.registry import EnvKind, NodeContext, PreparedEnv, Stopwatch, register
@@ -110,6 +114,7 @@ class Bundle(EnvKind):
                                 f"{document.get('vllm')}: is the bundle's site folder shadowed?")
             if problems:
                 raise EnvBuildError(f"{where}: " + "; and ".join(problems))
+            _check_vllm_imports(engine, site, document, where)
         except (EnvBuildError, pack.BundleError) as exc:
             shutil.rmtree(path, ignore_errors=True)  # not cached: copying a part again fixes it, retry at once
             message = exc.message if isinstance(exc, EnvBuildError) else f"{where}: {exc}"
@@ -126,3 +131,28 @@ class Bundle(EnvKind):
 
     def describe(self, engine: Any) -> str:
         return f"bundle: {engine.path} on {engine.python}"
+
+
+# What every cell does first (farm.cell.engine). A bundle is the farm's own selection of vLLM's requirements: if
+# vLLM does not import with it, every cell would fail there for the farm's reason, not vLLM's.
+VLLM_IMPORT = "from vllm import LLM"
+_MISSING = re.compile(r"No module named '([\w.]+)'|cannot import name '(\w+)' from '([\w.]+)'")
+
+
+def _check_vllm_imports(engine: BundleEngine, site: Path, document: dict[str, Any], where: str) -> None:
+    """Raise ``EnvBuildError`` unless ``from vllm import LLM`` runs with the bundle, naming what it left out that
+    the failed import needs."""
+    failed = interpreter.import_check(engine.python, VLLM_IMPORT, pythonpath=[str(site)], env=document.get("env", {}))
+    if failed is None:
+        return
+    last, _, output = failed.partition("\n")
+    hint = ""
+    if found := _MISSING.search(last):
+        module = found.group(1) or f"{found.group(3)}.{found.group(2)}"
+        names = [item["name"] for item in document.get("left_out", []) if item["name"] in LEFT_OUT
+                 and any(module == m or module.startswith(m + ".") for m in LEFT_OUT[item["name"]].imports)]
+        if names:
+            hint = (f"; the bundle left out {', '.join(names)}, which provides {module}: make it again with this farm "
+                    f"(its import walk keeps what vLLM and the packages it ships import) or with --extra {names[0]}")
+    raise EnvBuildError(f"{where}: vLLM does not import with this bundle (`{VLLM_IMPORT}`: {last}){hint}",
+                        log_tail=output)

@@ -72,3 +72,27 @@ def check_versions(found: EnvVersions, node: NodeContext, where: str) -> None:
         problems.append(f"Ray {found.ray} where the cluster runs Ray {node.ray_version}: install ray=={node.ray_version} into it")
     if problems:
         raise EnvBuildError(f"{where} does not match the cluster: it has " + "; and ".join(problems))
+
+
+IMPORT_TIMEOUT_S = 600  # vLLM's import takes 10-20 s (more on a loaded node); a hang is the env's failure too
+
+
+def import_check(python: str, module_code: str, *, pythonpath: Sequence[str] = (), env: dict[str, str] | None = None,
+                 timeout: float = IMPORT_TIMEOUT_S) -> str | None:
+    """Run ``module_code`` (e.g. ``from vllm import LLM``) in ``python`` with ``pythonpath`` in front, isolated as
+    :func:`probe` is; None if it ran, else the last line it printed and its output's tail, joined by a newline."""
+    child = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    child.update(env or {})
+    child["PYTHONNOUSERSITE"] = "1"
+    if pythonpath:
+        child["PYTHONPATH"] = os.pathsep.join(pythonpath)
+    try:
+        out = subprocess.run([python, "-c", module_code], capture_output=True, text=True, timeout=timeout, env=child)
+    except subprocess.TimeoutExpired:
+        return f"`{module_code}` did not finish in {timeout:.0f}s\n"
+    if out.returncode == 0:
+        return None
+    text = (out.stdout + out.stderr).strip()
+    last = text.splitlines()[-1] if text else f"exit {out.returncode}"
+    return f"{last}\n{text[-4000:]}"
+
