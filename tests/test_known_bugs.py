@@ -186,3 +186,32 @@ def test_several_runs_are_one_matrix_where_a_later_run_measured_a_cell_again(far
     code, out, _ = farm_cli("known-bugs", "check", "second", "first", "--store", str(tmp_path / "store"), "--json",
                             "--ledger", str(ledger))
     assert code == 0 and json.loads(out)[0]["verdict"] == "not reproducible", "the later run in the order given wins"
+
+
+def test_a_cell_whose_probe_did_not_run_could_not_show_the_bug_and_is_no_evidence_either_way():
+    # Every lora_reference on a GPU until 2026-12-06: the transformers side could not run there (a device mismatch
+    # in the farm), the probe was skipped, and the cell passed on its other probes.
+    from farm.model.matrix import ProbeSummary
+
+    garbage = KnownBug.model_validate({
+        "id": "fp8", "title": "garbage", "tracker": ["u"], "platform": "cuda",
+        "combination": {"model": "qwen2moe-shared", "quantization": "fp8", "lora": "experts"},
+        "failure": {"probes": ["lora_reference"]}, "window": {"since": "0.20.0", "fixed": "0.24.0"}})
+    skipped = ProbeSummary(name="lora_reference", passed=False, skipped=True,
+                           detail="no reference: transformers+PEFT could not run zoo:x: RuntimeError: devices")
+    inside = _cell("0.22.1", CellStatus.PASS, quantization="fp8", lora="experts")
+    after = _cell("0.24.0", CellStatus.PASS, quantization="fp8", lora="experts")
+    inside.probe_results = after.probe_results = [skipped]
+    finding = check(garbage, [_matrix(inside, after)])
+    assert finding.verdict == "not reproducible", "a pass inside the window whose probe never ran contradicts nothing"
+    assert finding.why == ("qwen2moe-shared/fp8/experts could not show it on the 2 release(s) measured: in every cell, "
+                           "lora_reference did not run (no reference: transformers+PEFT could not run zoo:x: "
+                           "RuntimeError: devices)")
+    assert finding.evidence[0] == ("0.22.1: 0 of 0 cell(s) show it; 1 more could not: lora_reference did not run "
+                                   "(no reference: transformers+PEFT could not run zoo:x: RuntimeError: devices)")
+    ran = _cell("0.22.1", CellStatus.FAIL, quantization="fp8", lora="experts")
+    ran.failed_probes, ran.kind = ["lora_reference"], "wrong"
+    finding = check(garbage, [_matrix(ran, after)])
+    assert finding.verdict == "rediscovered" and finding.why.endswith(
+        "(1 release(s)); 1 more cell(s) on 1 release(s) could not show it (lora_reference did not run (no reference: "
+        "transformers+PEFT could not run zoo:x: RuntimeError: devices))")

@@ -3,8 +3,8 @@
 # nvidia-h100-x1/nvidia-h200: Python 3.12 at /opt/torch/.venv with torch 2.11.0+cu130, no registry).
 #
 # Made here:  farm bundle 0.26.0 --python 3.12 --platform manylinux_2_31_x86_64 \
-#                 --against device-freeze.txt --out /work/bundle-0.26.0c --split 48MiB
-# Each part (48 MiB: the call carries the repository too) travels in its own call into the repo's ignored .carry/ folder; then
+#                 --against device-freeze.txt --out /work/bundle-0.26.0c --split 52MiB
+# Each part (52 MiB: the call carries the repository too, ~9.5 MB) travels in its own call into the repo's ignored .carry/ folder; then
 #   docs/gpu/run.sh stage .carry/pN   (once per part: keeps it in /root/bundle)
 #   docs/gpu/run.sh start     (verify + unpack, zoo build, `farm run` in the background)
 #   docs/gpu/run.sh wait      (until the run ends; its store, matrix, page and logs into $OUT)

@@ -10,7 +10,9 @@ says, per bug:
 - **contradicted**: a measured release disagrees with the window (the evidence names it: release,
   status, signature, message);
 - **not reproducible**: no run measured the combination on the bug's platform, or it never fails
-  that way on any measured release (a fidelity gap of the zoo or the platform: said with why). What
+  that way on any measured release (a fidelity gap of the zoo or the platform: said with why). A
+  cell in which a probe the failure names was skipped (its reference could not be computed) could
+  not show the bug: it is neither evidence for the window nor against it, and the finding says so. What
   the cells did instead is the evidence; where every release inside the window fails otherwise and
   every one outside it passes, the finding says so: the window holds, the symptom differs.
 
@@ -128,6 +130,7 @@ def _platform(envs: dict[str, EnvFacts], cell: MatrixCell) -> str:
 def check(bug: KnownBug, matrices: list[Matrix]) -> Finding:
     """The bug's window against every cell of ``matrices`` on its combination and platform."""
     measured: dict[str, list[tuple[MatrixCell, bool]]] = {}
+    unjudged: dict[str, list[tuple[MatrixCell, str]]] = {}  # release → cells that could not show it, and why
     for matrix in matrices:
         for cell in matrix.cells:
             if not cell.vllm or not cell.status.is_verdict() or not bug.combination.matches(cell):
@@ -136,16 +139,26 @@ def check(bug: KnownBug, matrices: list[Matrix]) -> Finding:
                 continue
             if _patched(matrix.envs, cell):  # not the published release: a fix under test (engine patches)
                 continue
-            measured.setdefault(cell.vllm, []).append((cell, bug.failure.seen_in(cell)))
+            seen = bug.failure.seen_in(cell)
+            if not seen and (unrun := _unrun(bug, cell)):
+                unjudged.setdefault(cell.vllm, []).append((cell, unrun))
+                continue
+            measured.setdefault(cell.vllm, []).append((cell, seen))
+    if not measured and unjudged:
+        why = next(iter(unjudged.values()))[0][1]
+        return Finding(bug, "not reproducible", f"{_describe(bug)} could not show it on the {len(unjudged)} release(s) "
+                       f"measured: in every cell, {why}", _evidence(measured, unjudged))
+    blind = (f"; {sum(map(len, unjudged.values()))} more cell(s) on {len(unjudged)} release(s) could not show it "
+             f"({next(iter(unjudged.values()))[0][1]})") if unjudged else ""
     if not measured:
         return Finding(bug, "not reproducible", f"no run measured {_describe(bug)} on the {bug.platform} platform")
     if not any(seen for cells in measured.values() for _, seen in cells):
         why = (f"{_describe(bug)} never fails this way on the {len(measured)} release(s) measured "
-               f"({', '.join(sorted(measured, key=release_key))}): a fidelity gap of the zoo or the platform")
-        if _window_holds_otherwise(bug, measured):
+               f"({', '.join(sorted(measured, key=release_key))}): a fidelity gap of the zoo or the platform{blind}")
+        if not unjudged and _window_holds_otherwise(bug, measured):
             why += ("; but every release inside the window fails otherwise and every one outside it passes: "
                     "the window holds, the symptom differs")
-        return Finding(bug, "not reproducible", why, _evidence(measured))
+        return Finding(bug, "not reproducible", why, _evidence(measured, unjudged))
     against = []
     for version, cells in sorted(measured.items(), key=lambda item: release_key(item[0])):
         inside = _inside(bug, version)
@@ -156,9 +169,16 @@ def check(bug: KnownBug, matrices: list[Matrix]) -> Finding:
                                f"({'inside' if inside else 'outside'} the published window)")
     if against:
         return Finding(bug, "contradicted", f"{len(against)} measured cell(s) disagree with the window "
-                       f"{bug.window.since} … {bug.window.fixed or 'unfixed'}", against)
+                       f"{bug.window.since} … {bug.window.fixed or 'unfixed'}{blind}", against)
     return Finding(bug, "rediscovered", f"every measured release agrees with the window {bug.window.since} … "
-                   f"{bug.window.fixed or 'unfixed'} ({len(measured)} release(s))", _evidence(measured))
+                   f"{bug.window.fixed or 'unfixed'} ({len(measured)} release(s)){blind}", _evidence(measured, unjudged))
+
+
+def _unrun(bug: KnownBug, cell: MatrixCell) -> str:
+    """Why ``cell`` cannot show the bug although it got that far: a probe the failure names was skipped there
+    (e.g. its reference could not be computed); "" if each ran or the cell never got to them."""
+    skipped = [p for p in cell.probe_results if p.skipped and p.name in bug.failure.probes]
+    return "; ".join(f"{p.name} did not run ({' '.join(p.detail.split())[:160]})" for p in skipped)
 
 
 def _inside(bug: KnownBug, version: str) -> bool:
@@ -180,13 +200,21 @@ def _describe(bug: KnownBug) -> str:
     return f"{c.model}/{c.quantization}/{c.lora}"
 
 
-def _evidence(measured: dict[str, list[tuple[MatrixCell, bool]]]) -> list[str]:
+def _evidence(measured: dict[str, list[tuple[MatrixCell, bool]]],
+              unjudged: dict[str, list[tuple[MatrixCell, str]]] | None = None) -> list[str]:
     lines = []
-    for version, cells in sorted(measured.items(), key=lambda item: release_key(item[0])):
+    unjudged = unjudged or {}
+    for version in sorted({*measured, *unjudged}, key=release_key):
+        cells = measured.get(version, [])
         seen = sum(1 for _, hit in cells if hit)
         otherwise = dict.fromkeys(_outcome(cell) for cell, hit in cells if not hit and cell.status is not CellStatus.PASS)
-        lines.append(f"{version}: {seen} of {len(cells)} cell(s) show it"
-                     + (f"; otherwise: {'; '.join(otherwise)}" if otherwise else ""))
+        line = f"{version}: {seen} of {len(cells)} cell(s) show it" + (f"; otherwise: {'; '.join(otherwise)}" if otherwise else "")
+        if version in unjudged:
+            blind = unjudged[version]
+            line += f"; {len(blind)} more could not: {blind[0][1]}"
+            failed = dict.fromkeys(_outcome(cell) for cell, _ in blind if cell.status is not CellStatus.PASS)
+            line += f", and failed otherwise: {'; '.join(failed)}" if failed else ""
+        lines.append(line)
     return lines
 
 

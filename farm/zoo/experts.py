@@ -194,7 +194,7 @@ def merge_adapter(model: nn.Module, arch: ArchSpec, adapter_dir: Path) -> int:
                 target = params[disk + ".weight"]
             else:
                 raise ZooError(f"{adapter_dir.name}: {disk} is not a module of {arch.name}.")
-            target += delta.to(target.dtype)
+            target += delta.to(device=target.device, dtype=target.dtype)  # the model may be on a GPU, the file is not
             merged += 1
     return merged
 
