@@ -101,6 +101,28 @@ def test_the_terminal_table_shows_versions_side_by_side_and_the_changes():
     assert f"  moe · none · none: fail [{_cause('bbbb')}] on v1 → pass on v3" in lines
 
 
+def test_probes_that_could_not_judge_are_listed_under_the_table():
+    # On a GPU every lora_reference was skipped ("no reference: … cuda:0 and cpu!") while its cells passed: the
+    # table says which checks the verdicts lack, grouped by probe and reason, the largest group first.
+    from farm.model.results import ProbeResult
+
+    matrix = _matrix()
+    assert "could not judge" not in format_table(matrix), "nothing skipped, no section"
+    job = parse_job(JOB)
+    no_reference = "no reference: transformers+PEFT could not run zoo:x: RuntimeError: Expected all tensors to be on the same device"
+    results = [CellResult(run_id="r", cell_id=cell.id, cell=cell, status=CellStatus.PASS, env=EnvFacts(vllm="0.1"),
+                          probes=[ProbeResult(name="load", passed=True),
+                                  ProbeResult(name="lora_reference", passed=False, skipped=True, detail=no_reference)]
+                          + ([ProbeResult(name="reference", passed=False, skipped=True, detail="no reference:\n  moe")]
+                             if cell.model == "moe" and cell.engine.name == "v1" else []))
+               for cell in expand(job) if cell.lora == "attn"]
+    manifest = RunManifest(run_id="r", job_name="versions", job=job.model_dump(mode="json"), cells=[r.cell for r in results],
+                           launched_by="t", farm_version="0", started_at=utcnow())
+    lines = format_table(build_matrix(manifest, results)).splitlines()
+    at = lines.index("Probes that could not judge (skipped: the verdicts above do not include them):")
+    assert lines[at + 1:] == [f"  lora_reference in 6 cell(s): {no_reference}", "  reference in 1 cell(s): no reference: moe"]
+
+
 def test_each_combination_reads_as_stretches_of_one_outcome_along_the_versions():
     lines = format_by_version(_matrix()).splitlines()
     assert lines[0] == "4 combination(s) over 3 engine(s) (v1 … v3), 3 with a verdict that changes:"

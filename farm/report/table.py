@@ -46,6 +46,7 @@ def format_table(matrix: Matrix) -> str:
                      else f"\nNo combination's verdict differs between {' and '.join(matrix.platforms)}.")
         lines += versions.format_platform_differences(matrix.platform_differences)
     lines += _format_causes(matrix)
+    lines += _format_unjudged(matrix)
     for document in matrix.unreadable:
         lines.append(f"unreadable: {document.key}: {document.reason}")
     return "\n".join(lines)
@@ -61,6 +62,23 @@ def format_by_version(matrix: Matrix, *, changed_only: bool = False) -> str:
     header = (f"{len(found)} combination(s) over {len(order)} engine(s) ({order[0]} … {order[-1]}), "
               f"{changed} with a verdict that changes:")
     return "\n".join([header, "", *versions.format_timelines(found, platforms=len(matrix.platforms) > 1)])
+
+
+def _format_unjudged(matrix: Matrix) -> list[str]:
+    """Probes that were skipped (they could not judge: e.g. their reference could not be computed), grouped by probe
+    and reason: a check the matrix's verdicts silently lack. Every lora_reference on a GPU was skipped so for ten
+    days before anyone noticed (a device mismatch in the farm's reference side)."""
+    groups: dict[tuple[str, str], list[MatrixCell]] = {}
+    for cell in matrix.cells:
+        for probe in cell.probe_results:
+            if probe.skipped:
+                groups.setdefault((probe.name, " ".join(probe.detail.split())), []).append(cell)
+    if not groups:
+        return []
+    lines = ["\nProbes that could not judge (skipped: the verdicts above do not include them):"]
+    for (name, detail), cells in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])):
+        lines.append(f"  {name} in {len(cells)} cell(s): {detail[:200]}")
+    return lines
 
 
 def _status_text(cell: MatrixCell) -> str:
