@@ -26,7 +26,7 @@ EPILOG = """examples:
 
 
 def add_parsers(sub: Any) -> None:
-    """Add submit, diff, bisect, repro and known-bugs to the `farm` command's subparsers."""
+    """Add submit, diff, bisect, repro, known-bugs and retract to the `farm` command's subparsers."""
     submit = sub.add_parser("submit", help="submit a job to a Ray cluster (Ray's job SDK); print how to follow it",
                             epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     submit.add_argument("job", type=Path)
@@ -79,6 +79,17 @@ def add_parsers(sub: Any) -> None:
     bisect.set_defaults(handler=_bisect)
 
     _add_repro_and_known_bugs(sub)
+
+    retract = sub.add_parser("retract", help="take back verdicts that were the farm's own failure (kept, never deleted)",
+                             description="Each selected cell gets one more attempt, an infra_error saying who retracted "
+                             "its verdict, when and why; the run is aggregated again and `farm run --resume RUN_ID` "
+                             "runs those cells again.")
+    retract.add_argument("run_id", metavar="RUN_ID", type=run_id_arg)
+    retract.add_argument("--engine", action="append", default=[], metavar="NAME", help="every cell of this engine")
+    retract.add_argument("--cell", action="append", default=[], metavar="CELL_ID", help="this cell")
+    retract.add_argument("--why", required=True, help="why these verdicts are the farm's and not vLLM's (kept with them)")
+    store_arguments(retract)
+    retract.set_defaults(handler=_retract)
 
 
 def _add_repro_and_known_bugs(sub: Any) -> None:
@@ -186,6 +197,17 @@ def _known_bugs_check(args: argparse.Namespace) -> int:
         page = publish_known_bugs(store, as_check(findings, str(args.ledger), list(args.run_ids)))
         print(f"published to {store.url}: known-bugs/latest.json" + (f" and the page {page}" if page else
               " (no matrix in the store yet: the next run's page shows it)"), file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _retract(args: argparse.Namespace) -> int:
+    from farm.ops.retract import retract
+    from farm.store import open_store
+
+    store = open_store(args.store, s3_endpoint=args.s3_endpoint)
+    written = retract(store, args.run_id, why=args.why, engines=args.engine, cells=args.cell)
+    print(f"retracted {len(written)} verdict(s) of run {args.run_id}; its matrix is written again"
+          + (f"; `farm run --resume {args.run_id}` runs them again" if written else " (the others had none)"))
     return 0
 
 
