@@ -145,7 +145,7 @@ def _check_vllm_imports(engine: BundleEngine, site: Path, document: dict[str, An
     failed = interpreter.import_check(engine.python, VLLM_IMPORT, pythonpath=[str(site)], env=document.get("env", {}))
     if failed is None:
         return
-    last, _, output = failed.partition("\n")
+    last, output = failed
     hint = ""
     if found := _MISSING.search(last):
         module = found.group(1) or f"{found.group(3)}.{found.group(2)}"

@@ -78,9 +78,9 @@ IMPORT_TIMEOUT_S = 600  # vLLM's import takes 10-20 s (more on a loaded node); a
 
 
 def import_check(python: str, module_code: str, *, pythonpath: Sequence[str] = (), env: dict[str, str] | None = None,
-                 timeout: float = IMPORT_TIMEOUT_S) -> str | None:
+                 timeout: float = IMPORT_TIMEOUT_S) -> tuple[str, str] | None:
     """Run ``module_code`` (e.g. ``from vllm import LLM``) in ``python`` with ``pythonpath`` in front, isolated as
-    :func:`probe` is; None if it ran, else the last line it printed and its output's tail, joined by a newline."""
+    :func:`probe` is; None if it ran, else the last line it printed (the exception) and its output's tail."""
     child = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     child.update(env or {})
     child["PYTHONNOUSERSITE"] = "1"
@@ -89,10 +89,9 @@ def import_check(python: str, module_code: str, *, pythonpath: Sequence[str] = (
     try:
         out = subprocess.run([python, "-c", module_code], capture_output=True, text=True, timeout=timeout, env=child)
     except subprocess.TimeoutExpired:
-        return f"`{module_code}` did not finish in {timeout:.0f}s\n"
+        return f"`{module_code}` did not finish in {timeout:.0f}s", ""
     if out.returncode == 0:
         return None
     text = (out.stdout + out.stderr).strip()
-    last = text.splitlines()[-1] if text else f"exit {out.returncode}"
-    return f"{last}\n{text[-4000:]}"
+    return (text.splitlines()[-1] if text else f"exit {out.returncode}"), text[-4000:]
 
