@@ -79,7 +79,10 @@ def add_parsers(sub: Any) -> None:
     bisect.set_defaults(handler=_bisect)
 
     _add_repro_and_known_bugs(sub)
+    _add_retract(sub)
 
+
+def _add_retract(sub: Any) -> None:
     retract = sub.add_parser("retract", help="take back verdicts that were the farm's own failure (kept, never deleted)",
                              description="Each selected cell gets one more attempt, an infra_error saying who retracted "
                              "its verdict, when and why; the run is aggregated again and `farm run --resume RUN_ID` "
