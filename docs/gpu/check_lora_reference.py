@@ -62,7 +62,8 @@ def main() -> int:
         changed = sum(g["tokens"] != p["tokens"] for g, p in zip(gpu, plain))
         diff = max(abs(a - b) for g, c in zip(gpu, cpu) if g["tokens"] == c["tokens"]
                    for a, b in zip(g["logprobs"], c["logprobs"])) if same else float("nan")
-        print(f"{pair}: ran on {'the GPU' if torch.cuda.is_available() else 'the CPU (no GPU here)'}; the adapter changes {changed}/4 prompts' tokens; GPU bf16 vs CPU float32: "
+        where = "the GPU" if torch.cuda.is_available() else "the CPU (no GPU here)"
+        print(f"{pair}: ran on {where}; the adapter changes {changed}/4 prompts' tokens; GPU bf16 vs CPU float32: "
               f"{same}/4 prompts identical, max chosen-token logprob diff {diff:.3f}")
     return 0 if ok else 1
 
