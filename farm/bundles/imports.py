@@ -74,6 +74,12 @@ _GUARDS = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
 _CUDA_CHECKS = {"is_cuda", "is_cuda_alike"}
 
 
+def within(module: str, modules: Iterable[str]) -> bool:
+    """Whether ``module`` is one of ``modules`` or a submodule of one (``opentelemetry.context`` is within
+    ``opentelemetry``, not within ``opentelemetry.sdk``)."""
+    return any(module == m or module.startswith(m + ".") for m in modules)
+
+
 @dataclass(frozen=True)
 class ImportSite:
     module: str  # the third-party module imported, e.g. "flashinfer.sampling"
@@ -81,10 +87,8 @@ class ImportSite:
     line: int
     guarded: bool
 
-    def within(self, modules: tuple[str, ...]) -> bool:
-        """Whether this imports one of ``modules`` or a submodule of one (``opentelemetry.context`` is within
-        ``opentelemetry``, not within ``opentelemetry.sdk``)."""
-        return any(self.module == m or self.module.startswith(m + ".") for m in modules)
+    def within(self, modules: Iterable[str]) -> bool:
+        return within(self.module, modules)
 
     def where(self) -> str:
         return f"{self.importer.replace('.', '/')}.py:{self.line}"
@@ -121,10 +125,9 @@ class Reach:
 
 
 def reach(site: Path, entries: Iterable[str] = FARM_ENTRY_MODULES, package: str = "vllm", *,
-          conditional: bool = False, called: dict[str, tuple[str, ...]] = FARM_CALLED_FUNCTIONS,
-          follow: bool = True) -> Reach:
-    """Follow import-time imports from ``entries`` through ``package``'s source under ``site``, and (``follow``)
-    through every other package under ``site`` that one of them imports unguarded.
+          conditional: bool = False, called: dict[str, tuple[str, ...]] = FARM_CALLED_FUNCTIONS) -> Reach:
+    """Follow import-time imports from ``entries`` through ``package``'s source under ``site``, and through every
+    other package under ``site`` that one of them imports unguarded.
 
     ``conditional=False`` follows only imports that always run (not those under a module-level
     ``if``, such as ``if has_deep_ep():``; an ``if current_platform.is_cuda():`` does run on the
@@ -171,7 +174,7 @@ def reach(site: Path, entries: Iterable[str] = FARM_ENTRY_MODULES, package: str 
                     continue
                 site_of = ImportSite(target, name, node.lineno, guarded)
                 (result.eager if eager else result.lazy).append(site_of)
-                if eager and not guarded and follow:
+                if eager and not guarded:
                     # A package the bundle ships runs its own imports when vLLM imports it (fastapi 0.165's
                     # telemetry imports opentelemetry, which vllm 0.20.0/0.22.1's bundles had left out).
                     for found in _candidates(site, target):

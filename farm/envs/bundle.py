@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.bundles import pack
+from farm.bundles.imports import within
 from farm.bundles.resolve import LEFT_OUT
 from farm.envs import cache, interpreter
 from farm.envs.build import actor_env_vars, compile_cache_env, farm_code
@@ -149,8 +150,8 @@ def _check_vllm_imports(engine: BundleEngine, site: Path, document: dict[str, An
     hint = ""
     if found := _MISSING.search(last):
         module = found.group(1) or f"{found.group(3)}.{found.group(2)}"
-        names = [item["name"] for item in document.get("left_out", []) if item["name"] in LEFT_OUT
-                 and any(module == m or module.startswith(m + ".") for m in LEFT_OUT[item["name"]].imports)]
+        names = [item["name"] for item in document.get("left_out", [])
+                 if item["name"] in LEFT_OUT and within(module, LEFT_OUT[item["name"]].imports)]
         if names:
             hint = (f"; the bundle left out {', '.join(names)}, which provides {module}: make it again with this farm "
                     f"(its import walk keeps what vLLM and the packages it ships import) or with --extra {names[0]}")

@@ -29,12 +29,7 @@ def probe(command: Sequence[str], *, required: Sequence[str] = (), timeout: floa
     argv = [*command, "-c", FACTS_SOURCE, *required]
     shown = " ".join(command)
     try:
-        # -I-like isolation without -I (which would drop the env's own site-packages): no user site, no PYTHONPATH.
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-        env["PYTHONNOUSERSITE"] = "1"
-        if pythonpath:
-            env["PYTHONPATH"] = os.pathsep.join(pythonpath)
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=_isolated(pythonpath))
     except FileNotFoundError:
         raise EnvBuildError(f"{shown}: no such interpreter on this node") from None
     except subprocess.TimeoutExpired:
@@ -46,6 +41,16 @@ def probe(command: Sequence[str], *, required: Sequence[str] = (), timeout: floa
         return EnvVersions.model_validate(json.loads(lines[-1]))
     except ValueError:
         raise EnvBuildError(f"{shown} printed no version facts", log_tail=(out.stdout + out.stderr)[-4000:]) from None
+
+
+def _isolated(pythonpath: Sequence[str]) -> dict[str, str]:
+    """-I-like isolation without -I (which would drop the env's own site-packages): no user site, and no PYTHONPATH
+    but ``pythonpath``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env["PYTHONNOUSERSITE"] = "1"
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(pythonpath)
+    return env
 
 
 def python_match_level() -> str:
@@ -81,17 +86,12 @@ def import_check(python: str, module_code: str, *, pythonpath: Sequence[str] = (
                  timeout: float = IMPORT_TIMEOUT_S) -> tuple[str, str] | None:
     """Run ``module_code`` (e.g. ``from vllm import LLM``) in ``python`` with ``pythonpath`` in front, isolated as
     :func:`probe` is; None if it ran, else the last line it printed (the exception) and its output's tail."""
-    child = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    child.update(env or {})
-    child["PYTHONNOUSERSITE"] = "1"
-    if pythonpath:
-        child["PYTHONPATH"] = os.pathsep.join(pythonpath)
     try:
-        out = subprocess.run([python, "-c", module_code], capture_output=True, text=True, timeout=timeout, env=child)
+        out = subprocess.run([python, "-c", module_code], capture_output=True, text=True, timeout=timeout,
+                             env={**_isolated(pythonpath), **(env or {})})
     except subprocess.TimeoutExpired:
         return f"`{module_code}` did not finish in {timeout:.0f}s", ""
     if out.returncode == 0:
         return None
     text = (out.stdout + out.stderr).strip()
     return (text.splitlines()[-1] if text else f"exit {out.returncode}"), text[-4000:]
-

@@ -144,12 +144,12 @@ def check(bug: KnownBug, matrices: list[Matrix]) -> Finding:
                 unjudged.setdefault(cell.vllm, []).append((cell, unrun))
                 continue
             measured.setdefault(cell.vllm, []).append((cell, seen))
+    unrun = next(iter(unjudged.values()))[0][1] if unjudged else ""
     if not measured and unjudged:
-        why = next(iter(unjudged.values()))[0][1]
         return Finding(bug, "not reproducible", f"{_describe(bug)} could not show it on the {len(unjudged)} release(s) "
-                       f"measured: in every cell, {why}", _evidence(measured, unjudged))
+                       f"measured: in every cell, {unrun}", _evidence(measured, unjudged))
     blind = (f"; {sum(map(len, unjudged.values()))} more cell(s) on {len(unjudged)} release(s) could not show it "
-             f"({next(iter(unjudged.values()))[0][1]})") if unjudged else ""
+             f"({unrun})") if unjudged else ""
     if not measured:
         return Finding(bug, "not reproducible", f"no run measured {_describe(bug)} on the {bug.platform} platform")
     if not any(seen for cells in measured.values() for _, seen in cells):
