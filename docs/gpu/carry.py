@@ -45,9 +45,10 @@ def plan(bundles: list[Path]) -> list[list[tuple[str, str, int]]]:
             loads.append([item])
         else:
             fitting.append(item)
-    # The first bundle named complete first: `run.sh warm` can start on it while the rest arrive.
-    first = bundles[0].name
-    loads.sort(key=lambda load: 0 if any(release == first for release, *_ in load) else 1)
+    # Bundles complete in the order named (a load goes where the earliest bundle it holds is): `run.sh warm` can
+    # start on the first while the rest arrive, and a job on the first two need not wait for the third's parts.
+    order = {b.name: i for i, b in enumerate(bundles)}
+    loads.sort(key=lambda load: min(order[release] for release, *_ in load))
     return loads
 
 
