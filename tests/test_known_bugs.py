@@ -215,3 +215,43 @@ def test_a_cell_whose_probe_did_not_run_could_not_show_the_bug_and_is_no_evidenc
     assert finding.verdict == "rediscovered" and finding.why.endswith(
         "(1 release(s)); 1 more cell(s) on 1 release(s) could not show it (lora_reference did not run (no reference: "
         "transformers+PEFT could not run zoo:x: RuntimeError: devices))")
+
+
+def test_an_axis_may_list_several_globs_and_a_cell_matching_any_of_them_counts():
+    bug = KnownBug.model_validate({**SEED.model_dump(mode="json"), "combination": {
+        "model": ["qwen2moe-*", "mixtral"], "quantization": ["gptq-int4", "ct-w4a16"], "lora": ["attn", "experts"]}})
+    inside = [_cell("0.11.1", CellStatus.FAIL, BROKEN, model=m, quantization=q, lora=lora)
+              for m, q, lora in (("qwen2moe-shared", "gptq-int4", "attn"), ("mixtral", "ct-w4a16", "experts"))]
+    elsewhere = [_cell("0.11.1", CellStatus.PASS, model="qwen2-dense"), _cell("0.11.1", CellStatus.PASS, lora="none"),
+                 _cell("0.11.1", CellStatus.PASS, quantization="fp8")]
+    finding = check(bug, [_matrix(*inside, *elsewhere, _cell("0.12.0", CellStatus.PASS, model="mixtral"))])
+    assert finding.verdict == "rediscovered", finding
+    assert finding.evidence == ["0.11.1: 2 of 2 cell(s) show it", "0.12.0: 0 of 1 cell(s) show it"]
+    assert "qwen2moe-*|mixtral/gptq-int4|ct-w4a16/attn|experts" in check(bug, [_matrix()]).why
+
+
+def test_an_empty_glob_list_is_one_line(farm_cli, tmp_path):
+    ledger = tmp_path / "bugs.yaml"
+    ledger.write_text("bugs:\n  - {id: x, title: t, tracker: [u], combination: {lora: []}, failure: {}, window: {since: 0.1}}\n")
+    code, _, err = farm_cli("known-bugs", "check", "r", "--ledger", str(ledger), "--store", str(tmp_path))
+    assert code == 1 and err.startswith(f"farm: error: {ledger}: bugs[0].combination.lora")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_the_shipped_ledger_against_the_committed_gpu_history(farm_cli, tmp_path):
+    # vLLM 0.20.0 … 0.26.0 on an H100 (docs/gpu/history/, its store as committed): #45101's Triton assertion is on
+    # 0.22.1 alone, inside its published window 0.22.0 … 0.24.0, in every FP8 MoE + LoRA cell.
+    import tarfile
+
+    with tarfile.open(REPO / "docs" / "gpu" / "history" / "results.tar.gz") as archive:
+        archive.extractall(tmp_path / "store", filter="data")
+    code, out, err = farm_cli("known-bugs", "check", "gpu-history-1", "gpu-history-2", "--store", str(tmp_path / "store"),
+                              "--json", "--ledger", str(REPO / "jobs" / "known_bugs.yaml"))
+    assert code == 0, err
+    findings = {f["id"]: f for f in json.loads(out)}
+    triton = findings["fp8-moe-lora-triton-fp8e4nv-45101"]
+    assert triton["verdict"] == "rediscovered", triton
+    assert [line.split(";")[0] for line in triton["evidence"]] == [
+        "0.20.0: 0 of 6 cell(s) show it", "0.22.1: 6 of 6 cell(s) show it", "0.24.0: 0 of 6 cell(s) show it",
+        "0.26.0: 0 of 6 cell(s) show it"]
+    assert findings["seed-sharedfusedmoe-w2-weight"]["verdict"] == "not reproducible"

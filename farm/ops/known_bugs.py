@@ -28,7 +28,7 @@ import fnmatch
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError
@@ -42,14 +42,26 @@ from farm.report.versions import release_order
 Verdict = Literal["rediscovered", "contradicted", "not reproducible"]
 
 
+Globs = str | Annotated[list[str], Field(min_length=1)]
+
+
 class Combination(StrictModel):
-    model: str = "*"
-    quantization: str = "*"
-    lora: str = "*"
+    """A cell's axes: each a glob or a list of globs (any of them), e.g. ``lora: [attn, experts]`` for "any adapter"."""
+
+    model: Globs = "*"
+    quantization: Globs = "*"
+    lora: Globs = "*"
 
     def matches(self, cell: MatrixCell) -> bool:
-        return all(fnmatch.fnmatchcase(value, glob) for value, glob in
+        return all(any(fnmatch.fnmatchcase(value, glob) for glob in _globs(globs)) for value, globs in
                    ((cell.model, self.model), (cell.quantization, self.quantization), (cell.lora, self.lora)))
+
+    def describe(self) -> str:
+        return "/".join("|".join(_globs(axis)) for axis in (self.model, self.quantization, self.lora))
+
+
+def _globs(axis: Globs) -> list[str]:
+    return [axis] if isinstance(axis, str) else axis
 
 
 class Failure(StrictModel):
@@ -146,14 +158,14 @@ def check(bug: KnownBug, matrices: list[Matrix]) -> Finding:
             measured.setdefault(cell.vllm, []).append((cell, seen))
     unrun = next(iter(unjudged.values()))[0][1] if unjudged else ""
     if not measured and unjudged:
-        return Finding(bug, "not reproducible", f"{_describe(bug)} could not show it on the {len(unjudged)} release(s) "
+        return Finding(bug, "not reproducible", f"{bug.combination.describe()} could not show it on the {len(unjudged)} release(s) "
                        f"measured: in every cell, {unrun}", _evidence(measured, unjudged))
     blind = (f"; {sum(map(len, unjudged.values()))} more cell(s) on {len(unjudged)} release(s) could not show it "
              f"({unrun})") if unjudged else ""
     if not measured:
-        return Finding(bug, "not reproducible", f"no run measured {_describe(bug)} on the {bug.platform} platform")
+        return Finding(bug, "not reproducible", f"no run measured {bug.combination.describe()} on the {bug.platform} platform")
     if not any(seen for cells in measured.values() for _, seen in cells):
-        why = (f"{_describe(bug)} never fails this way on the {len(measured)} release(s) measured "
+        why = (f"{bug.combination.describe()} never fails this way on the {len(measured)} release(s) measured "
                f"({', '.join(sorted(measured, key=release_key))}): a fidelity gap of the zoo or the platform{blind}")
         if not unjudged and _window_holds_otherwise(bug, measured):
             why += ("; but every release inside the window fails otherwise and every one outside it passes: "
@@ -193,11 +205,6 @@ def _window_holds_otherwise(bug: KnownBug, measured: dict[str, list[tuple[Matrix
     outside = [cell for version, cells in measured.items() if not _inside(bug, version) for cell, _ in cells]
     return (bool(inside) and bool(outside) and all(c.status is not CellStatus.PASS for c in inside)
             and all(c.status is CellStatus.PASS for c in outside))
-
-
-def _describe(bug: KnownBug) -> str:
-    c = bug.combination
-    return f"{c.model}/{c.quantization}/{c.lora}"
 
 
 def _evidence(measured: dict[str, list[tuple[MatrixCell, bool]]],
