@@ -24,7 +24,9 @@ QUANTS = ["ct-fp8", "ct-w4a16", "ct-w8a8", "gptq4"]
 # The same architectures with 96-wide experts (the Triton WNA16 MoE path): named and built, the layout
 # tests run on their wider twins.
 NARROW = ["mixtral-narrow", "qwen2moe-narrow"]
-ALL_MOE = sorted([*MOE, *NARROW])
+# Qwen2-MoE with every linear a multiple of 128 wide: the one architecture that takes 128 x 128 FP8 blocks.
+WIDE = ["qwen2moe-wide"]
+ALL_MOE = sorted([*MOE, *NARROW, *WIDE])
 PEAKED = 0.5  # mean top-1 probability over 16 greedy tokens, the zoo's promise
 WEIGHTS = "model.safetensors"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -64,10 +66,11 @@ def _copy_items(src: Path, dst: Path, names: list[str]) -> None:
 def test_names_kinds_and_bases() -> None:
     expected = sorted(
         [
-            *BASES, *NARROW,
-            *(f"{b}-{q}{ref}" for b in [*BASES, *NARROW] for q in QUANTS for ref in ("", "-dequant")),
+            *BASES, *NARROW, *WIDE,
+            *(f"{b}-{q}{ref}" for b in [*BASES, *NARROW, *WIDE] for q in QUANTS for ref in ("", "-dequant")),
             *(f"{b}-ct-w4a16-experts{ref}" for b in ALL_MOE for ref in ("", "-dequant")),
-            *(f"{b}-lora-attn" for b in [*BASES, *NARROW]),
+            *(f"{b}-fp8-block{ref}" for b in WIDE for ref in ("", "-dequant")),
+            *(f"{b}-lora-attn" for b in [*BASES, *NARROW, *WIDE]),
             "qwen2-dense-lora-mlp",
             *(f"{b}-lora-experts" for b in ALL_MOE),
         ]
@@ -603,6 +606,49 @@ def test_fp8_variant_layout_and_exact_decode(zoo_root: Path) -> None:
     source = load_file(zoo_root / "qwen2moe-shared" / WEIGHTS)["model.layers.0.self_attn.q_proj.weight"].float()
     decoded = w.float() * scale.float()
     assert (decoded - source).abs().max() <= source.abs().max() / 8  # 3 mantissa bits
+
+
+def test_fp8_block_variant_layout_and_exact_decode(zoo_root: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    path = zoo_root / "qwen2moe-wide-fp8-block"
+    qc = json.loads((path / "config.json").read_text())["quantization_config"]
+    assert {k: qc[k] for k in ("quant_method", "activation_scheme", "weight_block_size")} == {
+        "quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
+    assert sorted(qc["modules_to_not_convert"]) == sorted(UNQUANTIZED["qwen2moe-shared"])
+    packed = load_file(path / WEIGHTS)
+    source = load_file(zoo_root / "qwen2moe-wide" / WEIGHTS)
+    for name in ("model.layers.0.self_attn.k_proj", "model.layers.1.mlp.experts.3.down_proj"):
+        w, scale = packed[name + ".weight"], packed[name + ".weight_scale_inv"]
+        assert w.dtype == torch.float8_e4m3fn and scale.dtype == torch.float32
+        assert scale.shape == (w.shape[0] // 128, w.shape[1] // 128)
+        assert torch.equal(torch.log2(scale).round(), torch.log2(scale))  # powers of two: exact in bf16
+        decoded = w.float() * scale.repeat_interleave(128, 0).repeat_interleave(128, 1)
+        original = source[name + ".weight"].float()
+        assert (decoded - original).abs().max() <= original.abs().max() / 8  # 3 mantissa bits
+    assert not any(k.endswith("_scale_inv") for k in packed if ".mlp.gate." in k or "lm_head" in k)
+
+
+def test_transformers_reads_the_fp8_block_checkpoint_as_its_reference(zoo_root: Path) -> None:
+    """transformers' own reader of the hub's FP8 format (it dequantizes on a machine without a GPU) gets exactly the
+    weights of the ``-dequant`` reference: the item is laid out as the official FP8 releases are."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    quantized = AutoModelForCausalLM.from_pretrained(zoo_root / "qwen2moe-wide-fp8-block").state_dict()
+    reference = AutoModelForCausalLM.from_pretrained(zoo_root / "qwen2moe-wide-fp8-block-dequant").state_dict()
+    assert sorted(quantized) == sorted(reference)
+    assert [k for k in reference if not torch.equal(quantized[k].float(), reference[k].float())] == []
+    base = AutoModelForCausalLM.from_pretrained(zoo_root / "qwen2moe-wide").state_dict()
+    assert not torch.equal(reference["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_only_architectures_that_fill_128_blocks_get_fp8_block() -> None:
+    from farm.zoo import fp8, registry
+
+    assert [name for name in zoo.names() if name.endswith("-fp8-block")] == ["qwen2moe-wide-fp8-block"]
+    assert not fp8.fits_blocks(registry.get("qwen2moe-shared").arch)  # its K/V projections are 64 wide
 
 
 def test_ct_packing_matches_compressed_tensors() -> None:

@@ -35,6 +35,7 @@ from farm.zoo import archs as _archs  # noqa: F401  (registers the built-in arch
 from farm.zoo import cache, parallel, pipeline, registry
 from farm.zoo import compressed as _compressed  # noqa: F401  (registers ct-w4a16, ct-w8a8 and their references)
 from farm.zoo import experts as _experts
+from farm.zoo import fp8 as _fp8  # noqa: F401  (registers fp8-block and its reference)
 from farm.zoo import lora as _lora  # noqa: F401  (registers lora-attn, lora-mlp, lora-experts)
 from farm.zoo import quant as _quant  # noqa: F401  (registers gptq4 and its reference)
 from farm.zoo.corpus import SAMPLE_PROMPTS

@@ -81,6 +81,20 @@ def qwen2moe_narrow() -> ArchSpec:
     return dataclasses.replace(base, name="qwen2moe-narrow", config={**base.config, "moe_intermediate_size": 96})
 
 
+@register_arch("qwen2moe-wide")
+def qwen2moe_wide() -> ArchSpec:
+    """Qwen2-MoE with shared experts whose every quantized linear is a multiple of 128 wide on both sides.
+
+    The shape block-FP8 checkpoints need (``weight_block_size: [128, 128]``, the format of the official
+    FP8 releases of Qwen3 and DeepSeek-V3): vLLM checks that each part of a merged projection (q, k, v;
+    gate, up) and each expert's width fills whole 128 blocks. Four KV heads (k, v: 4 x 32 = 128) and
+    128-wide routed experts; the rest is ``qwen2moe-shared``.
+    """
+    base = qwen2moe_shared()
+    return dataclasses.replace(base, name="qwen2moe-wide",
+                               config={**base.config, "num_key_value_heads": 4, "moe_intermediate_size": 128})
+
+
 @register_arch("mixtral")
 def mixtral() -> ArchSpec:
     return ArchSpec(
