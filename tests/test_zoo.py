@@ -89,7 +89,7 @@ def test_names_kinds_and_bases() -> None:
 
 def test_reference_of_names_the_dequantized_item() -> None:
     for name in zoo.names():
-        quantized = any(name.endswith("-" + q) for q in [*QUANTS, "ct-w4a16-experts"])
+        quantized = any(name.endswith("-" + q) for q in [*QUANTS, "ct-w4a16-experts", "fp8-block"])
         assert zoo.reference_of(name) == (f"{name}-dequant" if quantized else None), name
     with pytest.raises(ZooError, match="Did you mean 'qwen2-dense-gptq4'"):
         zoo.reference_of("qwen2-dense-gptq")
