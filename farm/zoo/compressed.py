@@ -36,7 +36,7 @@ kernel for plain linear layers, but builds the experts' INT4 MoE method.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from farm.zoo.checkpoint import WEIGHTS_FILE, copy_model_files, write_config
@@ -179,27 +179,39 @@ def build_w4a16_experts(ctx: BuildContext) -> dict[str, Any]:
 
 
 def _build(ctx: BuildContext, scheme: str, *, experts_only: bool = False) -> dict[str, Any]:
+    routed = f".{ctx.arch.experts.disk_prefix}." if experts_only and ctx.arch.experts else None
+    pack = {"w4a16": pack_w4a16, "w8a8": quantize_w8a8, "fp8": quantize_fp8}[scheme]
+    quantized, ignore = pack_linears(ctx, pack, group_size=GROUP_SIZE if scheme == "w4a16" else None, only=routed)
+    write_config(ctx.out_dir, quantization_config(scheme, ignore))
+    return {"quantized_linears": quantized, "ignore": ignore}
+
+
+def pack_linears(ctx: BuildContext, pack: Callable[[torch.Tensor], dict[str, torch.Tensor]], *,
+                 group_size: int | None, out_multiple: int = 1, only: str | None = None) -> tuple[int, list[str]]:
+    """The base model's files and weights into ``ctx.out_dir``, each linear weight ``quant.should_quantize`` takes
+    (and whose name holds ``only``, if given) replaced by ``pack``'s tensors under its prefix.
+
+    Returns:
+        how many linears were packed, and the linears left in float (on-disk module names, for the config's
+        list of what is not quantized).
+    """
     from safetensors.torch import load_file, save_file
 
     assert ctx.base_dir is not None
     copy_model_files(ctx.base_dir, ctx.out_dir)
     tensors = load_file(ctx.base_dir / WEIGHTS_FILE)
     out: dict[str, torch.Tensor] = {}
-    ignore = []
-    quantized = 0
-    group = GROUP_SIZE if scheme == "w4a16" else None
-    routed = f".{ctx.arch.experts.disk_prefix}." if experts_only and ctx.arch.experts else None
+    kept = []
+    packed = 0
     for key in sorted(tensors):
         value = tensors[key]
-        if (routed is None or routed in key) and should_quantize(ctx.arch, key, value, group_size=group):
-            prefix = key[: -len("weight")]
-            parts = {"w4a16": pack_w4a16, "w8a8": quantize_w8a8, "fp8": quantize_fp8}[scheme](value)
-            out.update({prefix + part: t for part, t in parts.items()})
-            quantized += 1
+        if (only is None or only in key) and should_quantize(ctx.arch, key, value, group_size=group_size,
+                                                             out_multiple=out_multiple):
+            out.update({key[: -len("weight")] + part: t for part, t in pack(value).items()})
+            packed += 1
             continue
         out[key] = value
         if key.endswith(".weight") and value.ndim == 2 and "embed_tokens" not in key:
-            ignore.append(key[: -len(".weight")])
+            kept.append(key[: -len(".weight")])
     save_file(out, ctx.out_dir / WEIGHTS_FILE, metadata={"format": "pt"})
-    write_config(ctx.out_dir, quantization_config(scheme, ignore))
-    return {"quantized_linears": quantized, "ignore": ignore}
+    return packed, kept

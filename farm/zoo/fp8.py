@@ -1,8 +1,8 @@
 """Block-FP8 checkpoints, the format of the official FP8 releases of Qwen3 and DeepSeek-V3, packed by hand.
 
 ``fp8-block`` (``quant_method: fp8``, ``weight_block_size: [128, 128]``, dynamic activations): each
-linear weight in FP8 E4M3 with one scale per 128 x 128 block, stored as its inverse's reciprocal the way
-those checkpoints name it (``weight * weight_scale_inv`` is the weight)::
+linear weight in FP8 E4M3 with one scale per 128 x 128 block, under the name those checkpoints give it
+(``weight * weight_scale_inv``, block by block, is the weight again)::
 
     weight            [out, in]              float8_e4m3fn
     weight_scale_inv  [out / 128, in / 128]  float32
@@ -18,9 +18,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from farm.zoo.checkpoint import WEIGHTS_FILE, copy_model_files, write_config
-from farm.zoo.compressed import FP8_MAX
-from farm.zoo.quant import should_quantize
+from farm.zoo.checkpoint import write_config
+from farm.zoo.compressed import FP8_MAX, pack_linears
 from farm.zoo.reference import register_quantization
 from farm.zoo.registry import ArchSpec, BuildContext
 
@@ -73,22 +72,7 @@ def dequantize(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                        weight_block_size=[BLOCK, BLOCK], activations="dynamic", scale="pow2")
 def build_fp8_block(ctx: BuildContext) -> dict[str, Any]:
     """Quantize the base model's linear weights as block FP8 (E4M3, 128 x 128 blocks, dynamic activations)."""
-    from safetensors.torch import load_file, save_file
-
-    assert ctx.base_dir is not None
-    copy_model_files(ctx.base_dir, ctx.out_dir)
-    tensors = load_file(ctx.base_dir / WEIGHTS_FILE)
-    out: dict[str, torch.Tensor] = {}
-    kept = []
-    for key in sorted(tensors):
-        value = tensors[key]
-        if should_quantize(ctx.arch, key, value, group_size=BLOCK, out_multiple=BLOCK):
-            out.update({key[: -len("weight")] + part: t for part, t in quantize_block(value).items()})
-            continue
-        out[key] = value
-        if key.endswith(".weight") and value.ndim == 2 and "embed_tokens" not in key:
-            kept.append(key[: -len(".weight")])
-    save_file(out, ctx.out_dir / WEIGHTS_FILE, metadata={"format": "pt"})
+    quantized, kept = pack_linears(ctx, quantize_block, group_size=BLOCK, out_multiple=BLOCK)
     write_config(ctx.out_dir, {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3",
                                "weight_block_size": [BLOCK, BLOCK], "modules_to_not_convert": kept})
-    return {"quantized_linears": len([k for k in out if k.endswith(_SCALE)]), "modules_to_not_convert": kept}
+    return {"quantized_linears": quantized, "modules_to_not_convert": kept}
