@@ -36,11 +36,11 @@ kernel for plain linear layers, but builds the experts' INT4 MoE method.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from farm.zoo.checkpoint import WEIGHTS_FILE, copy_model_files, write_config
-from farm.zoo.quant import GROUP_SIZE, exact_scale, pack_nibbles, should_quantize, unpack_nibbles
+from farm.zoo.checkpoint import write_config
+from farm.zoo.quant import GROUP_SIZE, exact_scale, pack_linears, pack_nibbles, unpack_nibbles
 from farm.zoo.reference import register_quantization
 from farm.zoo.registry import ArchSpec, BuildContext
 
@@ -184,34 +184,3 @@ def _build(ctx: BuildContext, scheme: str, *, experts_only: bool = False) -> dic
     quantized, ignore = pack_linears(ctx, pack, group_size=GROUP_SIZE if scheme == "w4a16" else None, only=routed)
     write_config(ctx.out_dir, quantization_config(scheme, ignore))
     return {"quantized_linears": quantized, "ignore": ignore}
-
-
-def pack_linears(ctx: BuildContext, pack: Callable[[torch.Tensor], dict[str, torch.Tensor]], *,
-                 group_size: int | None, out_multiple: int = 1, only: str | None = None) -> tuple[int, list[str]]:
-    """The base model's files and weights into ``ctx.out_dir``, each linear weight ``quant.should_quantize`` takes
-    (and whose name holds ``only``, if given) replaced by ``pack``'s tensors under its prefix.
-
-    Returns:
-        how many linears were packed, and the linears left in float (on-disk module names, for the config's
-        list of what is not quantized).
-    """
-    from safetensors.torch import load_file, save_file
-
-    assert ctx.base_dir is not None
-    copy_model_files(ctx.base_dir, ctx.out_dir)
-    tensors = load_file(ctx.base_dir / WEIGHTS_FILE)
-    out: dict[str, torch.Tensor] = {}
-    kept = []
-    packed = 0
-    for key in sorted(tensors):
-        value = tensors[key]
-        if (only is None or only in key) and should_quantize(ctx.arch, key, value, group_size=group_size,
-                                                             out_multiple=out_multiple):
-            out.update({key[: -len("weight")] + part: t for part, t in pack(value).items()})
-            packed += 1
-            continue
-        out[key] = value
-        if key.endswith(".weight") and value.ndim == 2 and "embed_tokens" not in key:
-            kept.append(key[: -len(".weight")])
-    save_file(out, ctx.out_dir / WEIGHTS_FILE, metadata={"format": "pt"})
-    return packed, kept

@@ -19,7 +19,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from farm.zoo.checkpoint import write_config
-from farm.zoo.compressed import FP8_MAX, pack_linears
+from farm.zoo.compressed import FP8_MAX
+from farm.zoo.quant import pack_linears
 from farm.zoo.reference import register_quantization
 from farm.zoo.registry import ArchSpec, BuildContext
 

@@ -23,7 +23,7 @@ expert is packed as the ordinary 2-D linear it is on disk.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from farm.errors import ZooError
@@ -125,6 +125,37 @@ def should_quantize(
             f"{arch.name!r} arch or add the tensor to its quant_skip."
         )
     return True
+
+
+def pack_linears(ctx: BuildContext, pack: Callable[[torch.Tensor], dict[str, torch.Tensor]], *,
+                 group_size: int | None, out_multiple: int = 1, only: str | None = None) -> tuple[int, list[str]]:
+    """The base model's files and weights into ``ctx.out_dir``, each linear weight ``quant.should_quantize`` takes
+    (and whose name holds ``only``, if given) replaced by ``pack``'s tensors under its prefix.
+
+    Returns:
+        how many linears were packed, and the linears left in float (on-disk module names, for the config's
+        list of what is not quantized).
+    """
+    from safetensors.torch import load_file, save_file
+
+    assert ctx.base_dir is not None
+    copy_model_files(ctx.base_dir, ctx.out_dir)
+    tensors = load_file(ctx.base_dir / WEIGHTS_FILE)
+    out: dict[str, torch.Tensor] = {}
+    kept = []
+    packed = 0
+    for key in sorted(tensors):
+        value = tensors[key]
+        if (only is None or only in key) and should_quantize(ctx.arch, key, value, group_size=group_size,
+                                                             out_multiple=out_multiple):
+            out.update({key[: -len("weight")] + part: t for part, t in pack(value).items()})
+            packed += 1
+            continue
+        out[key] = value
+        if key.endswith(".weight") and value.ndim == 2 and "embed_tokens" not in key:
+            kept.append(key[: -len(".weight")])
+    save_file(out, ctx.out_dir / WEIGHTS_FILE, metadata={"format": "pt"})
+    return packed, kept
 
 
 def exact_scale(absmax: torch.Tensor, qmax: int) -> torch.Tensor:
