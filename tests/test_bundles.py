@@ -72,8 +72,10 @@ def index(tmp_path_factory) -> Path:
                  f"{quantization}/__init__.py": b"def get_quantization_config(name):\n    from .humming import C\n",
                  f"{quantization}/humming.py": b"from vllm.platforms import current_platform\n"
                                                 b"if current_platform.is_cuda():\n    import humming\n"})
-    wheel(links, "humming-kernels", "0.1", requires=("nvvmdep",), files={"humming/__init__.py": b""})
+    # humming's own dependency ships with it; the CUDA compiler its extra brings for its JIT stays out.
+    wheel(links, "humming-kernels", "0.1", requires=("nvvmdep", "nvidia-cuda-nvcc"), files={"humming/__init__.py": b""})
     wheel(links, "nvvmdep", "1.0")
+    wheel(links, "nvidia-cuda-nvcc", "13.0", files={"nvidia/cu13/bin/nvcc": b"\x7fELF"})
     for name, version, requires in (("tinydep", "1.2", ()), ("tinydep", "0.5", ()), ("numpy", "1.5", ()),
                                     ("uvicorn", "0.1", ("h11",)), ("h11", "0.1", ()), ("ray", "2.60.0", ()),
                                     ("pydantic", "2.9.0", ("pydantic-core==2.20",)), ("pydantic-core", "2.20", ()),
@@ -402,7 +404,10 @@ def test_a_bundle_keeps_a_left_out_package_its_release_imports_and_says_why(inde
                            ray_version="2.60.0", say=lambda _: None,
                            pip_args=["--no-index", f"--find-links={index}", "--isolated"])
     shipped = {p["name"] for p in document["packages"]}
-    assert {"humming-kernels", "nvvmdep", "vllm"} <= shipped, shipped
+    assert {"humming-kernels", "nvvmdep", "vllm"} <= shipped and "nvidia-cuda-nvcc" not in shipped, shipped
+    (nvcc,) = [p for p in document["left_out"] if p["name"] == "nvidia-cuda-nvcc"]
+    assert "humming compiles a kernel only when vLLM selects one" in nvcc["reason"]
+    assert document["env"]["HUMMING_DISABLE_PARALLEL_BUILD"] == "1"  # no background build that cannot succeed
     (kept,) = document["kept"]
     assert kept["name"] == "humming-kernels" and kept["reason"].startswith(
         "vllm/model_executor/layers/quantization/humming.py:3 imports humming when vLLM starts")

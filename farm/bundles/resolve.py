@@ -54,6 +54,11 @@ _SERVE = "the OpenAI-compatible HTTP server and CLI of `vllm serve` (fastapi[sta
 _KERNELS = ("an optional kernel library: vLLM checks for it (vllm/utils/import_utils.py, has_*) and falls back; on Hopper "
             "the farm's cells use FA3 (vllm_flash_attn), Triton/Marlin MoE and LoRA kernels from vLLM's own wheel")
 _STRUCTURED = "a structured-output (guided decoding) backend, imported lazily only for requests with a grammar; probes send none"
+_TOOLCHAIN = ("the CUDA compiler and headers (nvcc, NVVM, CRT, CCCL; 116 MB in vLLM 0.22.1's bundle) that humming-kernels' "
+              "[cu13]/[cu12] extra brings for its JIT: humming compiles a kernel only when vLLM selects one "
+              "(--quantization humming, --moe-backend humming, MXFP4 MoE), never for the farm's quantizations; cells set "
+              "HUMMING_DISABLE_PARALLEL_BUILD=1, so importing humming does not start its two background builds "
+              "(humming/ops/utils.py, humming/utils/nvrtc.py), which need them")
 _VIDEO = "video/audio decoding of multimodal inputs; the import is guarded (vllm/multimodal/video.py) and the zoo is text-only"
 
 # Checked against vLLM 0.26.0's source with farm.bundles.imports (no unguarded import-time use on
@@ -102,6 +107,11 @@ LEFT_OUT: dict[str, LeftOut] = {
     )},
     "numba": LeftOut(("numba",), "n-gram speculative decoding only (vllm/v1/spec_decode/ngram_proposer.py); "
                      "vLLM pins a numba the target's may not match, and numba brings llvmlite (~40 MiB)"),
+    # Data, not modules (nvidia/cu13/bin, nvvm, include): nothing imports them, so the import check never keeps them.
+    **{name: LeftOut((), _TOOLCHAIN, env=(("HUMMING_DISABLE_PARALLEL_BUILD", "1"),)) for name in (
+        "nvidia-cuda-nvcc", "nvidia-nvvm", "nvidia-cuda-crt", "nvidia-cuda-cccl",
+        "nvidia-cuda-nvcc-cu12", "nvidia-cuda-cccl-cu12",
+    )},
 }
 
 
