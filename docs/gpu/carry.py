@@ -1,9 +1,11 @@
 """Plan how bundles travel to the device machine: each `run` call carries at most 64 MiB, the repository included.
 
-    python3 docs/gpu/carry.py plan BUNDLE_DIR [BUNDLE_DIR …]   # loads.json: which files go in which call
-    python3 docs/gpu/carry.py load N                           # .carry/now/<release>/…: what call N carries
+    python3 docs/gpu/carry.py plan BUNDLE_DIR [BUNDLE_DIR …]   # loads.json, and .carry/load-N/<release>/… per call
+    python3 docs/gpu/carry.py load N                           # the same load N again, into .carry/now/
 
-Then, per load, `run` with `carry: [".carry/now"]` and `bash docs/gpu/run.sh stage-tree .carry/now` (see run.sh).
+Then, per load, `run` with `carry: [".carry/load-N"]` and `bash docs/gpu/run.sh stage-tree .carry/load-N` (see
+run.sh). Every load is ready before the first call: the machine goes back 30 s after a call, so nothing but the
+next call should stand between two.
 A load is filled first-fit, largest files first, up to what a call has left beside the repository's tracked
 files; each bundle directory's name is the release it lands under on the device (/root/bundles/<release>/).
 Files are hard-linked, never copied.
@@ -52,22 +54,28 @@ def plan(bundles: list[Path]) -> list[list[tuple[str, str, int]]]:
     return loads
 
 
+def link(load: list[tuple[str, str, int]], into: Path) -> None:
+    shutil.rmtree(into, ignore_errors=True)
+    for release, path, _ in load:
+        (into / release).mkdir(parents=True, exist_ok=True)
+        os.link(path, into / release / Path(path).name)
+
+
 def main(argv: list[str]) -> None:
     if argv[:1] == ["plan"] and len(argv) > 1:
         loads = plan([Path(a).resolve() for a in argv[1:]])
         CARRY.mkdir(exist_ok=True)
         PLAN.write_text(json.dumps(loads, indent=1) + "\n")
+        for old in CARRY.glob("load-*"):
+            shutil.rmtree(old)
         for i, load in enumerate(loads):
+            link(load, CARRY / f"load-{i}")
             names = ", ".join(f"{release}/{Path(f).name.rsplit('.', 1)[-1]}" for release, f, _ in load)
-            print(f"load {i}: {sum(s for *_, s in load) / 2**20:.1f} MiB  {names}")
+            print(f".carry/load-{i}: {sum(s for *_, s in load) / 2**20:.1f} MiB  {names}")
     elif argv[:1] == ["load"] and len(argv) == 2:
         load = json.loads(PLAN.read_text())[int(argv[1])]
-        now = CARRY / "now"
-        shutil.rmtree(now, ignore_errors=True)
-        for release, path, _ in load:
-            (now / release).mkdir(parents=True, exist_ok=True)
-            os.link(path, now / release / Path(path).name)
-        print(f"{now}: load {argv[1]}, {sum(s for *_, s in load) / 2**20:.1f} MiB")
+        link(load, CARRY / "now")
+        print(f"{CARRY / 'now'}: load {argv[1]}, {sum(s for *_, s in load) / 2**20:.1f} MiB")
     else:
         sys.exit(__doc__)
 

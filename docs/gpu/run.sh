@@ -13,9 +13,9 @@
 #                             packed serial compare overrun compile unless named)
 #   docs/gpu/run.sh wait      (until they end; bench.tar.gz: their JSON and logs; bench-store.tar.gz: their store)
 # or, for the CUDA version history (jobs/gpu_history.yaml: four releases, one bundle each):
-#   docs/gpu/run.sh stage-tree .carry/now   (.carry/now/<release>/<files>: what fits in a call, parts of
+#   docs/gpu/run.sh stage-tree .carry/load-N   (.carry/load-N/<release>/<files>: what fits in call N, parts of
 #                             several bundles too, into /root/bundles/<release>/; `python3 docs/gpu/carry.py
-#                             plan DIR…` here plans the calls, `carry.py load N` fills .carry/now for call N)
+#                             plan DIR…` here plans the calls and fills every .carry/load-N before the first)
 #   docs/gpu/run.sh warm [JOB BUNDLE_DIR]   (once 0.26.0's bundle is complete: unpack the farm's site and build the zoo in
 #                             the background while the other bundles' parts arrive)
 #   docs/gpu/run.sh history [JOB BUNDLE_DIR RUN_ID]   (once every bundle is there: `farm run` in the background)
