@@ -10,7 +10,8 @@
 #   docs/gpu/run.sh wait      (until the run ends; its store, matrix, page and logs into $OUT)
 # or, for the packing and compile-cache benchmarks (bench/gpu.py) instead of `start`:
 #   docs/gpu/run.sh bench [STEP …]  (verify + unpack, zoo build, bench/gpu.py's steps in the background:
-#                             packed serial compare overrun compile unless named)
+#                             packed serial compare overrun compile unless named; BENCH_BUNDLE=DIR: the
+#                             bundle in DIR instead of /root/bundle, e.g. one a history job carried in)
 #   docs/gpu/run.sh wait      (until they end; bench.tar.gz: their JSON and logs; bench-store.tar.gz: their store)
 # or, for the CUDA version history (jobs/gpu_history.yaml: four releases, one bundle each):
 #   docs/gpu/run.sh stage-tree .carry/load-N   (.carry/load-N/<release>/<files>: what fits in call N, parts of
@@ -105,14 +106,22 @@ resume)
     launch "${3:-gpu-history-1}" --resume "${3:-gpu-history-1}"
     ;;
 bench)
-    prepare jobs/gpu_smoke.yaml
+    # BENCH_BUNDLE=/root/bundles/0.24.0 benches a bundle another job already carried in (no more loads): the smoke
+    # job's engine is renamed after the release that bundle holds.
+    bundle=${BENCH_BUNDLE:-$BUNDLE}
+    version=$($PY -c 'import json, sys; print(json.load(open(sys.argv[1]))["vllm"])' "$bundle/bundle.json")
+    job=/root/bench-job.yaml
+    sed -e "s|{name: v[0-9.]*, kind: bundle, path: /root/bundle/|{name: v$version, kind: bundle, path: $bundle/|" \
+        jobs/gpu_smoke.yaml > "$job"
+    grep -q "name: v$version, kind: bundle, path: $bundle/bundle.json" "$job"
+    prepare "$job" "$bundle"
     B=/root/bench
     rm -rf "$B" && mkdir -p "$B"
     # Packed first (the one-at-a-time run then finds warm kernel caches: tilted against packing), then one cell at
     # a time and the comparison (the issue's number), then the real engine that overruns its share and the compile
     # cache (two builds with compilation on): what a lease cuts short, `wait` collects as far as it got.
     steps="${*:2}"
-    setsid nohup bash -c "for what in ${steps:-packed serial compare overrun compile}; do time $PY -m bench.gpu \$what --out $B; done; \
+    setsid nohup bash -c "for what in ${steps:-packed serial compare overrun compile}; do time $PY -m bench.gpu \$what --job $job --out $B; done; \
         echo \"exit \$?\"" > /root/run.log 2>&1 < /dev/null &
     sleep 30; tail -5 /root/run.log
     ;;
