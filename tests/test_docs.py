@@ -149,3 +149,12 @@ def test_the_reference_page_lists_every_command():
     text = (DOCS / "cli.md").read_text()
     for name in ("farm env build", "farm zoo build", "farm bisect", "farm submit"):
         assert f"## `{name}`" in text, name
+
+
+def test_the_device_carry_folder_is_ignored():
+    # docs/gpu/carry.py fills .carry/ with bundle parts; the device tool sends every file git does not ignore, so a
+    # pattern git reads as something else (it has no comments after a pattern) sent ~700 MiB in each call.
+    lines = (REPO / ".gitignore").read_text().splitlines()
+    assert "/.carry/" in lines
+    inline = [line for line in lines if not line.startswith("#") and " #" in line]
+    assert not inline, f".gitignore: a comment after a pattern makes it part of the pattern: {inline}"
