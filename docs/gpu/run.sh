@@ -17,6 +17,7 @@
 #   docs/gpu/run.sh stage-tree .carry/load-N   (.carry/load-N/<release>/<files>: what fits in call N, parts of
 #                             several bundles too, into /root/bundles/<release>/; `python3 docs/gpu/carry.py
 #                             plan DIR…` here plans the calls and fills every .carry/load-N before the first)
+#   docs/gpu/run.sh zoo JOB   (instead of `warm` while `bench` runs: JOB's zoo on the site bench unpacked)
 #   docs/gpu/run.sh warm [JOB BUNDLE_DIR]   (once 0.26.0's bundle is complete: unpack the farm's site and build the zoo in
 #                             the background while the other bundles' parts arrive)
 #   docs/gpu/run.sh history [JOB BUNDLE_DIR RUN_ID]   (once every bundle is there: `farm run` in the background)
@@ -90,6 +91,13 @@ warm)
 prepare-now)
     prepare "$2" "$3" && touch /root/prepare.done
     ;;
+zoo)
+    # While `bench` runs: another job's zoo on the farm site `bench` already unpacked (any bundle's site runs the
+    # farm), so its `history` that follows needs no preparation of its own (`warm` would replace that site mid-bench).
+    export PYTHONPATH="/root/farm-site/site:$SRC" && cd "$SRC"
+    cp "$OLDPWD/${2:?which job}" "$SRC/$2"
+    time $PY -m farm zoo build --for-job "$2" && touch /root/prepare.done
+    ;;
 start)
     prepare jobs/gpu_smoke.yaml
     launch gpu-smoke-1 jobs/gpu_smoke.yaml --run-id gpu-smoke-1
@@ -141,5 +149,5 @@ wait)
     fi
     ;;
 *)
-    echo "usage: docs/gpu/run.sh stage DIR [INTO] | stage-tree DIR | warm | history | resume RESULTS_TGZ | start | bench [STEP …] | wait [SECONDS]" >&2; exit 2 ;;
+    echo "usage: docs/gpu/run.sh stage DIR [INTO] | stage-tree DIR | warm | zoo JOB | history | resume RESULTS_TGZ | start | bench [STEP …] | wait [SECONDS]" >&2; exit 2 ;;
 esac
