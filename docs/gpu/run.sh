@@ -60,7 +60,8 @@ launch() {  # RUN_ID FARM_RUN_ARGS…: `farm run` in its own session: it outlive
 
 warmed() {  # JOB BUNDLE_DIR: wait for `warm`'s preparation, or prepare now; then in the farm's copy with its site
     while [ ! -f /root/prepare.done ] && pgrep -f "run-warm.sh prepare-now" > /dev/null; do sleep 5; done
-    cat /root/prepare.log 2>/dev/null | tail -5
+    # No log when `warm` never ran (`history` prepares itself): under pipefail a failing cat would end the script.
+    if [ -f /root/prepare.log ]; then tail -5 /root/prepare.log; fi
     if [ -f /root/prepare.done ]; then
         export PYTHONPATH="/root/farm-site/site:$SRC" VLLM_USE_FLASHINFER_SAMPLER=0 && cd "$SRC"
     else
