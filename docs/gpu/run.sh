@@ -135,6 +135,9 @@ bench)
     sleep 30; tail -5 /root/run.log
     ;;
 wait)
+    # Nothing launched (a `history` or `bench` that failed before its launch): say so now instead of sleeping the
+    # whole wait on device time.
+    [ -f /root/run.log ] || { echo "wait: no /root/run.log: nothing was launched on this machine" >&2; exit 1; }
     deadline=$(( $(date +%s) + ${2:-540} ))
     while ! grep -q "^exit " /root/run.log && [ "$(date +%s)" -lt "$deadline" ]; do sleep 10; done
     tail -40 /root/run.log
