@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from farm.bundles import pack
-from farm.bundles.make import left_out_imports, make_bundle
+from farm.bundles.make import left_out_imports, make_bundle, missing_files
 from farm.bundles.resolve import Package, Plan, Target, plan
 from farm.cell import facts
 from farm.envs.node import prepare_here
@@ -66,14 +66,18 @@ def index(tmp_path_factory) -> Path:
                  "vllm/vllm-rs": b"\x7fELF" + b"\0" * 1000})
     # A release whose quantization lookup imports a package LEFT_OUT names (vllm 0.22.1 and humming).
     quantization = "vllm/model_executor/layers/quantization"
-    wheel(links, "vllm", "0.98.0", requires=("tinydep>=1", "humming-kernels"),
+    wheel(links, "vllm", "0.98.0", requires=("tinydep>=1", "humming-kernels", "humming-plugins"),
           files={"vllm/__init__.py": b"", "vllm/model_executor/__init__.py": b"",
                  "vllm/model_executor/layers/__init__.py": b"",
                  f"{quantization}/__init__.py": b"def get_quantization_config(name):\n    from .humming import C\n",
                  f"{quantization}/humming.py": b"from vllm.platforms import current_platform\n"
                                                 b"if current_platform.is_cuda():\n    import humming\n"})
     # humming's own dependency ships with it; the CUDA compiler its extra brings for its JIT stays out.
-    wheel(links, "humming-kernels", "0.1", requires=("nvvmdep", "nvidia-cuda-nvcc"), files={"humming/__init__.py": b""})
+    wheel(links, "humming-kernels", "0.1", requires=("nvvmdep", "nvidia-cuda-nvcc"),
+          files={"humming/__init__.py": b"", "humming/dtypes.py": b""})
+    # Shipped from the first round into the kept package's top-level folder, as opentelemetry's exporters are into
+    # the opentelemetry-api namespace that vllm 0.20.0's fastapi makes the bundle keep.
+    wheel(links, "humming-plugins", "0.1", files={"humming/plugins/__init__.py": b""})
     wheel(links, "nvvmdep", "1.0")
     wheel(links, "nvidia-cuda-nvcc", "13.0", files={"nvidia/cu13/bin/nvcc": b"\x7fELF"})
     for name, version, requires in (("tinydep", "1.2", ()), ("tinydep", "0.5", ()), ("numpy", "1.5", ()),
@@ -412,3 +416,23 @@ def test_a_bundle_keeps_a_left_out_package_its_release_imports_and_says_why(inde
     assert kept["name"] == "humming-kernels" and kept["reason"].startswith(
         "vllm/model_executor/layers/quantization/humming.py:3 imports humming when vLLM starts")
     assert "humming-kernels" not in {p["name"] for p in document["left_out"]}
+    # The kept package's files are all there beside the first round's in the same top-level folder.
+    site = tmp_path / "unpacked"
+    pack.unpack(tmp_path / "b" / "bundle.json", site)
+    installed = {p.relative_to(site / "site").as_posix() for p in (site / "site" / "humming").rglob("*.py")}
+    assert installed == {"humming/__init__.py", "humming/dtypes.py", "humming/plugins/__init__.py"}, installed
+
+
+def test_a_site_folder_missing_files_its_records_list_is_named(index, tmp_path):
+    # What `pip install --target` does to a second install into a folder that has its top-level directory: a
+    # warning, the dist-info, and none of the modules (vllm 0.20.0's bundle lost opentelemetry-api's that way).
+    site = tmp_path / "site"
+    for name in ("humming_plugins", "humming_kernels"):
+        (whl,) = index.glob(f"{name}-*.whl")
+        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(site),
+                        "--no-compile", "--disable-pip-version-check", "--quiet", str(whl)], check=True,
+                       capture_output=True)
+    assert missing_files(site) == {"humming_kernels-0.1.dist-info": ["humming/__init__.py", "humming/dtypes.py"]}
+    (site / "humming" / "__init__.py").write_text("")
+    (site / "humming" / "dtypes.py").write_text("")
+    assert missing_files(site) == {}

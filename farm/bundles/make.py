@@ -9,6 +9,7 @@ with torch): the bundle holds only what that environment lacks.
 
 from __future__ import annotations
 
+import csv
 import fnmatch
 import platform
 import shutil
@@ -78,7 +79,8 @@ def make_bundle(
     work = out / ".work"
     shutil.rmtree(work, ignore_errors=True)
     resolver, packages, chosen, notes = _resolve(target, roots, freeze, pip_args, log, say)
-    files, site = _install(resolver, chosen.ship.values(), target, pip_args, work / "wheels", log, say)
+    files = _download(resolver, chosen.ship.values(), target, pip_args, work / "wheels", log, say)
+    site = _install(resolver, files, target, pip_args, work / "site", log, say)
     left_out, kept = dict(LEFT_OUT), {}
     while True:
         blocking, review = left_out_imports(site, chosen)
@@ -91,9 +93,10 @@ def make_bundle(
             left_out.pop(name)
             say(f"keeping {name}: {why}")
         wider = plan(packages, roots, target, freeze, left_out)
-        more, site = _install(resolver, [p for n, p in wider.ship.items() if n not in chosen.ship], target, pip_args,
-                              work / f"wheels-kept{len(kept)}", log, say)
+        more = _download(resolver, [p for n, p in wider.ship.items() if n not in chosen.ship], target, pip_args,
+                         work / f"wheels-kept{len(kept)}", log, say)
         files, chosen = files + more, wider
+        site = _install(resolver, files, target, pip_args, work / "site", log, say)
     stripped = strip(site, target)
     name = f"vllm-{version}-cp{target.python.replace('.', '')}-{target.platform}"
     manifest = _manifest(version, target, ray_version, roots, against, chosen, files, review, stripped, site, notes, kept)
@@ -134,23 +137,50 @@ def _resolve(target: Target, roots: list[str], freeze: dict[str, str], pip_args:
     return resolver, packages, chosen, notes
 
 
-def _install(resolver: str, ship: Iterable[Package], target: Target, pip_args: Sequence[str], wheels: Path, log: Path,
-             say: Callable[[str], Any]) -> tuple[list[Path], Path]:
-    """The wheels of ``ship``, downloaded into ``wheels``, and the site folder beside it they are added to.
-
-    Downloaded first and installed from those files only (``--no-index``): the manifest records each wheel's
-    checksum and the glibc it needs, so the site folder must come from exactly these wheels.
-    """
+def _download(resolver: str, ship: Iterable[Package], target: Target, pip_args: Sequence[str], wheels: Path,
+              log: Path, say: Callable[[str], Any]) -> list[Path]:
+    """The wheels of ``ship``, downloaded into ``wheels`` (the manifest records each one's checksum)."""
     ship = list(ship)
-    site = wheels.parent / "site"
     say(f"downloading {len(ship)} wheels …")
     _pip(resolver, ["download", "--no-deps", "--dest", str(wheels), *target.pip_options(), *pip_args,
                     *(f"{p.name}=={p.version}" for p in ship)], log)
-    files = sorted(wheels.glob("*.whl"))
+    return sorted(wheels.glob("*.whl"))
+
+
+def _install(resolver: str, files: list[Path], target: Target, pip_args: Sequence[str], site: Path, log: Path,
+             say: Callable[[str], Any]) -> Path:
+    """A new site folder of exactly ``files`` (``--no-index``), checked file by file against their RECORDs.
+
+    Always all wheels into an empty folder: ``pip install --target`` into a folder that already has a top-level
+    directory skips that directory with only a warning, so a second round's opentelemetry-api, whose
+    ``opentelemetry/`` namespace the first round's exporters had made, lost all its modules (vLLM 0.20.0 and
+    0.22.1's bundles, on an H100: Ray's dashboard agent failed on ``from opentelemetry import metrics``).
+    """
+    shutil.rmtree(site, ignore_errors=True)
     say(f"installing {len(files)} wheels into one site folder …")
     _pip(resolver, ["install", "--no-deps", "--no-compile", "--no-index", "--target", str(site),
                     *target.pip_options(), *map(str, files)], log)
-    return files, site
+    missing = missing_files(site)
+    if missing:
+        shown = "; ".join(f"{dist}: {', '.join(paths[:3])}{' …' if len(paths) > 3 else ''} ({len(paths)} files)"
+                          for dist, paths in sorted(missing.items()))
+        raise BundleError(f"pip left files its RECORDs list out of {site} (see the warnings in {log}): {shown}")
+    return site
+
+
+def missing_files(site: Path) -> dict[str, list[str]]:
+    """Per installed distribution (its ``*.dist-info`` name), the files its RECORD lists that ``site`` lacks.
+
+    Paths outside the site folder (``../``: console scripts pip's ``--target`` puts elsewhere) are not checked.
+    """
+    missing: dict[str, list[str]] = {}
+    for record in sorted(site.glob("*.dist-info/RECORD")):
+        for row in csv.reader(record.read_text(errors="replace").splitlines()):
+            path = row[0] if row else ""
+            if not path or path.startswith(("../", "/")) or (site / path).exists() or (site / path).is_symlink():
+                continue
+            missing.setdefault(record.parent.name, []).append(path)
+    return missing
 
 
 def _manifest(version: str, target: Target, ray_version: str, roots: list[str], against: Path | None, chosen: Plan,
@@ -279,4 +309,4 @@ def _installed_ray() -> str:
         raise BundleError("no Ray installed here to take the cluster's version from: give --ray VERSION") from None
 
 
-__all__ = ["STRIP", "left_out_imports", "make_bundle", "strip"]
+__all__ = ["STRIP", "left_out_imports", "make_bundle", "missing_files", "strip"]
