@@ -261,7 +261,8 @@ def test_sizes_parse():
 
 
 def layered_bundle(directory: Path, *, env: dict[str, str] | None = None, vllm: str | None = None,
-                   files: dict[str, str] | None = None, left_out: tuple[str, ...] = ()) -> Path:
+                   files: dict[str, str] | None = None, left_out: tuple[str, ...] = (),
+                   stripped: tuple[str, ...] = ()) -> Path:
     """A bundle whose site folder holds one marker module (and ``files``), for the test interpreter (which has vLLM
     and Ray)."""
     site = directory / "site-src"
@@ -272,7 +273,8 @@ def layered_bundle(directory: Path, *, env: dict[str, str] | None = None, vllm: 
     pack.pack(site, out, "layered", split=200, manifest={
         "vllm": vllm or facts.vllm_version(), "python": HERE, "platform": "manylinux_2_28_x86_64",
         "env": env or {"FARM_TEST_BUNDLE": "layered"},
-        "left_out": [{"name": name, "version": "1", "reason": "test"} for name in left_out]})
+        "left_out": [{"name": name, "version": "1", "reason": "test"} for name in left_out],
+        "stripped": [{"pattern": pattern, "reason": "test"} for pattern in stripped]})
     return out / "bundle.json"
 
 
@@ -343,6 +345,26 @@ def test_a_bundle_vllm_does_not_import_with_is_an_env_error_naming_what_it_left_
                                     "ships import) or with --extra humming-kernels"), failure.message
     assert "transformers/__init__.py" in failure.log_tail, "the traceback is the env error's log"
     assert not list(env_cache.glob("*/farm-env.json")), "not cached: a fixed bundle is tried at once"
+
+
+def test_a_bundle_lacking_files_its_records_list_is_an_env_error_naming_them(env_cache, tmp_path):
+    # vllm 0.20.0's bundle as made before the fix: opentelemetry-api's dist-info without its modules.
+    record = "otel_api-1.0.dist-info/RECORD"
+    files = {record: "otel/__init__.py,sha256=x,1\notel/metrics.py,sha256=y,1\notel/tests/t.py,,\n"
+                     "../../bin/otel,,\n" + record + ",,\n", "otel/__init__.py": ""}
+    failure = prepare_here(BundleEngine(name="torn", path=str(layered_bundle(tmp_path / "torn", files=files,
+                                                                             stripped=("*/tests/*",))),
+                                        python=sys.executable))
+    assert isinstance(failure, EnvFailure), failure
+    assert "the bundle lacks files its packages' RECORDs list: otel_api-1.0.dist-info (1, e.g. otel/metrics.py)" \
+        in failure.message, failure.message
+    assert not list(env_cache.glob("*/farm-env.json")), "not cached: a fixed bundle is tried at once"
+    # Complete but for what its strip rules removed: prepared.
+    files["otel/metrics.py"] = ""
+    ready = prepare_here(BundleEngine(name="whole", path=str(layered_bundle(tmp_path / "whole", files=files,
+                                                                            stripped=("*/tests/*",))),
+                                      python=sys.executable))
+    assert isinstance(ready, PreparedEnv), ready
 
 
 def test_bundle_commands_are_documented_and_check_their_arguments(farm_cli, tmp_path):

@@ -168,16 +168,20 @@ def _install(resolver: str, files: list[Path], target: Target, pip_args: Sequenc
     return site
 
 
-def missing_files(site: Path) -> dict[str, list[str]]:
+def missing_files(site: Path, stripped: Iterable[str] = ()) -> dict[str, list[str]]:
     """Per installed distribution (its ``*.dist-info`` name), the files its RECORD lists that ``site`` lacks.
 
-    Paths outside the site folder (``../``: console scripts pip's ``--target`` puts elsewhere) are not checked.
+    Paths outside the site folder (``../``: console scripts pip's ``--target`` puts elsewhere) are not checked, nor
+    those a ``stripped`` pattern (``STRIP``'s form, ``glob!keep``) removed on purpose.
     """
+    rules = [pattern.partition("!")[::2] for pattern in stripped]
     missing: dict[str, list[str]] = {}
     for record in sorted(site.glob("*.dist-info/RECORD")):
         for row in csv.reader(record.read_text(errors="replace").splitlines()):
             path = row[0] if row else ""
             if not path or path.startswith(("../", "/")) or (site / path).exists() or (site / path).is_symlink():
+                continue
+            if any(fnmatch.fnmatch(path, glob) and not (keep and keep in Path(path).name) for glob, keep in rules):
                 continue
             missing.setdefault(record.parent.name, []).append(path)
     return missing

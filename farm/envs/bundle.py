@@ -34,6 +34,7 @@ from typing import Any
 
 from farm.bundles import pack
 from farm.bundles.imports import within
+from farm.bundles.make import missing_files
 from farm.bundles.resolve import LEFT_OUT
 from farm.envs import cache, interpreter
 from farm.envs.build import actor_env_vars, compile_cache_env, farm_code
@@ -102,6 +103,7 @@ class Bundle(EnvKind):
         try:
             pack.unpack(Path(engine.path), path / UNPACKED)
             site = path / UNPACKED / pack.SITE
+            _check_complete(site, document, where)
             versions = interpreter.probe([engine.python], required=FARM_CELL_DISTRIBUTIONS, pythonpath=[str(site)])
             interpreter.check_versions(versions, node, where=where)
             problems = []
@@ -138,6 +140,17 @@ class Bundle(EnvKind):
 # vLLM does not import with it, every cell would fail there for the farm's reason, not vLLM's.
 VLLM_IMPORT = "from vllm import LLM"
 _MISSING = re.compile(r"No module named '([\w.]+)'|cannot import name '(\w+)' from '([\w.]+)'")
+
+
+def _check_complete(site: Path, document: dict[str, Any], where: str) -> None:
+    """Raise ``EnvBuildError`` when the site folder lacks files its packages' RECORDs list and no strip rule of the
+    bundle removed (a bundle made before `farm bundle` checked its installs: 0.20.0's lacked opentelemetry-api's
+    modules, and the first thing to fail was Ray's dashboard agent, far from the cause)."""
+    missing = missing_files(site, [rule["pattern"] for rule in document.get("stripped", [])])
+    if missing:
+        shown = "; ".join(f"{dist} ({len(paths)}, e.g. {paths[0]})" for dist, paths in sorted(missing.items()))
+        raise EnvBuildError(f"{where}: the bundle lacks files its packages' RECORDs list: {shown}; make it again "
+                            "with this farm (`farm bundle` now checks every install against the RECORDs)")
 
 
 def _check_vllm_imports(engine: BundleEngine, site: Path, document: dict[str, Any], where: str) -> None:
