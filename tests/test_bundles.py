@@ -63,6 +63,7 @@ def index(tmp_path_factory) -> Path:
                  "vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so": b"\0" * 4096,
                  "vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so": b"\1" * 4096,
                  "vllm/third_party/kernels/include/kernel.h": b"// header\n",
+                 "vllm/third_party/deep_gemm/include/deep_gemm/impls/sm90_fp8_gemm_1d2d.cuh": b"// JIT source\n",
                  "vllm/vllm-rs": b"\x7fELF" + b"\0" * 1000})
     # A release whose quantization lookup imports a package LEFT_OUT names (vllm 0.22.1 and humming).
     quantization = "vllm/model_executor/layers/quantization"
@@ -118,13 +119,15 @@ def test_what_a_hopper_run_does_not_load_is_stripped(made, tmp_path):
     document, out = made
     stripped = {rule["pattern"]: rule for rule in document["stripped"]}
     assert stripped["vllm/vllm_flash_attn/_vllm_fa2_C*.so"]["files"] == 1
-    assert stripped["vllm/vllm-rs"]["files"] == 1 and stripped["*/include/*"]["files"] == 1
+    assert stripped["vllm/vllm-rs"]["files"] == 1 and stripped["*/include/*!deep_gemm/include/"]["files"] == 1
     assert all(rule["reason"] for rule in document["stripped"])
     pack.unpack(out / "bundle.json", tmp_path / "u")
     site = tmp_path / "u" / "site"
     assert (site / "vllm" / "vllm_flash_attn" / "_vllm_fa3_C.abi3.so").exists()
     assert not (site / "vllm" / "vllm_flash_attn" / "_vllm_fa2_C.abi3.so").exists()
-    assert not (site / "vllm" / "vllm-rs").exists() and not list(site.rglob("include"))
+    assert not (site / "vllm" / "vllm-rs").exists() and not (site / "vllm" / "third_party" / "kernels").exists()
+    # DeepGEMM's headers stay: vLLM JIT-compiles its FP8 block GEMM from them on Hopper.
+    assert (site / "vllm/third_party/deep_gemm/include/deep_gemm/impls/sm90_fp8_gemm_1d2d.cuh").exists()
     assert (site / "tinydep" / "__init__.py").read_text() == "__version__ = '1.2'\n"
 
 

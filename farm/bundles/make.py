@@ -27,15 +27,18 @@ from farm.bundles.resolve import LEFT_OUT, Package, Plan, Target, packages_of, p
 from farm.errors import BundleError, translated
 
 # What a Hopper run of the farm does not load, removed from the site folder after install.
-# Each pattern is matched against paths relative to the site folder (fnmatch, `*` crosses `/`).
+# Each pattern is matched against paths relative to the site folder (fnmatch, `*` crosses `/`); `glob!keep`
+# spares the paths that contain `keep`.
 STRIP: tuple[tuple[str, str], ...] = (
     ("vllm/vllm_flash_attn/_vllm_fa2_C*.so",
      "FlashAttention-2 kernels (~290 MiB): Hopper runs FA3 (_vllm_fa3_C); the FA2 import is in a try/except "
      "(vllm/vllm_flash_attn/flash_attn_interface.py) and FA2 is chosen only below compute capability 9.0"),
     ("vllm/vllm-rs", "the Rust frontend binary of `vllm serve` (VLLM_RUST_FRONTEND_PATH, vllm/envs.py); "
      "the offline LLM engine never starts it"),
-    ("*/include/*", "C/C++ headers (CUTLASS, DeepGEMM, the sm100 FMHA) for JIT builds the farm's cells do not run: "
-     "DeepGEMM serves FP8 block quantization only, fmha_sm100 is Blackwell only"),
+    ("*/include/*!deep_gemm/include/",
+     "C/C++ headers (CUTLASS, the sm100 FMHA) for JIT builds the farm's cells do not run (fmha_sm100 is Blackwell "
+     "only); DeepGEMM's stay: on Hopper vLLM JIT-compiles its FP8 block-quantized GEMM from them (every fp8-block "
+     "cell of vLLM 0.20.0-0.24.0 failed on an H100 with 'Failed to open: …/deep_gemm/include/…' without them)"),
     ("*/__pycache__/*", "bytecode caches: the node's Python writes its own"),
     ("*/tests/*", "packages' own test suites"),
     ("bin/*", "console scripts: their #! line names the interpreter that made the bundle, not the node's; "
@@ -181,7 +184,7 @@ def missing_files(site: Path, stripped: Iterable[str] = ()) -> dict[str, list[st
             path = row[0] if row else ""
             if not path or path.startswith(("../", "/")) or (site / path).exists() or (site / path).is_symlink():
                 continue
-            if any(fnmatch.fnmatch(path, glob) and not (keep and keep in Path(path).name) for glob, keep in rules):
+            if any(fnmatch.fnmatch(path, glob) and not (keep and keep in path) for glob, keep in rules):
                 continue
             missing.setdefault(record.parent.name, []).append(path)
     return missing
@@ -246,7 +249,7 @@ def strip(site: Path, target: Target) -> list[dict[str, Any]]:
             relative = path.relative_to(site).as_posix()
             if not path.exists() and not path.is_symlink():
                 continue
-            if fnmatch.fnmatch(relative, glob) and not (keep and keep in path.name):
+            if fnmatch.fnmatch(relative, glob) and not (keep and keep in relative):
                 size += path.lstat().st_size
                 path.unlink()
                 removed += 1
