@@ -19,6 +19,9 @@ from farm.errors import EnvBuildError
 
 # Variables an env's preparation sets for a cell's process (farm.envs), read there (farm.cell).
 ENV_NOTES_VARIABLE = "FARM_ENV_NOTES"  # JSON list: how the env differs from the release it names
+# JSON {"site": the bundle's site folder on the node, "rules": its strip rules}: a cell whose vLLM fails on a file
+# a rule removed is the bundle's fault, not a verdict (farm.cell.execute).
+BUNDLE_STRIPPED_VARIABLE = "FARM_BUNDLE_STRIPPED"
 ENV_IN_USE_VARIABLE = "FARM_ENV_IN_USE"  # the file a cell's process holds a shared lock on while it runs
 
 DEFAULT_STORE = "farm-results"  # a local directory, relative to where `farm` runs; $FARM_STORE overrides

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 
 
@@ -30,3 +31,14 @@ def terminal_safe(text: str) -> str:
     carriage return and tab) shown as ``\\xNN``."""
     text = strip_ansi(text)
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text) if _CONTROL.search(text) else text
+
+
+def strip_rule_of(path: str, rules: list[str]) -> str | None:
+    """The bundle strip rule (``glob`` or ``glob!keep``: ``keep`` spares paths containing it; fnmatch, ``*`` crosses
+    ``/``) that removes ``path``, relative to the site folder, or None. Shared by `farm bundle` and the cell, which
+    must not import the bundle builder."""
+    for rule in rules:
+        glob, _, keep = rule.partition("!")
+        if fnmatch.fnmatch(path, glob) and not (keep and keep in path):
+            return rule
+    return None

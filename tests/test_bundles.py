@@ -368,6 +368,9 @@ def test_a_bundle_lacking_files_its_records_list_is_an_env_error_naming_them(env
                                                                             stripped=("*/tests/*",))),
                                       python=sys.executable))
     assert isinstance(ready, PreparedEnv), ready
+    # Each cell learns the site and its strip rules: vLLM failing on a file a rule removed is no verdict.
+    told = json.loads(ready.runtime_env["env_vars"]["FARM_BUNDLE_STRIPPED"])
+    assert told == {"site": ready.path, "rules": ["*/tests/*"]}
 
 
 def test_bundle_commands_are_documented_and_check_their_arguments(farm_cli, tmp_path):

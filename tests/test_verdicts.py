@@ -160,6 +160,37 @@ def test_a_farm_error_inside_a_cell_is_an_infra_error_and_an_injected_fault_a_ve
     assert [p.name for p in injected.probes if p.failed] == ["load"]
 
 
+def test_a_file_the_engines_bundle_stripped_is_an_infra_error_and_a_missing_file_it_kept_a_verdict(tmp_path, monkeypatch):
+    # vLLM 0.20.0-0.24.0's fp8-block cells on an H100, with bundles that had stripped DeepGEMM's headers.
+    site = tmp_path / "envs" / "c8eeab752ee77ef8" / "bundle" / "site"
+    (site / "vllm" / "third_party" / "deep_gemm" / "include" / "cute").mkdir(parents=True)
+    (site / "vllm" / "third_party" / "deep_gemm" / "include" / "cute" / "tensor.hpp").write_text("")
+    header = site / "vllm/third_party/deep_gemm/include/deep_gemm/impls/sm90_fp8_gemm_1d2d.cuh"
+    message = ("Assertion error (/workspace/.deps/deepgemm-src/csrc/apis/../jit_kernels/impls/../../jit/"
+               f"include_parser.hpp:69): Failed to open: {header}")
+    settings = CellSettings(probes=["load", "generate"])
+
+    def run(rules: list[str], text: str = message):
+        monkeypatch.setenv("FARM_BUNDLE_STRIPPED", json.dumps({"site": str(site), "rules": rules}))
+        return execute_cell(_cell(fault="raise", message=text), settings, run_id="r")
+
+    stripped = run(["*/tests/*", "*/include/*"])
+    assert stripped.status == CellStatus.INFRA_ERROR and stripped.error.origin == "bundle"
+    assert stripped.error.message.startswith("the engine's bundle stripped vllm/third_party/deep_gemm/include/deep_gemm/"
+                                             "impls/sm90_fp8_gemm_1d2d.cuh (its rule '*/include/*'), which vLLM opened")
+    assert failure_kind(stripped.status, stripped.error) is None and not stripped.probes
+    # The farm's rules keep DeepGEMM's headers: a file missing there is not the bundle's doing, so a verdict.
+    kept = run(["*/include/*!deep_gemm/include/"])
+    assert kept.status == CellStatus.FAIL and kept.error.origin != "bundle"
+    # A path under the site that is there, or outside it, is no bundle's fault either.
+    present = run(["*/include/*"], f"bad header {site}/vllm/third_party/deep_gemm/include/cute/tensor.hpp")
+    assert present.status == CellStatus.FAIL
+    elsewhere = run(["*/include/*"], "Failed to open: /usr/local/cuda/include/missing.h")
+    assert elsewhere.status == CellStatus.FAIL
+    monkeypatch.delenv("FARM_BUNDLE_STRIPPED")
+    assert execute_cell(_cell(fault="raise", message=message), settings, run_id="r").status == CellStatus.FAIL
+
+
 def _all(message_part: str) -> list[tuple[str, ErrorInfo]]:
     return [(r["vllm"], ErrorInfo.model_validate(r["error"])) for r in RECORDED if message_part in r["error"]["message"]]
 

@@ -10,7 +10,6 @@ with torch): the bundle holds only what that environment lacks.
 from __future__ import annotations
 
 import csv
-import fnmatch
 import platform
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ from packaging.utils import canonicalize_name
 from farm.bundles import imports, pack
 from farm.bundles.resolve import LEFT_OUT, Package, Plan, Target, packages_of, pip_report, plan, read_freeze, resolver_python
 from farm.errors import BundleError, translated
+from farm.text import strip_rule_of
 
 # What a Hopper run of the farm does not load, removed from the site folder after install.
 # Each pattern is matched against paths relative to the site folder (fnmatch, `*` crosses `/`); `glob!keep`
@@ -177,14 +177,14 @@ def missing_files(site: Path, stripped: Iterable[str] = ()) -> dict[str, list[st
     Paths outside the site folder (``../``: console scripts pip's ``--target`` puts elsewhere) are not checked, nor
     those a ``stripped`` pattern (``STRIP``'s form, ``glob!keep``) removed on purpose.
     """
-    rules = [pattern.partition("!")[::2] for pattern in stripped]
+    rules = list(stripped)
     missing: dict[str, list[str]] = {}
     for record in sorted(site.glob("*.dist-info/RECORD")):
         for row in csv.reader(record.read_text(errors="replace").splitlines()):
             path = row[0] if row else ""
             if not path or path.startswith(("../", "/")) or (site / path).exists() or (site / path).is_symlink():
                 continue
-            if any(fnmatch.fnmatch(path, glob) and not (keep and keep in path) for glob, keep in rules):
+            if strip_rule_of(path, rules):
                 continue
             missing.setdefault(record.parent.name, []).append(path)
     return missing
@@ -243,13 +243,12 @@ def strip(site: Path, target: Target) -> list[dict[str, Any]]:
     done = []
     paths = sorted(p for p in site.rglob("*") if p.is_file() or p.is_symlink())
     for pattern, reason in rules:
-        glob, _, keep = pattern.partition("!")
         removed, size = 0, 0
         for path in paths:
             relative = path.relative_to(site).as_posix()
             if not path.exists() and not path.is_symlink():
                 continue
-            if fnmatch.fnmatch(relative, glob) and not (keep and keep in relative):
+            if strip_rule_of(relative, [pattern]):
                 size += path.lstat().st_size
                 path.unlink()
                 removed += 1

@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import platform
+import re
 import resource
 import socket
 import sys
@@ -30,8 +31,8 @@ from farm.model.cells import Cell
 from farm.model.results import CellResult, CellStatus, EnvFacts, ErrorInfo, ProbeResult, utcnow
 from farm.model.spec import Generation, JobSpec
 from farm.registry import PROBES
-from farm.settings import ENV_NOTES_VARIABLE, vllm_cache_dir
-from farm.text import strip_ansi
+from farm.settings import BUNDLE_STRIPPED_VARIABLE, ENV_NOTES_VARIABLE, vllm_cache_dir
+from farm.text import strip_ansi, strip_rule_of
 
 LOG_TAIL_BYTES = 16_000  # kept in the result and the store
 LOG_SCAN_BYTES = 1_000_000  # searched for a subprocess's root-cause traceback
@@ -134,12 +135,41 @@ def _record_exception(result: CellResult, exc: Exception, probe: str | None, set
         result.status = CellStatus.INFRA_ERROR
         result.error.message = f"the farm's own code failed at {origin}: {result.error.message}"[:2000]
         result.error.origin = "farm"
+    elif (stripped := stripped_file(str(exc))) is not None:  # the bundle removed a file vLLM needs: no verdict
+        path, rule = stripped
+        result.status = CellStatus.INFRA_ERROR
+        result.error.message = (f"the engine's bundle stripped {path} (its rule {rule!r}), which vLLM opened; make the "
+                                f"bundle again with this farm, whose rules keep it: {result.error.message}")[:2000]
+        result.error.origin = "bundle"
     elif settings.gpu_share is not None and gpu_share.out_of_memory(exc):  # the share was too small: no verdict
         result.status = CellStatus.INFRA_ERROR
         result.error.message = gpu_share.overrun_message(settings.gpu_share, result.error.message)[:2000]
         result.error.origin = gpu_share.ORIGIN
     elif not result.probes and "load" in settings.probes:
         result.probes.append(ProbeResult(name="load", passed=False, detail=result.error.type))
+
+
+_PATH = re.compile(r"/[^\s'\"(),;:]+")
+
+
+def stripped_file(message: str) -> tuple[str, str] | None:
+    """The first path in ``message`` that is missing from this cell's bundle because one of its strip rules removed
+    it (relative to the bundle's site folder), with that rule; None outside a bundle env or when there is none."""
+    try:
+        bundle = json.loads(os.environ.get(BUNDLE_STRIPPED_VARIABLE) or "{}")
+        site, rules = str(bundle.get("site") or ""), [str(r) for r in bundle.get("rules") or []]
+    except (ValueError, AttributeError):
+        return None
+    if not site or not rules:
+        return None
+    for found in _PATH.findall(message):
+        if not found.startswith(site.rstrip("/") + "/") or Path(found).exists():
+            continue
+        relative = found[len(site.rstrip("/")) + 1:]
+        rule = strip_rule_of(relative, rules)
+        if rule is not None:
+            return relative, rule
+    return None
 
 
 def setup_failure(cell: Cell, run_id: str, attempt: int, exc: BaseException) -> CellResult:

@@ -15,6 +15,7 @@ crash containment, store outages). A job selects it with an engine of
                   more than its ``gpu_memory_utilization``, as a capped allocator would
         exit      sys.exit(exit_code) from deep in the engine (default code 3)
         infra     the farm's own "checkpoint missing on this node" (an ``infra_error``)
+    message: what ``raise`` raises with (default "injected failure during engine build")
     build_s: seconds the "engine build" sleeps first (default 0)
     times: N    the fault fires on the first N builds only, then the engine passes (default: always);
     key: NAME   counts those builds in $FARM_HOME/fault-injection/NAME on the node (default: the fault)
@@ -96,7 +97,7 @@ class FaultInjectionEngine:
             self.gpu_memory = _take_gpu_memory(float(engine_args.get("needs_gpu", 0.5)),
                                                float(engine_args.get("gpu_memory_utilization", 1.0)))
         if self.fault == "raise":
-            raise InjectedFault("injected failure during engine build")
+            raise InjectedFault(str(engine_args.get("message", "injected failure during engine build")))
         if self.fault == "infra":
             raise EngineEnvError("fault-injection: checkpoint missing on this node (an injected infra outcome)")
         if self.fault == "segfault":

@@ -24,6 +24,7 @@ and the next preparation retries at once.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -41,7 +42,7 @@ from farm.envs.build import actor_env_vars, compile_cache_env, farm_code
 from farm.envs.registry import EnvKind, NodeContext, PreparedEnv, Stopwatch, register
 from farm.errors import EnvBuildError
 from farm.model.engines import BundleEngine, EngineSpec
-from farm.settings import FARM_CELL_DISTRIBUTIONS, code_dir
+from farm.settings import BUNDLE_STRIPPED_VARIABLE, FARM_CELL_DISTRIBUTIONS, code_dir
 
 UNPACKED = "bundle"  # under the env's cache directory; its site/ goes on PYTHONPATH
 
@@ -76,7 +77,9 @@ class Bundle(EnvKind):
             found.engines.append(engine.name)
             cache.write(found)
         site = cache.env_dir(key) / UNPACKED / pack.SITE
-        env_vars = {**actor_env_vars(farm_code(code_dir()), site), **document.get("env", {}), **compile_cache_env(key)}
+        env_vars = {**actor_env_vars(farm_code(code_dir()), site), **document.get("env", {}), **compile_cache_env(key),
+                    BUNDLE_STRIPPED_VARIABLE: json.dumps({"site": str(site),
+                                                          "rules": [r["pattern"] for r in document.get("stripped", [])]})}
         return PreparedEnv(
             engine=engine.name,
             kind=engine.kind,
