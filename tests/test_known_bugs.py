@@ -217,6 +217,34 @@ def test_a_cell_whose_probe_did_not_run_could_not_show_the_bug_and_is_no_evidenc
         "transformers+PEFT could not run zoo:x: RuntimeError: devices))")
 
 
+def test_a_cell_that_failed_first_as_another_known_bug_could_not_show_this_one():
+    # vLLM 0.22.1 on an H100: #45101's assertion ends every FP8 MoE + LoRA cell before #42007's garbage can show.
+    from farm.model.matrix import ProbeSummary
+
+    garbage = KnownBug.model_validate({
+        "id": "garbage", "title": "adapter output is garbage", "tracker": ["u"], "platform": "cuda",
+        "combination": {"model": "qwen2moe-shared", "quantization": "fp8", "lora": "experts"},
+        "failure": {"probes": ["lora_reference"]}, "window": {"since": "0.20.0", "fixed": "0.24.0"}})
+    triton = KnownBug.model_validate({
+        "id": "triton", "title": "fp8e4nv assertion", "tracker": ["u"], "platform": "cuda",
+        "combination": {"model": "qwen2moe-shared", "quantization": "fp8", "lora": "experts"},
+        "failure": {"message": "Unsupported lhs dtype fp8e4nv"}, "window": {"since": "0.22.0", "fixed": "0.24.0"}})
+    wrong = _cell("0.20.0", CellStatus.FAIL, quantization="fp8", lora="experts")
+    wrong.failed_probes, wrong.kind = ["lora_reference"], "wrong"
+    wrong.probe_results = [ProbeSummary(name="lora_reference", passed=False)]
+    crashed = _cell("0.22.1", CellStatus.FAIL, "Unsupported lhs dtype fp8e4nv", quantization="fp8", lora="experts")
+    fixed = _cell("0.24.0", CellStatus.PASS, quantization="fp8", lora="experts")
+    matrix = _matrix(wrong, crashed, fixed)
+    assert check(garbage, [matrix]).verdict == "contradicted", "alone, the ledger cannot tell the crash masks it"
+    finding = check(garbage, [matrix], [garbage, triton])
+    assert finding.verdict == "rediscovered", finding
+    assert finding.evidence[1].startswith("0.22.1: 0 of 0 cell(s) show it; 1 more could not: it failed first as triton "
+                                          "describes (fp8e4nv assertion)"), finding.evidence
+    # Once the probe ran and passed, a failure elsewhere masks nothing: the cell is evidence against the window.
+    crashed.probe_results = [ProbeSummary(name="lora_reference", passed=True)]
+    assert check(garbage, [matrix], [garbage, triton]).verdict == "contradicted"
+
+
 def test_an_axis_may_list_several_globs_and_a_cell_matching_any_of_them_counts():
     bug = KnownBug.model_validate({**SEED.model_dump(mode="json"), "combination": {
         "model": ["qwen2moe-*", "mixtral"], "quantization": ["gptq-int4", "ct-w4a16"], "lora": ["attn", "experts"]}})
@@ -255,3 +283,26 @@ def test_the_shipped_ledger_against_the_committed_gpu_history(farm_cli, tmp_path
         "0.20.0: 0 of 6 cell(s) show it", "0.22.1: 6 of 6 cell(s) show it", "0.24.0: 0 of 6 cell(s) show it",
         "0.26.0: 0 of 6 cell(s) show it"]
     assert findings["seed-sharedfusedmoe-w2-weight"]["verdict"] == "not reproducible"
+
+
+def test_the_shipped_ledger_against_the_committed_fp8_window(farm_cli, tmp_path):
+    # docs/gpu/fp8-window/ (H100, vLLM 0.20.0, 0.22.1, 0.24.0, the block-FP8 cells retracted as the bundle's fault)
+    # with docs/gpu/history/: #42007 seen by lora_reference on 0.20.0 alone, masked by #45101 on 0.22.1.
+    import tarfile
+
+    for part in ("history", "fp8-window"):
+        with tarfile.open(REPO / "docs" / "gpu" / part / "results.tar.gz") as archive:
+            archive.extractall(tmp_path / "store", filter="data")
+    runs = ["gpu-history-1", "gpu-history-2", "gpu-fp8-window-1", "gpu-fp8-window-2"]
+    code, out, err = farm_cli("known-bugs", "check", *runs, "--store", str(tmp_path / "store"), "--json",
+                              "--ledger", str(REPO / "jobs" / "known_bugs.yaml"))
+    assert code == 0, err
+    findings = {f["id"]: f for f in json.loads(out)}
+    assert not [f for f in findings.values() if f["verdict"] == "contradicted"], findings
+    garbage = findings["fp8-moe-lora-garbage-42007"]
+    assert garbage["verdict"] == "rediscovered", garbage
+    assert [line.split(";")[0] for line in garbage["evidence"]] == [
+        "0.20.0: 2 of 2 cell(s) show it", "0.22.1: 0 of 0 cell(s) show it", "0.24.0: 0 of 2 cell(s) show it",
+        "0.26.0: 0 of 0 cell(s) show it"]
+    assert "2 more could not: it failed first as fp8-moe-lora-triton-fp8e4nv-45101 describes" in garbage["evidence"][1]
+    assert findings["fp8-moe-lora-triton-fp8e4nv-45101"]["verdict"] == "rediscovered"

@@ -194,7 +194,7 @@ def _known_bugs_check(args: argparse.Namespace) -> int:
     store = open_store(args.store, s3_endpoint=args.s3_endpoint)
     # Several runs: one matrix, as `farm matrix RUN RUN` shows it (a cell measured twice on one platform counts once).
     matrix = load_merged(store, args.run_ids) if len(args.run_ids) > 1 else load_matrix(store, args.run_ids[0])
-    findings = [check(bug, [matrix]) for bug in ledger.bugs]
+    findings = [check(bug, [matrix], ledger.bugs) for bug in ledger.bugs]
     print(json.dumps(as_json(findings), indent=1) if args.json else report(findings))
     if args.publish:
         page = publish_known_bugs(store, as_check(findings, str(args.ledger), list(args.run_ids)))

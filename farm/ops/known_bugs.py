@@ -12,7 +12,8 @@ says, per bug:
 - **not reproducible**: no run measured the combination on the bug's platform, or it never fails
   that way on any measured release (a fidelity gap of the zoo or the platform: said with why). A
   cell in which a probe the failure names was skipped (its reference could not be computed) could
-  not show the bug: it is neither evidence for the window nor against it, and the finding says so. What
+  not show the bug: it is neither evidence for the window nor against it, and the finding says so; nor is a cell
+  that failed first as another bug of the ledger describes before any probe the failure names ran. What
   the cells did instead is the evidence; where every release inside the window fails otherwise and
   every one outside it passes, the finding says so: the window holds, the symptom differs.
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -139,8 +141,10 @@ def _platform(envs: dict[str, EnvFacts], cell: MatrixCell) -> str:
     return "cuda" if device and not device.startswith("cpu") else "cpu"
 
 
-def check(bug: KnownBug, matrices: list[Matrix]) -> Finding:
-    """The bug's window against every cell of ``matrices`` on its combination and platform."""
+def check(bug: KnownBug, matrices: list[Matrix], ledger: Sequence[KnownBug] = ()) -> Finding:
+    """The bug's window against every cell of ``matrices`` on its combination and platform; a cell that failed as
+    another bug of ``ledger`` describes before any probe ``bug`` names ran could not show it (#45101's assertion on
+    vLLM 0.22.1 ends every FP8 MoE + LoRA cell before #42007's garbage could be seen)."""
     measured: dict[str, list[tuple[MatrixCell, bool]]] = {}
     unjudged: dict[str, list[tuple[MatrixCell, str]]] = {}  # release → cells that could not show it, and why
     for matrix in matrices:
@@ -152,7 +156,7 @@ def check(bug: KnownBug, matrices: list[Matrix]) -> Finding:
             if _patched(matrix.envs, cell):  # not the published release: a fix under test (engine patches)
                 continue
             seen = bug.failure.seen_in(cell)
-            if not seen and (unrun := _unrun(bug, cell)):
+            if not seen and (unrun := _unrun(bug, cell) or _masked(bug, cell, ledger)):
                 unjudged.setdefault(cell.vllm, []).append((cell, unrun))
                 continue
             measured.setdefault(cell.vllm, []).append((cell, seen))
@@ -191,6 +195,15 @@ def _unrun(bug: KnownBug, cell: MatrixCell) -> str:
     (e.g. its reference could not be computed); "" if each ran or the cell never got to them."""
     skipped = [p for p in cell.probe_results if p.skipped and p.name in bug.failure.probes]
     return "; ".join(f"{p.name} did not run ({' '.join(p.detail.split())[:160]})" for p in skipped)
+
+
+def _masked(bug: KnownBug, cell: MatrixCell, ledger: Sequence[KnownBug]) -> str:
+    """The other known bug ``cell`` failed with before any probe ``bug``'s failure names ran; "" if none (or ``bug``
+    is an exception, which the other failure need not have kept from happening)."""
+    if not bug.failure.probes or any(p.name in bug.failure.probes and not p.skipped for p in cell.probe_results):
+        return ""
+    other = next((o for o in ledger if o.id != bug.id and o.failure.seen_in(cell)), None)
+    return f"it failed first as {other.id} describes ({other.title})" if other else ""
 
 
 def _inside(bug: KnownBug, version: str) -> bool:
