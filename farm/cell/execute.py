@@ -162,10 +162,11 @@ def stripped_file(message: str) -> tuple[str, str] | None:
         return None
     if not site or not rules:
         return None
+    root = site.rstrip("/") + "/"
     for found in _PATH.findall(message):
-        if not found.startswith(site.rstrip("/") + "/") or Path(found).exists():
+        if not found.startswith(root) or Path(found).exists():
             continue
-        relative = found[len(site.rstrip("/")) + 1:]
+        relative = found[len(root):]
         rule = strip_rule_of(relative, rules)
         if rule is not None:
             return relative, rule
