@@ -67,6 +67,18 @@ def test_another_platform_or_another_failure_is_not_reproducible_and_says_why():
     assert finding.verdict == "not reproducible" and "fidelity gap" in finding.why
 
 
+def test_releases_measured_only_outside_the_window_cannot_show_it_and_blame_no_zoo():
+    # The GPU history measured 0.20.0 and later, long after the seed's fix in 0.12.0: those passing (or failing
+    # otherwise) agree with the window and say nothing of the zoo's fidelity.
+    matrix = _matrix(_cell("0.20.0", CellStatus.FAIL, "'FusedMoE' object has no attribute 'w13_weight'"),
+                     _cell("0.26.0", CellStatus.PASS))
+    finding = check(SEED, [matrix])
+    assert finding.verdict == "not reproducible"
+    assert "measured only outside the window 0.11.1 … 0.12.0 (0.20.0, 0.26.0)" in finding.why, finding.why
+    assert "fidelity gap" not in finding.why
+    assert finding.evidence[1] == "0.26.0: 0 of 1 cell(s) show it"
+
+
 def test_cells_without_a_verdict_are_not_evidence():
     matrix = _matrix(_cell("0.11.1", CellStatus.FAIL, BROKEN), _cell("0.12.0", CellStatus.ENV_ERROR, "env broke"))
     assert check(SEED, [matrix]).evidence == ["0.11.1: 1 of 1 cell(s) show it"]
@@ -282,7 +294,9 @@ def test_the_shipped_ledger_against_the_committed_gpu_history(farm_cli, tmp_path
     assert [line.split(";")[0] for line in triton["evidence"]] == [
         "0.20.0: 0 of 6 cell(s) show it", "0.22.1: 6 of 6 cell(s) show it", "0.24.0: 0 of 6 cell(s) show it",
         "0.26.0: 0 of 6 cell(s) show it"]
-    assert findings["seed-sharedfusedmoe-w2-weight"]["verdict"] == "not reproducible"
+    seed = findings["seed-sharedfusedmoe-w2-weight"]
+    assert seed["verdict"] == "not reproducible"
+    assert "measured only outside the window 0.11.1 … 0.12.0 (0.20.0, 0.22.1, 0.24.0, 0.26.0)" in seed["why"], seed
 
 
 def test_the_shipped_ledger_against_the_committed_fp8_window(farm_cli, tmp_path):

@@ -9,8 +9,9 @@ says, per bug:
   outside it does not;
 - **contradicted**: a measured release disagrees with the window (the evidence names it: release,
   status, signature, message);
-- **not reproducible**: no run measured the combination on the bug's platform, or it never fails
-  that way on any measured release (a fidelity gap of the zoo or the platform: said with why). A
+- **not reproducible**: no run measured the combination on the bug's platform, or none measured a
+  release inside the window (those outside it agree with it, but cannot show the bug), or it never
+  fails that way on any measured release (a fidelity gap of the zoo or the platform: said with why). A
   cell in which a probe the failure names was skipped (its reference could not be computed) could
   not show the bug: it is neither evidence for the window nor against it, and the finding says so; nor is a cell
   that failed first as another bug of the ledger describes before any probe the failure names ran. What
@@ -168,9 +169,16 @@ def check(bug: KnownBug, matrices: list[Matrix], ledger: Sequence[KnownBug] = ()
              f"({unrun})") if unjudged else ""
     if not measured:
         return Finding(bug, "not reproducible", f"no run measured {bug.combination.describe()} on the {bug.platform} platform")
-    if not any(seen for cells in measured.values() for _, seen in cells):
+    releases = ", ".join(sorted(measured, key=release_key))
+    any_seen = any(seen for cells in measured.values() for _, seen in cells)
+    if not any_seen and not any(_inside(bug, version) for version in measured):
+        # Agreeing with the window, but no evidence for it: a release after the fix passing says nothing of the zoo.
+        return Finding(bug, "not reproducible", f"{bug.combination.describe()} was measured only outside the window "
+                       f"{bug.window.since} … {bug.window.fixed or 'unfixed'} ({releases}), where it does not fail this way, "
+                       f"as the window says: no release inside it was measured{blind}", _evidence(measured, unjudged))
+    if not any_seen:
         why = (f"{bug.combination.describe()} never fails this way on the {len(measured)} release(s) measured "
-               f"({', '.join(sorted(measured, key=release_key))}): a fidelity gap of the zoo or the platform{blind}")
+               f"({releases}): a fidelity gap of the zoo or the platform{blind}")
         if not unjudged and _window_holds_otherwise(bug, measured):
             why += ("; but every release inside the window fails otherwise and every one outside it passes: "
                     "the window holds, the symptom differs")
