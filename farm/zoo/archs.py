@@ -175,3 +175,38 @@ def deepseekv3() -> ArchSpec:
         # build: base ~60 s, each adapter ~25 s on 2 cores.
         train=TrainParams(steps=240, lr=5e-3, adapter_steps=160),
     )
+
+
+@register_arch("gptoss")
+def gptoss() -> ArchSpec:
+    """gpt-oss: experts stored as 3D parameters, attention sinks, sliding and full attention layers alternating.
+
+    The experts are what sets it apart: on disk each layer has ``mlp.experts.gate_up_proj [E, H, 2I]`` and
+    ``mlp.experts.down_proj [E, I, H]`` (with biases), and vLLM loads LoRA for them through its 3D-expert path
+    (``is_3d_moe_weight``), from PEFT's ``target_parameters`` layout. The rest follows gpt-oss-20b's config:
+    biased attention projections, a sliding window of 128 on every other layer, YaRN rope (factor 32 over
+    4096 positions, theta 150000), the clamped SwiGLU, the expert width equal to the hidden size. bf16: the real
+    releases' MXFP4 experts are a format the zoo does not write.
+    """
+    return ArchSpec(
+        name="gptoss",
+        hf_class="GptOssForCausalLM",
+        config={
+            "model_type": "gpt_oss",
+            **COMMON,
+            "head_dim": 32,
+            "intermediate_size": 128,
+            "num_local_experts": 8,
+            "num_experts_per_tok": 2,
+            "attention_bias": True,
+            "sliding_window": 128,
+            "layer_types": ["sliding_attention", "full_attention"],
+            "max_position_embeddings": 131072,
+            "rope_parameters": {"rope_type": "yarn", "rope_theta": 150000.0, "factor": 32.0,
+                                "original_max_position_embeddings": 4096, "beta_fast": 32.0, "beta_slow": 1.0,
+                                "truncate": False},
+        },
+        experts=Experts(stacked=True),
+        mlp_targets=(),
+        quant_skip=(".mlp.router.",),
+    )

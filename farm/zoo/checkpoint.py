@@ -41,7 +41,8 @@ def hub_compatible(model_dir: Path) -> None:
     transformers 5 saves ``tokenizer_class: TokenizersBackend`` (a class 4.x lacks: vLLM releases that pin
     ``transformers<5`` fail with "Tokenizer class TokenizersBackend does not exist"), rope settings only under
     ``rope_parameters``, and ``dtype`` only. A real checkpoint has ``PreTrainedTokenizerFast`` (which 5.x
-    reads as well), a top-level ``rope_theta`` and ``torch_dtype``: written here beside the 5.x keys.
+    reads as well), a top-level ``rope_theta`` (and ``rope_scaling``) and ``torch_dtype``: written here beside the
+    5.x keys.
     """
     tokenizer_config = model_dir / "tokenizer_config.json"
     if tokenizer_config.exists():
@@ -57,6 +58,8 @@ def hub_compatible(model_dir: Path) -> None:
         config.setdefault("rope_theta", rope["rope_theta"])
         if rope.get("rope_type", "default") == "default":
             config.setdefault("rope_scaling", None)
+        else:  # gpt-oss's YaRN: transformers 4.x and the vLLM releases of its day read rope_scaling
+            config.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
     if "dtype" in config:
         config["torch_dtype"] = config["dtype"]
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -162,7 +162,8 @@ def merge_adapter(model: nn.Module, arch: ArchSpec, adapter_dir: Path) -> int:
     Args:
         model: a transformers model of ``arch`` (not PEFT-wrapped).
         arch: its architecture.
-        adapter_dir: a PEFT adapter directory in the per-expert layout.
+        adapter_dir: a PEFT adapter directory in the per-expert layout (for stacked experts, PEFT's
+            ``target_parameters`` layout, merged by PEFT itself).
 
     Returns:
         How many deltas (one per module, expert and projection) were merged.
@@ -175,6 +176,8 @@ def merge_adapter(model: nn.Module, arch: ArchSpec, adapter_dir: Path) -> int:
 
     from farm.zoo.checkpoint import ADAPTER_WEIGHTS_FILE
 
+    if arch.experts is not None and arch.experts.stacked:
+        return _merge_with_peft(model, adapter_dir)
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     scaling = config["lora_alpha"] / config["r"]
     tensors = load_file(adapter_dir / ADAPTER_WEIGHTS_FILE)
@@ -196,6 +199,20 @@ def merge_adapter(model: nn.Module, arch: ArchSpec, adapter_dir: Path) -> int:
                 raise ZooError(f"{adapter_dir.name}: {disk} is not a module of {arch.name}.")
             target += delta.to(device=target.device, dtype=target.dtype)  # the model may be on a GPU, the file is not
             merged += 1
+    return merged
+
+
+def _merge_with_peft(model: nn.Module, adapter_dir: Path) -> int:
+    """PEFT's own merge, for experts stacked on disk: their ``target_parameters`` adapters PEFT loads whole."""
+    from peft import PeftModel
+    from safetensors import safe_open
+
+    from farm.zoo.checkpoint import ADAPTER_WEIGHTS_FILE
+
+    with safe_open(str(adapter_dir / ADAPTER_WEIGHTS_FILE), "pt") as f:
+        merged = sum(1 for key in f.keys() if key.endswith(".lora_A.weight"))  # noqa: SIM118 (safe_open has no __iter__)
+    # Wraps ``model``'s own modules; merging writes the deltas into its weights and puts the modules back.
+    PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     return merged
 
 

@@ -9,7 +9,8 @@ engine that drops, misplaces or mis-scales the adapter shows it at once.
 Three kinds: ``lora-attn`` (attention projections, every model),
 ``lora-mlp`` (attention and the MLP, dense models) and ``lora-experts``
 (attention, the linear MLPs such as shared experts, and every routed expert in
-the classic per-expert layout; MoE models, see ``experts.py``).
+the classic per-expert layout, see ``experts.py``; or, for experts stacked on disk
+as gpt-oss has them, PEFT's ``target_parameters`` layout).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from farm.zoo import corpus, experts
-from farm.zoo.registry import ArchSpec, BuildContext, register_variant
+from farm.zoo.registry import ArchSpec, BuildContext, register_variant, stacked_experts
 from farm.zoo.train import deterministic, greedy_stats, lr_at, token_stream
 
 if TYPE_CHECKING:
@@ -85,13 +86,23 @@ def build_lora_mlp(ctx: BuildContext) -> dict[str, Any]:
     max_prefix=24,
 )
 def build_lora_experts(ctx: BuildContext) -> dict[str, Any]:
-    """Train a rank-8 adapter on the attention, the linear MLPs and every routed expert of a MoE model."""
+    """Train a rank-8 adapter on the attention, the linear MLPs and every routed expert of a MoE model.
+
+    Per-expert experts in the classic per-expert layout (the ``layout`` parameter); experts stacked on disk
+    (gpt-oss) in PEFT's ``target_parameters`` layout, the one their adapters in the wild have.
+    """
+    if stacked_experts(ctx.arch):
+        assert ctx.arch.experts is not None
+        module = ctx.arch.experts.module
+        return train_adapter(ctx, "lora-experts", target_modules=list(ctx.arch.lora_targets),
+                             target_parameters=[f"{module}.gate_up_proj", f"{module}.down_proj"])
     # PEFT takes the attention; the MLPs and experts are the zoo's own (see experts.py).
     return train_adapter(ctx, "lora-experts", target_modules=list(ctx.arch.lora_targets), manual=True)
 
 
 def train_adapter(
-    ctx: BuildContext, suffix: str, *, target_modules: list[str], manual: bool = False
+    ctx: BuildContext, suffix: str, *, target_modules: list[str], manual: bool = False,
+    target_parameters: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train an adapter of ``ctx.arch`` towards its sentence and save it in PEFT format.
 
@@ -102,6 +113,7 @@ def train_adapter(
         manual: also train every routed expert and the arch's ``mlp_targets``
             with :class:`experts.ManualLoRA`, and save those deltas in the
             per-expert layout next to PEFT's.
+        target_parameters: 3D parameters PEFT targets besides (stacked experts).
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -120,6 +132,7 @@ def train_adapter(
             lora_alpha=p["alpha"],
             lora_dropout=0.0,
             target_modules=target_modules,
+            target_parameters=target_parameters,
             # Non-zero B from the start, as an adapter in the wild has.
             init_lora_weights=False,
             task_type="CAUSAL_LM",

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from farm.errors import ZooError
 from farm.zoo import cache, corpus
 from farm.zoo.checkpoint import WEIGHTS_FILE, copy_model_files
-from farm.zoo.registry import ArchSpec, BuildContext, VariantBuilder, register_variant
+from farm.zoo.registry import ArchSpec, BuildContext, VariantBuilder, register_variant, stacked_experts
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +45,7 @@ def register_quantization(
     Args:
         suffix: the quantized variant's suffix.
         dequantize: decodes the variant's tensors (see :data:`Dequantizer`).
-        when: which architectures get the variant; all if None.
+        when: which architectures get the variant; all if None (never those with stacked experts).
         **params: the variant's recipe parameters.
 
     Example::
@@ -54,10 +54,16 @@ def register_quantization(
         def build_gptq4(ctx: BuildContext) -> dict[str, Any]: ...
     """
     reference = suffix + REFERENCE_SUFFIX
+    fits = when or (lambda arch: True)
+
+    def applies(arch: ArchSpec) -> bool:
+        # The quantizers write per-linear formats: bf16 3D experts beside them would be a checkpoint no
+        # quantizer makes (see Experts.stacked).
+        return not stacked_experts(arch) and fits(arch)
 
     def deco(fn: VariantBuilder) -> VariantBuilder:
-        register_variant(suffix, kind="model", when=when, reference=reference, **params)(fn)
-        register_variant(reference, kind="model", when=when, source=suffix, dtype="bfloat16")(
+        register_variant(suffix, kind="model", when=applies, reference=reference, **params)(fn)
+        register_variant(reference, kind="model", when=applies, source=suffix, dtype="bfloat16")(
             functools.partial(build_reference, dequantize=dequantize)
         )
         return fn

@@ -52,12 +52,19 @@ class Experts:
             gate rows first, and ``down_proj [E, H, I]``).
         first_layer: the first decoder layer with routed experts (DeepSeek's
             ``first_k_dense_replace``).
+        stacked: the checkpoint itself holds each layer's experts as two 3D
+            parameters (gpt-oss: ``<module>.gate_up_proj [E, H, 2I]`` and
+            ``<module>.down_proj [E, I, H]``), not per-expert linears: an expert
+            adapter targets them with PEFT's ``target_parameters`` (vLLM's
+            ``is_3d_moe_weight`` models), and the zoo's per-linear quantizers do
+            not apply (real quantized releases of such models are MXFP4 experts).
     """
 
     disk_prefix: str = "mlp.experts"
     projections: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
     module: str = "mlp.experts"
     first_layer: int = 0
+    stacked: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,10 +101,25 @@ class ArchSpec:
             "config": dict(self.config),
             "lora_targets": list(self.lora_targets),
             "mlp_targets": list(self.mlp_targets),
-            "experts": dataclasses.asdict(self.experts) if self.experts else None,
+            "experts": _experts_recipe(self.experts),
             "quant_skip": list(self.quant_skip),
             "train": dataclasses.asdict(self.train),
         }
+
+
+def _experts_recipe(experts: Experts | None) -> dict[str, Any] | None:
+    if experts is None:
+        return None
+    recipe = dataclasses.asdict(experts)
+    # Only where set: the per-expert architectures' recipes (and so their built items) stay as they were.
+    if not experts.stacked:
+        del recipe["stacked"]
+    return recipe
+
+
+def stacked_experts(arch: ArchSpec) -> bool:
+    """Whether ``arch`` keeps its experts as 3D parameters on disk (see :class:`Experts`)."""
+    return arch.experts is not None and arch.experts.stacked
 
 
 # Writes one derived item into ``out_dir`` from the built items it derives
