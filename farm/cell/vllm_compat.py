@@ -13,6 +13,8 @@ from typing import Any
 
 # The CPU worker's source, where the binding words are read (v1 engine, then the older worker).
 _CPU_WORKERS = ("v1/worker/cpu_worker.py", "worker/cpu_worker.py")
+# Where a vLLM that knows "nobind" reads it: its CPU worker up to 0.19, the OpenMP process manager from 0.20 on.
+_NOBIND_READERS = (*_CPU_WORKERS, "utils/ompmultiprocessing.py")
 
 
 def cpu_threads_bind_for_this_vllm() -> None:
@@ -21,8 +23,10 @@ def cpu_threads_bind_for_this_vllm() -> None:
     The farm sets ``VLLM_CPU_OMP_THREADS_BIND=nobind`` (Ray gives each cell its CPUs). vLLM knows
     ``nobind`` since 0.11.1; 0.11.0 and earlier spell it ``all`` and hand any other value to a C++ op
     as a core list, which crashes the process on ``nobind`` (SIGSEGV in ``cpu_worker.init_device``):
-    a crash of the farm's making, never a verdict. Read from the installed source, not a version
-    number (builds from commits carry none that compares). A value the job's engine sets is its own.
+    a crash of the farm's making, never a verdict. From 0.20 on the word is read in
+    ``utils/ompmultiprocessing.py``, where ``all`` is a core list that fails to parse (``ValueError:
+    invalid literal for int() … 'all'``). Read from the installed source, not a version number (builds
+    from commits carry none that compares). A value the job's engine sets is its own.
     """
     if os.environ.get("VLLM_CPU_OMP_THREADS_BIND") != "nobind":
         return
@@ -30,12 +34,10 @@ def cpu_threads_bind_for_this_vllm() -> None:
     if spec is None or not spec.submodule_search_locations:
         return
     root = Path(list(spec.submodule_search_locations)[0])
-    for relative in _CPU_WORKERS:
-        worker = root / relative
-        if worker.is_file():
-            if "nobind" not in worker.read_text(errors="replace"):
-                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "all"
-            return
+    readers = [root / relative for relative in _NOBIND_READERS if (root / relative).is_file()]
+    has_cpu_worker = any((root / relative).is_file() for relative in _CPU_WORKERS)
+    if has_cpu_worker and not any("nobind" in reader.read_text(errors="replace") for reader in readers):
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "all"
 
 
 def lora_request(name: str, int_id: int, path: str) -> Any:
