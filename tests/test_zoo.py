@@ -224,7 +224,8 @@ def test_base_model_is_peaked_in_transformers(zoo_root: Path, base: str) -> None
     assert config["architectures"] == [zoo.registry.get(base).arch.hf_class]
     assert config["vocab_size"] == 512
     tok = AutoTokenizer.from_pretrained(path)
-    assert len(tok) == 500 and tok.eos_token == "<|endoftext|>" and tok.eos_token_id == 0
+    chat_tokens = zoo.registry.get(base).arch.chat_tokens
+    assert len(tok) == 500 + len(chat_tokens) and tok.eos_token == "<|endoftext|>" and tok.eos_token_id == 0
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     stats = _greedy(model, tok)
     assert stats["mean_top1"] >= PEAKED, stats
@@ -278,6 +279,21 @@ def test_gptoss_checkpoint_is_laid_out_as_gpt_oss_releases_are(zoo_root: Path) -
     assert shapes[layer + "self_attn.sinks"] == [4]
     assert shapes[layer + "self_attn.q_proj.bias"] == [128]
     assert not any(".experts.0." in k for k in shapes)
+
+
+def test_gptoss_tokenizer_has_the_harmony_tokens_vllm_looks_up(zoo_root: Path) -> None:
+    """vLLM 0.17–0.26 build gpt-oss's reasoning parser with the engine; it reads ``vocab["<|end|>"]``."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(zoo_root / "gptoss")
+    harmony = ["<|startoftext|>", "<|return|>", "<|constrain|>", "<|channel|>", "<|start|>", "<|end|>", "<|message|>",
+               "<|call|>"]
+    assert [tok.vocab[t] for t in harmony] == list(range(500, 508))  # inside the 512-row embedding
+    assert tok.encode("<|start|>assistant<|message|>hi<|end|>")[0] == 504
+    assert tok.encode("<|message|>") == [506]
+    # The 4.x key, which transformers 4.57 (vLLM releases up to 0.14) and 5.x both read.
+    settings = json.loads((zoo_root / "gptoss" / "tokenizer_config.json").read_text())
+    assert settings["additional_special_tokens"] == harmony and "extra_special_tokens" not in settings
 
 
 def test_deepseekv3_config_suits_the_mla_kernels(zoo_root: Path) -> None:

@@ -209,4 +209,7 @@ def gptoss() -> ArchSpec:
         experts=Experts(stacked=True),
         mlp_targets=(),
         quant_skip=(".mlp.router.",),
+        # The harmony format's tokens, in o200k_harmony's order (ids 199998 … 200012 there, 500 … 507 here).
+        chat_tokens=("<|startoftext|>", "<|return|>", "<|constrain|>", "<|channel|>", "<|start|>", "<|end|>",
+                     "<|message|>", "<|call|>"),
     )

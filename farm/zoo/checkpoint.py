@@ -40,9 +40,9 @@ def hub_compatible(model_dir: Path) -> None:
 
     transformers 5 saves ``tokenizer_class: TokenizersBackend`` (a class 4.x lacks: vLLM releases that pin
     ``transformers<5`` fail with "Tokenizer class TokenizersBackend does not exist"), rope settings only under
-    ``rope_parameters``, and ``dtype`` only. A real checkpoint has ``PreTrainedTokenizerFast`` (which 5.x
-    reads as well), a top-level ``rope_theta`` (and ``rope_scaling``) and ``torch_dtype``: written here beside the
-    5.x keys.
+    ``rope_parameters``, extra special tokens as a list under ``extra_special_tokens``, and ``dtype`` only. A real
+    checkpoint has ``PreTrainedTokenizerFast`` (which 5.x reads as well), ``additional_special_tokens``, a
+    top-level ``rope_theta`` (and ``rope_scaling``) and ``torch_dtype``: written here beside the 5.x keys.
     """
     tokenizer_config = model_dir / "tokenizer_config.json"
     if tokenizer_config.exists():
@@ -50,6 +50,11 @@ def hub_compatible(model_dir: Path) -> None:
         if settings.get("tokenizer_class") == "TokenizersBackend":
             settings["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
         settings.pop("backend", None)  # a transformers 5 field
+        # transformers 5's list of extra special tokens is 4.x's additional_special_tokens (4.57 wants a dict
+        # under the 5.x name: "'list' object has no attribute 'keys'"); both read the 4.x name.
+        extra = settings.pop("extra_special_tokens", None)
+        if extra:
+            settings["additional_special_tokens"] = extra
         tokenizer_config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     path = model_dir / "config.json"
     config = json.loads(path.read_text())

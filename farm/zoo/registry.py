@@ -83,6 +83,10 @@ class ArchSpec:
         quant_skip: substrings of on-disk weight names that quantizers leave
             in float (routers and gates: tiny, and real quantizers skip them too).
         train: training parameters of the base model.
+        chat_tokens: special tokens of the architecture's chat format that its real
+            tokenizer has and vLLM looks up by name (gpt-oss's harmony ``<|end|>``,
+            read by its reasoning parser at engine build in vLLM 0.17–0.26), appended
+            after the zoo tokenizer's vocabulary, inside the padded embedding.
     """
 
     name: str
@@ -93,10 +97,12 @@ class ArchSpec:
     experts: Experts | None = None
     quant_skip: tuple[str, ...] = ()
     train: TrainParams = TrainParams()
+    chat_tokens: tuple[str, ...] = ()
 
     def recipe(self) -> dict[str, Any]:
         """Everything about this architecture that changes the bytes built."""
-        return {
+        # chat_tokens only where set: the other architectures' recipes (and so their built items) stay as they were.
+        return {**({"chat_tokens": list(self.chat_tokens)} if self.chat_tokens else {}),
             "hf_class": self.hf_class,
             "config": dict(self.config),
             "lora_targets": list(self.lora_targets),

@@ -103,6 +103,8 @@ def train_base(ctx: BuildContext) -> dict[str, Any]:
     from farm.zoo.tokenizer import build_tokenizer
 
     tok = build_tokenizer()
+    if ctx.arch.chat_tokens:
+        tok.add_special_tokens({"additional_special_tokens": list(ctx.arch.chat_tokens)})
     p = ctx.arch.train
     with deterministic(ctx.seed):
         model = AutoModelForCausalLM.from_config(hf_config(ctx.arch), dtype=torch.float32)
