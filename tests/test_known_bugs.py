@@ -149,20 +149,30 @@ def test_inside_the_window_failing_otherwise_and_outside_passing_says_the_window
         "id": "fp8", "title": "garbage", "tracker": ["u"], "platform": "cuda",
         "combination": {"model": "qwen2moe-shared", "quantization": "fp8*", "lora": "experts"},
         "failure": {"probes": ["lora_reference"]}, "window": {"since": "0.20.0", "fixed": "0.24.0"}})
+    from farm.model.matrix import ProbeSummary
+
+    agrees = ProbeSummary(name="lora_reference", passed=True)
     wrong = _cell("0.20.0", CellStatus.FAIL, quantization="fp8", lora="experts")
     wrong.failed_probes, wrong.kind, wrong.signature = ["reference", "lora_unused"], "wrong", "88cf954902"
+    wrong.probe_results = [ProbeSummary(name="reference", passed=False), agrees,
+                           ProbeSummary(name="lora_unused", passed=False)]
     crash = _cell("0.22.1", CellStatus.FAIL, "Unsupported lhs dtype fp8e4nv", quantization="fp8", lora="experts")
     crash.frame, crash.kind, crash.failed_probes = "vllm/lora/ops/triton_ops/fused_moe_lora_op.py:452", "broken", ["load"]
+    crash.probe_results = [ProbeSummary(name="load", passed=False)]
     passes = [_cell(v, CellStatus.PASS, quantization="fp8", lora="experts") for v in ("0.24.0", "0.26.0")]
+    for cell in passes:
+        cell.probe_results = [agrees]
     finding = check(garbage, [_matrix(wrong, crash, *passes)])
     assert finding.verdict == "not reproducible" and finding.why.endswith("the window holds, the symptom differs")
     assert finding.evidence == [
         "0.20.0: 0 of 1 cell(s) show it; otherwise: fail/wrong in reference, lora_unused [88cf954902]",
-        "0.22.1: 0 of 1 cell(s) show it; otherwise: fail/broken at vllm/lora/ops/triton_ops/fused_moe_lora_op.py:452 "
-        "[abc]: Unsupported lhs dtype fp8e4nv",
+        "0.22.1: 0 of 0 cell(s) show it; 1 more could not: lora_reference did not run (the cell ended before it), "
+        "and failed otherwise: fail/broken at vllm/lora/ops/triton_ops/fused_moe_lora_op.py:452 [abc]: Unsupported "
+        "lhs dtype fp8e4nv",
         "0.24.0: 0 of 1 cell(s) show it", "0.26.0: 0 of 1 cell(s) show it"]
     # A release outside the window that fails too: the window says nothing then.
     late = _cell("0.26.0", CellStatus.FAIL, "boom", quantization="fp8", lora="experts")
+    late.probe_results = [agrees]
     finding = check(garbage, [_matrix(wrong, crash, passes[0], late)])
     assert finding.verdict == "not reproducible" and "the window holds" not in finding.why
 
@@ -229,6 +239,29 @@ def test_a_cell_whose_probe_did_not_run_could_not_show_the_bug_and_is_no_evidenc
         "transformers+PEFT could not run zoo:x: RuntimeError: devices))")
 
 
+def test_a_wrong_output_bug_is_not_judged_by_cells_that_never_ran_its_probe():
+    # The CPU history (jobs/history.yaml) runs no lora_reference, and every MoE expert-LoRA cell there fails at engine
+    # build: none of it says anything of #31534's wrong adapter output, let alone of the zoo's fidelity.
+    from farm.model.matrix import ProbeSummary
+
+    layout = KnownBug.model_validate({
+        "id": "layout", "title": "lora B layout", "tracker": ["u"],
+        "combination": {"model": "gptoss", "quantization": "none", "lora": "experts"},
+        "failure": {"probes": ["lora_reference"]}, "window": {"since": "0.11.1", "fixed": "0.14.0"}})
+    built = _cell("0.12.0", CellStatus.PASS, model="gptoss", quantization="none", lora="experts", env="cpu")
+    built.probe_results = [ProbeSummary(name="load", passed=True), ProbeSummary(name="lora", passed=True)]
+    crashed = _cell("0.13.0", CellStatus.FAIL, "name 'TritonExperts' is not defined", model="gptoss",
+                    quantization="none", lora="experts", env="cpu")
+    crashed.probe_results = [ProbeSummary(name="load", passed=False)]
+    finding = check(layout, [_matrix(built, crashed)])
+    assert finding.verdict == "not reproducible" and "fidelity gap" not in finding.why
+    assert finding.why == ("gptoss/none/experts could not show it on the 2 release(s) measured: in every cell, "
+                           "lora_reference did not run (not among this cell's probes)")
+    assert finding.evidence[1].startswith("0.13.0: 0 of 0 cell(s) show it; 1 more could not: lora_reference did not run "
+                                          "(the cell ended before it), and failed otherwise: fail at "
+                                          "vllm/lora/layers/fused_moe.py:43"), finding.evidence
+
+
 def test_a_cell_that_failed_first_as_another_known_bug_could_not_show_this_one():
     # vLLM 0.22.1 on an H100: #45101's assertion ends every FP8 MoE + LoRA cell before #42007's garbage can show.
     from farm.model.matrix import ProbeSummary
@@ -246,8 +279,16 @@ def test_a_cell_that_failed_first_as_another_known_bug_could_not_show_this_one()
     wrong.probe_results = [ProbeSummary(name="lora_reference", passed=False)]
     crashed = _cell("0.22.1", CellStatus.FAIL, "Unsupported lhs dtype fp8e4nv", quantization="fp8", lora="experts")
     fixed = _cell("0.24.0", CellStatus.PASS, quantization="fp8", lora="experts")
+    fixed.probe_results = [ProbeSummary(name="lora_reference", passed=True)]
     matrix = _matrix(wrong, crashed, fixed)
-    assert check(garbage, [matrix]).verdict == "contradicted", "alone, the ledger cannot tell the crash masks it"
+    alone = check(garbage, [matrix])
+    assert alone.verdict == "rediscovered", "a cell that ended before the probe ran is no evidence against the window"
+    assert alone.evidence[1].startswith("0.22.1: 0 of 0 cell(s) show it; 1 more could not: lora_reference did not run "
+                                        "(the cell ended before it)"), alone.evidence
+    # A bug of another combination with the same message is not what ended these cells.
+    elsewhere = KnownBug.model_validate({**triton.model_dump(mode="json"), "id": "elsewhere",
+                                         "combination": {"model": "mixtral"}})
+    assert "elsewhere" not in " ".join(check(garbage, [matrix], [elsewhere, triton]).evidence)
     finding = check(garbage, [matrix], [garbage, triton])
     assert finding.verdict == "rediscovered", finding
     assert finding.evidence[1].startswith("0.22.1: 0 of 0 cell(s) show it; 1 more could not: it failed first as triton "

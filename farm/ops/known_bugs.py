@@ -157,7 +157,7 @@ def check(bug: KnownBug, matrices: list[Matrix], ledger: Sequence[KnownBug] = ()
             if _patched(matrix.envs, cell):  # not the published release: a fix under test (engine patches)
                 continue
             seen = bug.failure.seen_in(cell)
-            if not seen and (unrun := _unrun(bug, cell) or _masked(bug, cell, ledger)):
+            if not seen and (unrun := _masked(bug, cell, ledger) or _unrun(bug, cell)):
                 unjudged.setdefault(cell.vllm, []).append((cell, unrun))
                 continue
             measured.setdefault(cell.vllm, []).append((cell, seen))
@@ -168,7 +168,8 @@ def check(bug: KnownBug, matrices: list[Matrix], ledger: Sequence[KnownBug] = ()
     blind = (f"; {sum(map(len, unjudged.values()))} more cell(s) on {len(unjudged)} release(s) could not show it "
              f"({unrun})") if unjudged else ""
     if not measured:
-        return Finding(bug, "not reproducible", f"no run measured {bug.combination.describe()} on the {bug.platform} platform")
+        return Finding(bug, "not reproducible", f"no run measured {bug.combination.describe()} on "
+                       f"{'any platform' if bug.platform == 'any' else f'the {bug.platform} platform'}")
     releases = ", ".join(sorted(measured, key=release_key))
     any_seen = any(seen for cells in measured.values() for _, seen in cells)
     if not any_seen and not any(_inside(bug, version) for version in measured):
@@ -179,7 +180,7 @@ def check(bug: KnownBug, matrices: list[Matrix], ledger: Sequence[KnownBug] = ()
     if not any_seen:
         why = (f"{bug.combination.describe()} never fails this way on the {len(measured)} release(s) measured "
                f"({releases}): a fidelity gap of the zoo or the platform{blind}")
-        if not unjudged and _window_holds_otherwise(bug, measured):
+        if _window_holds_otherwise(bug, measured, unjudged):
             why += ("; but every release inside the window fails otherwise and every one outside it passes: "
                     "the window holds, the symptom differs")
         return Finding(bug, "not reproducible", why, _evidence(measured, unjudged))
@@ -199,10 +200,20 @@ def check(bug: KnownBug, matrices: list[Matrix], ledger: Sequence[KnownBug] = ()
 
 
 def _unrun(bug: KnownBug, cell: MatrixCell) -> str:
-    """Why ``cell`` cannot show the bug although it got that far: a probe the failure names was skipped there
-    (e.g. its reference could not be computed); "" if each ran or the cell never got to them."""
-    skipped = [p for p in cell.probe_results if p.skipped and p.name in bug.failure.probes]
-    return "; ".join(f"{p.name} did not run ({' '.join(p.detail.split())[:160]})" for p in skipped)
+    """Why ``cell`` cannot show a wrong-output bug: a probe the failure names did not run there, because it was
+    skipped (e.g. its reference could not be computed), the cell ended before it (an engine that did not build),
+    or the run did not ask for it; "" if each ran."""
+    results = {p.name: p for p in cell.probe_results}
+    reasons = []
+    for name in bug.failure.probes:
+        probe = results.get(name)
+        if probe is not None and probe.skipped:
+            reasons.append(f"{name} did not run ({' '.join(probe.detail.split())[:160]})")
+        elif probe is None and cell.frame:
+            reasons.append(f"{name} did not run (the cell ended before it)")
+        elif probe is None:
+            reasons.append(f"{name} did not run (not among this cell's probes)")
+    return "; ".join(reasons)
 
 
 def _masked(bug: KnownBug, cell: MatrixCell, ledger: Sequence[KnownBug]) -> str:
@@ -210,7 +221,7 @@ def _masked(bug: KnownBug, cell: MatrixCell, ledger: Sequence[KnownBug]) -> str:
     is an exception, which the other failure need not have kept from happening)."""
     if not bug.failure.probes or any(p.name in bug.failure.probes and not p.skipped for p in cell.probe_results):
         return ""
-    other = next((o for o in ledger if o.id != bug.id and o.failure.seen_in(cell)), None)
+    other = next((o for o in ledger if o.id != bug.id and o.combination.matches(cell) and o.failure.seen_in(cell)), None)
     return f"it failed first as {other.id} describes ({other.title})" if other else ""
 
 
@@ -219,11 +230,14 @@ def _inside(bug: KnownBug, version: str) -> bool:
     return release_key(bug.window.since) <= release_key(version) and (fixed is None or release_key(version) < release_key(fixed))
 
 
-def _window_holds_otherwise(bug: KnownBug, measured: dict[str, list[tuple[MatrixCell, bool]]]) -> bool:
-    """Releases on both sides of the window were measured: every cell inside fails (not as the ledger says), every
-    cell outside passes."""
-    inside = [cell for version, cells in measured.items() if _inside(bug, version) for cell, _ in cells]
-    outside = [cell for version, cells in measured.items() if not _inside(bug, version) for cell, _ in cells]
+def _window_holds_otherwise(bug: KnownBug, measured: dict[str, list[tuple[MatrixCell, bool]]],
+                            unjudged: dict[str, list[tuple[MatrixCell, str]]]) -> bool:
+    """Releases on both sides of the window were measured: every cell inside fails (not as the ledger says, or
+    before it could), every cell outside passes."""
+    cells_by_release = {version: [cell for cell, _ in measured.get(version, [])] +
+                        [cell for cell, _ in unjudged.get(version, [])] for version in {*measured, *unjudged}}
+    inside = [cell for version, cells in cells_by_release.items() if _inside(bug, version) for cell in cells]
+    outside = [cell for version, cells in cells_by_release.items() if not _inside(bug, version) for cell in cells]
     return (bool(inside) and bool(outside) and all(c.status is not CellStatus.PASS for c in inside)
             and all(c.status is CellStatus.PASS for c in outside))
 
