@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from farm.errors import ZooError
-from farm.zoo.registry import ArchSpec
+from farm.zoo.registry import ArchSpec, stacked_experts
 
 if TYPE_CHECKING:
     import torch
@@ -176,7 +176,7 @@ def merge_adapter(model: nn.Module, arch: ArchSpec, adapter_dir: Path) -> int:
 
     from farm.zoo.checkpoint import ADAPTER_WEIGHTS_FILE
 
-    if arch.experts is not None and arch.experts.stacked:
+    if stacked_experts(arch):
         return _merge_with_peft(model, adapter_dir)
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     scaling = config["lora_alpha"] / config["r"]
