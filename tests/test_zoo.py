@@ -76,6 +76,7 @@ def test_names_kinds_and_bases() -> None:
             "qwen2-dense-lora-mlp",
             *(f"{b}-lora-experts" for b in [*ALL_MOE, *STACKED]),
             *STACKED,
+            *(f"{b}-mxfp4{ref}" for b in STACKED for ref in ("", "-dequant")),
         ]
     )
     assert zoo.names() == expected
@@ -92,7 +93,7 @@ def test_names_kinds_and_bases() -> None:
 
 def test_reference_of_names_the_dequantized_item() -> None:
     for name in zoo.names():
-        quantized = any(name.endswith("-" + q) for q in [*QUANTS, "ct-w4a16-experts", "fp8-block"])
+        quantized = any(name.endswith("-" + q) for q in [*QUANTS, "ct-w4a16-experts", "fp8-block", "mxfp4"])
         assert zoo.reference_of(name) == (f"{name}-dequant" if quantized else None), name
     with pytest.raises(ZooError, match="Did you mean 'qwen2-dense-gptq4'"):
         zoo.reference_of("qwen2-dense-gptq")
@@ -110,6 +111,8 @@ def test_variants_apply_only_where_they_fit() -> None:
         with pytest.raises(ZooError, match=f"Unknown zoo item 'gptoss-{suffix}'"):
             zoo.kind(f"gptoss-{suffix}")
     assert zoo.kind("gptoss-lora-experts") == "adapter"
+    with pytest.raises(ZooError, match="Unknown zoo item 'qwen2moe-shared-mxfp4'"):
+        zoo.kind("qwen2moe-shared-mxfp4")  # MXFP4 packs stacked experts only
 
 
 def test_unknown_name_suggests_and_lists(tmp_path: Path) -> None:
@@ -726,6 +729,56 @@ def test_transformers_reads_the_fp8_block_checkpoint_as_its_reference(zoo_root: 
     assert [k for k in reference if not torch.equal(quantized[k].float(), reference[k].float())] == []
     base = AutoModelForCausalLM.from_pretrained(zoo_root / "qwen2moe-wide").state_dict()
     assert not torch.equal(reference["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_mxfp4_variant_is_laid_out_as_gpt_oss_releases_and_decodes_exactly(zoo_root: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from farm.zoo import mxfp4
+
+    path = zoo_root / "gptoss-mxfp4"
+    assert json.loads((path / "config.json").read_text())["quantization_config"] == {
+        "quant_method": "mxfp4",
+        "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens",
+                                   "lm_head"]}
+    packed, source = load_file(path / WEIGHTS), load_file(zoo_root / "gptoss" / WEIGHTS)
+    experts, hidden, inter = 8, 128, 128
+    key = "model.layers.1.mlp.experts."
+    assert packed[key + "gate_up_proj_blocks"].shape == (experts, 2 * inter, hidden // 32, 16)
+    assert packed[key + "gate_up_proj_scales"].shape == (experts, 2 * inter, hidden // 32)
+    assert packed[key + "down_proj_blocks"].shape == (experts, hidden, inter // 32, 16)
+    assert packed[key + "down_proj_scales"].shape == (experts, hidden, inter // 32)
+    assert {packed[k].dtype for k in packed if k.endswith(("_blocks", "_scales"))} == {torch.uint8}
+    assert packed[key + "gate_up_proj_bias"].dtype == torch.bfloat16 and key + "gate_up_proj" not in packed
+    assert torch.equal(packed["model.layers.1.self_attn.q_proj.weight"], source["model.layers.1.self_attn.q_proj.weight"])
+    original = source[key + "down_proj"].float()
+    decoded = mxfp4.decode_mx(packed[key + "down_proj_blocks"], packed[key + "down_proj_scales"])
+    assert decoded.shape == original.shape
+    assert ((decoded - original).abs() <= original.abs().amax() / 4).all()  # E2M1: 1 mantissa bit
+    # The codes of every E2M1 value are used, and what was decoded packs again without loss.
+    codes = torch.cat([packed[key + "down_proj_blocks"] & 0x0F, packed[key + "down_proj_blocks"] >> 4])
+    assert set(codes.unique().tolist()) >= set(range(16)) - {8}  # -0.0 only from rounding a small negative
+    again = mxfp4.quantize_mx(decoded)
+    assert torch.equal(mxfp4.decode_mx(again["blocks"], again["scales"]), decoded)
+
+
+def test_transformers_reads_the_mxfp4_checkpoint_as_its_reference(zoo_root: Path) -> None:
+    """transformers' own MXFP4 reader (it dequantizes on a machine without its kernels) gets exactly the weights of
+    the ``-dequant`` reference: the item is laid out as gpt-oss's releases are."""
+    import torch
+    from transformers import AutoModelForCausalLM, Mxfp4Config
+
+    quantized = AutoModelForCausalLM.from_pretrained(zoo_root / "gptoss-mxfp4", dtype=torch.bfloat16,
+                                                     quantization_config=Mxfp4Config(dequantize=True)).state_dict()
+    reference = AutoModelForCausalLM.from_pretrained(zoo_root / "gptoss-mxfp4-dequant", dtype=torch.bfloat16).state_dict()
+    assert sorted(quantized) == sorted(reference)
+    assert [k for k in reference if not torch.equal(quantized[k].float(), reference[k].float())] == []
+    base = AutoModelForCausalLM.from_pretrained(zoo_root / "gptoss").state_dict()
+    key = "model.layers.0.mlp.experts.gate_up_proj"
+    assert not torch.equal(reference[key].float(), base[key].float())
+    metrics = zoo.manifest("gptoss-mxfp4-dequant", zoo_root)["metrics"]
+    assert metrics["agree_with_base_tokens"] == [16] * 4
 
 
 def test_only_architectures_that_fill_128_blocks_get_fp8_block() -> None:

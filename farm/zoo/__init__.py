@@ -37,6 +37,7 @@ from farm.zoo import compressed as _compressed  # noqa: F401  (registers ct-w4a1
 from farm.zoo import experts as _experts
 from farm.zoo import fp8 as _fp8  # noqa: F401  (registers fp8-block and its reference)
 from farm.zoo import lora as _lora  # noqa: F401  (registers lora-attn, lora-mlp, lora-experts)
+from farm.zoo import mxfp4 as _mxfp4  # noqa: F401  (registers mxfp4 and its reference)
 from farm.zoo import quant as _quant  # noqa: F401  (registers gptq4 and its reference)
 from farm.zoo.corpus import SAMPLE_PROMPTS
 from farm.zoo.pipeline import ZOO_FORMAT

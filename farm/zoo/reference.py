@@ -38,6 +38,7 @@ def register_quantization(
     *,
     dequantize: Dequantizer,
     when: Callable[[ArchSpec], bool] | None = None,
+    for_stacked_experts: bool = False,
     **params: Any,
 ) -> Callable[[VariantBuilder], VariantBuilder]:
     """Register a quantized variant ``<arch>-<suffix>`` and its reference ``<arch>-<suffix>-dequant``.
@@ -46,6 +47,7 @@ def register_quantization(
         suffix: the quantized variant's suffix.
         dequantize: decodes the variant's tensors (see :data:`Dequantizer`).
         when: which architectures get the variant; all if None (never those with stacked experts).
+        for_stacked_experts: a quantizer of stacked experts (MXFP4): offered to those architectures only.
         **params: the variant's recipe parameters.
 
     Example::
@@ -57,9 +59,9 @@ def register_quantization(
     fits = when or (lambda arch: True)
 
     def applies(arch: ArchSpec) -> bool:
-        # The quantizers write per-linear formats: bf16 3D experts beside them would be a checkpoint no
-        # quantizer makes (see Experts.stacked).
-        return not stacked_experts(arch) and fits(arch)
+        # The per-linear quantizers: bf16 3D experts beside their formats would be a checkpoint no quantizer
+        # makes (see Experts.stacked).
+        return stacked_experts(arch) == for_stacked_experts and fits(arch)
 
     def deco(fn: VariantBuilder) -> VariantBuilder:
         register_variant(suffix, kind="model", when=applies, reference=reference, **params)(fn)
