@@ -46,8 +46,9 @@ def register_quantization(
     Args:
         suffix: the quantized variant's suffix.
         dequantize: decodes the variant's tensors (see :data:`Dequantizer`).
-        when: which architectures get the variant; all if None (never those with stacked experts).
-        for_stacked_experts: a quantizer of stacked experts (MXFP4): offered to those architectures only.
+        when: which architectures get the variant; all if None (within those for_stacked_experts selects).
+        for_stacked_experts: a quantizer of stacked experts (MXFP4), offered to those architectures only; a
+            per-linear one (the default) is offered to every other.
         **params: the variant's recipe parameters.
 
     Example::
