@@ -1,6 +1,6 @@
 """Benchmark on a GPU machine: cells packed onto one GPU against one cell at a time; a compile cache's worth.
 
-    python -m bench.gpu packed --job jobs/gpu_smoke.yaml --share 0.125 --out DIR
+    python -m bench.gpu packed --job jobs/gpu_smoke.yaml --share 0.125 [--num-cpus 1] --out DIR
     python -m bench.gpu serial --job jobs/gpu_smoke.yaml --out DIR
     python -m bench.gpu compare --out DIR
     python -m bench.gpu overrun --job jobs/gpu_smoke.yaml --share 0.125 --out DIR
@@ -8,8 +8,9 @@
 
 ``packed`` and ``serial`` run the job through ``farm run`` on this machine's GPU(s), in one store:
 packed (every cell's ``resources.num_gpus`` = ``--share``, the job's own ``gpu_memory_utilization``
-left to the share: ``farm.cell.gpu_share``), and as the job says (one whole GPU per cell). Run
-packed first: the one-at-a-time run then finds the compile caches the packed run warmed, which
+left to the share: ``farm.cell.gpu_share``; ``--num-cpus`` each cell's CPUs, the job's unless given: on a
+node of 16 CPUs the job's 2 fit 8 cells at once whatever the share), and as the job says (one whole GPU
+per cell). Run packed first: the one-at-a-time run then finds the compile caches the packed run warmed, which
 tilts the comparison against packing, never for it. For each: wall time of the whole ``farm run``,
 cells per GPU-hour (cells ÷ wall time × GPUs), the GPUs' peak memory in use (``nvidia-smi``, every
 0.5 s). ``compare`` reads both: the speed-up, and whether every cell's verdict (status and
@@ -103,20 +104,23 @@ def verdicts(store: Path, run_id: str) -> dict[str, list[dict[str, Any]]]:
         "retry_reason": a.retry_reason} for a in attempts] for attempts in scan.attempts.values()}
 
 
-def packed(job: dict[str, Any], share: float) -> dict[str, Any]:
+def packed(job: dict[str, Any], share: float, num_cpus: float | None = None) -> dict[str, Any]:
     job = copy.deepcopy(job)
-    job["resources"] = {**job.get("resources", {}), "num_gpus": share}
+    job["resources"] = {**job.get("resources", {}), "num_gpus": share,
+                        **({"num_cpus": num_cpus} if num_cpus is not None else {})}
     job.get("engine_args", {}).pop("gpu_memory_utilization", None)  # the share sets it
     return job
 
 
-def one_way(job: dict[str, Any], share: float, out: Path, way: str) -> dict[str, Any]:
+def one_way(job: dict[str, Any], share: float, out: Path, way: str, num_cpus: float | None = None) -> dict[str, Any]:
     """One run of the job, packed (``--share`` of a GPU per cell) or one cell at a time (as the job says)."""
     gpus, _, name = gpu_facts()
     store = out / "store"
-    run = farm_run(packed(job, share) if way == "packed" else job, store, f"bench-{way}", out)
+    run = farm_run(packed(job, share, num_cpus) if way == "packed" else job, store, f"bench-{way}", out)
     cells = verdicts(store, run["run_id"])
-    run.update(way=way, gpu=name, gpus=gpus, share=share if way == "packed" else None, cells=len(cells),
+    cpus = num_cpus or job.get("resources", {}).get("num_cpus")
+    run.update(way=way, gpu=name, gpus=gpus, share=share if way == "packed" else None,
+               num_cpus=cpus if way == "packed" else None, cells=len(cells),
                attempts=sum(len(a) for a in cells.values()), cells_per_gpu_hour=round(len(cells) / (run["wall_s"] / 3600 * gpus), 1),
                verdicts=cells)
     return run
@@ -171,6 +175,7 @@ def main() -> int:
     parser.add_argument("what", choices=["packed", "serial", "compare", "overrun", "compile"])
     parser.add_argument("--job", default=str(REPO / "jobs" / "gpu_smoke.yaml"))
     parser.add_argument("--share", type=float, default=0.125)
+    parser.add_argument("--num-cpus", type=float, help="`packed`: each cell's CPUs (default: the job's)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     out = Path(args.out)
@@ -179,7 +184,7 @@ def main() -> int:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     found: dict[str, Any]
     if args.what in ("packed", "serial"):
-        found = one_way(job, args.share, out, args.what)
+        found = one_way(job, args.share, out, args.what, args.num_cpus)
         print(f"{args.what}: {found['cells']} cells, {found['attempts']} attempts, {found['wall_s']} s, "
               f"{found['cells_per_gpu_hour']} cells per GPU-hour, peak {found['peak_gpu_mib']} MiB, exit {found['exit']}")
     elif args.what == "compare":
