@@ -348,18 +348,22 @@ def test_the_shipped_ledger_against_the_committed_gpu_history(farm_cli, tmp_path
 
 
 def test_the_shipped_ledger_against_the_committed_fp8_window(farm_cli, tmp_path):
-    # docs/gpu/fp8-window/ (H100, vLLM 0.20.0, 0.22.1, 0.24.0, the block-FP8 cells retracted as the bundle's fault)
-    # with docs/gpu/history/: #42007 seen by lora_reference on 0.20.0 alone, masked by #45101 on 0.22.1.
-    runs = ["gpu-history-1", "gpu-history-2", "gpu-fp8-window-1", "gpu-fp8-window-2"]
+    # docs/gpu/fp8-window/ (H100, vLLM 0.20.0, 0.22.1, 0.24.0; run 3 the block-FP8 cells) with docs/gpu/history/:
+    # #42007 seen by lora_reference on 0.20.0 alone, masked by #45101 on 0.22.1; a failed lora_reference on a base
+    # already off its reference (online FP8 on 0.20.0, block FP8 on 0.20.0 and 0.24.0) is no evidence either way.
+    runs = ["gpu-history-1", "gpu-history-2", "gpu-fp8-window-1", "gpu-fp8-window-2", "gpu-fp8-window-3"]
     findings = _shipped_ledger_findings(farm_cli, tmp_path, ["docs/gpu/history", "docs/gpu/fp8-window"], runs)
     assert not [f for f in findings.values() if f["verdict"] == "contradicted"], findings
     garbage = findings["fp8-moe-lora-garbage-42007"]
     assert garbage["verdict"] == "rediscovered", garbage
     assert [line.split(";")[0] for line in garbage["evidence"]] == [
-        "0.20.0: 2 of 2 cell(s) show it", "0.22.1: 0 of 0 cell(s) show it", "0.24.0: 0 of 2 cell(s) show it",
+        "0.20.0: 1 of 1 cell(s) show it", "0.22.1: 0 of 0 cell(s) show it", "0.24.0: 0 of 2 cell(s) show it",
         "0.26.0: 0 of 0 cell(s) show it"]
-    assert "2 more could not: it failed first as fp8-moe-lora-triton-fp8e4nv-45101 describes" in garbage["evidence"][1]
-    assert findings["fp8-moe-lora-triton-fp8e4nv-45101"]["verdict"] == "rediscovered"
+    assert "2 more could not: lora_reference cannot tell the adapter's error from the base's" in garbage["evidence"][0]
+    assert "3 more could not: it failed first as fp8-moe-lora-triton-fp8e4nv-45101 describes" in garbage["evidence"][1]
+    assert "1 more could not: lora_reference cannot tell the adapter's error from the base's" in garbage["evidence"][2]
+    triton = findings["fp8-moe-lora-triton-fp8e4nv-45101"]
+    assert triton["verdict"] == "rediscovered" and triton["evidence"][1] == "0.22.1: 7 of 7 cell(s) show it", triton
 
 
 def test_the_shipped_ledger_against_the_committed_cpu_history_of_gpt_oss(farm_cli, tmp_path):
@@ -375,3 +379,36 @@ def test_the_shipped_ledger_against_the_committed_cpu_history_of_gpt_oss(farm_cl
     layout = findings["moe-lora-b-layout-31534"]
     assert layout["verdict"] == "not reproducible" and "fidelity gap" not in layout["why"]
     assert "could not show it on the 24 release(s) measured" in layout["why"], layout
+
+
+def test_an_adapter_comparison_on_a_base_that_already_disagrees_could_not_show_a_wrong_adapter_bug():
+    # Block FP8 on vLLM 0.24.0 (docs/gpu/fp8-window/ run 3): the base output is off its reference by 1.185 with and
+    # without the adapter, so lora_reference failing there is no evidence that #42007 outlived its fix.
+    from farm.model.matrix import ProbeSummary
+
+    garbage = KnownBug.model_validate({
+        "id": "fp8", "title": "garbage", "tracker": ["u"], "platform": "cuda",
+        "combination": {"model": "qwen2moe-*", "quantization": "*fp8*", "lora": "experts"},
+        "failure": {"probes": ["lora_reference"]}, "window": {"since": "0.20.0", "fixed": "0.24.0"}})
+    base_off = ProbeSummary(name="reference", passed=False, detail="vllm vs transformers: 4/4 identical, 0 near-tie, "
+                            "0 mismatched; max top-k logprob diff 1.185 (tolerance 0.75); reference: the dequantized weights")
+    inside = _cell("0.20.0", CellStatus.FAIL, quantization="ct-fp8", lora="experts")
+    inside.failed_probes, inside.kind = ["lora_reference"], "wrong"
+    after = _cell("0.24.0", CellStatus.PASS, quantization="ct-fp8", lora="experts")
+    after.probe_results = [ProbeSummary(name="reference", passed=True), ProbeSummary(name="lora_reference", passed=True)]
+    block = _cell("0.24.0", CellStatus.FAIL, model="qwen2moe-wide", quantization="fp8-block", lora="experts")
+    block.failed_probes, block.kind, block.probe_results = ["reference", "lora_reference"], "wrong", [base_off]
+    finding = check(garbage, [_matrix(inside, after, block)])
+    assert finding.verdict == "rediscovered", finding
+    assert finding.evidence[1] == (
+        "0.24.0: 0 of 1 cell(s) show it; 1 more could not: lora_reference cannot tell the adapter's error from the "
+        "base's: the base output already disagrees (reference failed: vllm vs transformers: 4/4 identical, 0 near-tie, "
+        "0 mismatched; max top-k logprob diff 1.185 (tolerance 0.75)), and failed otherwise: fail/wrong in reference, "
+        "lora_reference"), finding.evidence
+    # Inside the window too: a cell whose base is off shows nothing of the adapter, however its adapter fares.
+    inside.failed_probes = ["reference", "lora_reference"]
+    finding = check(garbage, [_matrix(inside, after, block)])
+    assert finding.verdict == "not reproducible" and "could not show it" in finding.why, finding
+    # A bug that names the base comparison itself is judged by it as before.
+    both = garbage.model_copy(update={"failure": garbage.failure.model_copy(update={"probes": ["reference", "lora_reference"]})})
+    assert check(both, [_matrix(inside, after, block)]).verdict == "contradicted"
