@@ -316,6 +316,8 @@ def test_cells_share_gpus_and_one_that_overruns_its_share_fails_alone(cluster, t
     assert greedy[1].retry_reason == "GPU share: attempt 1 ran out of GPU memory in its share; run again on a whole GPU"
     assert where(greedy[0])[2] == "0.25" and where(greedy[1])[2] == "unset", "the retry holds a whole GPU"
     assert "GPU share: attempt 1 ran out of GPU memory" in proc.stdout
+    # Two nodes of 3 CPUs and 2 GPUs: at a quarter of each, the GPUs bound the cells at once, and the run says so.
+    assert "8 cells, 16 at once (CPU 6 / 0.25 a cell = 24, GPU 4 / 0.25 a cell = 16: the GPUs bound it)" in proc.stdout
 
 
 # ---- a request no node can satisfy ----

@@ -7,7 +7,7 @@ import pytest
 from farm.errors import ResourceError
 from farm.model.cells import expand
 from farm.model.spec import parse_job
-from farm.runner.placement import GIB, capacity, check_feasible, nodes_for, request_for
+from farm.runner.placement import GIB, binding, capacity, check_feasible, nodes_for, request_for
 
 
 def job(resources: dict, engine_args: dict | None = None, variant: dict | None = None):
@@ -78,6 +78,22 @@ def test_unsatisfiable_request_names_itself_and_the_largest_node():
     with pytest.raises(ResourceError, match="no live node"):
         check_feasible([request_for(cell, spec)], [], spec.name)
     check_feasible([request_for(cell, spec)], [*nodes, node("c" * 56, CPU=8, GPU=8)], spec.name)
+
+
+def test_what_bounds_the_cells_at_once_is_named():
+    # The lent H100 (16 CPUs, one GPU): a 1/16 share at 2 CPUs a cell ran 8 cells at once, not 16.
+    spec, cell = job({"num_cpus": 2, "num_gpus": 0.0625})
+    h100 = [node("a", CPU=16, GPU=1)]
+    assert capacity([request_for(cell, spec)], h100) == 8
+    assert binding([request_for(cell, spec)], h100) == "CPU 16 / 2 a cell = 8, GPU 1 / 0.0625 a cell = 16: the CPUs bound it"
+    spec, cell = job({"num_cpus": 1, "num_gpus": 0.125, "memory_gb": 4})
+    assert binding([request_for(cell, spec)], [node("a", CPU=16, GPU=1, memory=64 * GIB), node("b", CPU=16, GPU=1,
+                                                                                              memory=64 * GIB)]) == (
+        "CPU 32 / 1 a cell = 32, GPU 2 / 0.125 a cell = 16, memory 128 / 4 a cell = 32: the GPUs bound it")
+    spec, cell = job({"num_cpus": 1, "num_gpus": 0.0625})
+    assert binding([request_for(cell, spec)], h100) == "CPU 16 / 1 a cell = 16, GPU 1 / 0.0625 a cell = 16"
+    spec, cell = job({"num_cpus": 2})  # one resource: nothing to weigh
+    assert binding([request_for(cell, spec)], h100) == "" and binding([], h100) == ""
 
 
 def test_capacity_counts_node_by_node():

@@ -43,6 +43,14 @@ def test_a_line_per_cell_and_per_retry_when_not_a_terminal():
     ]
 
 
+def test_the_plan_says_what_bounds_the_cells_at_once_when_the_scheduler_says():
+    out = io.StringIO()
+    progress = Progress(stream=out, live=False)
+    progress(Event(EventKind.PLAN, total=12, parallel=8, reason="CPU 16 / 2 a cell = 8, GPU 1 / 0.0625 a cell = 16: "
+                   "the CPUs bound it"))
+    assert out.getvalue() == "12 cells, 8 at once (CPU 16 / 2 a cell = 8, GPU 1 / 0.0625 a cell = 16: the CPUs bound it)\n"
+
+
 def test_live_line_with_counts_running_and_eta_on_a_terminal():
     out = io.StringIO()
     progress = Progress(stream=out, live=True)

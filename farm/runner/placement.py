@@ -164,6 +164,24 @@ def capacity(requests: list[CellRequest], nodes: list[dict[str, Any]]) -> int:
     return max(1, total)
 
 
+def binding(requests: list[CellRequest], nodes: list[dict[str, Any]]) -> str:
+    """Which resource bounds the cells at once, counted as :func:`capacity` does: e.g. "CPU 16 / 2 a cell = 8,
+    GPU 1 / 0.0625 a cell = 16: the CPUs bound it" (on the lent H100, a GPU share of 1/16 ran 8 cells at once, not
+    16, at 2 CPUs a cell); "" when the cells ask for one resource only, or there are no nodes."""
+    if not requests or not nodes:
+        return ""
+    needed = min(requests, key=lambda r: sum(r.per_node().values())).per_node()
+    if len(needed) < 2:
+        return ""
+    fit = {k: sum(math.floor(n["Resources"].get(k, 0) / v + 1e-9) for n in nodes) for k, v in needed.items()}
+    have = {k: sum(n["Resources"].get(k, 0) for n in nodes) for k in needed}
+    scale = {"memory": GIB}  # Ray counts memory in bytes
+    parts = [f"{k} {have[k] / scale.get(k, 1):g} / {v / scale.get(k, 1):g} a cell = {fit[k]}" for k, v in needed.items()]
+    tight = min(fit, key=lambda k: fit[k])
+    plural = {"CPU": "the CPUs", "GPU": "the GPUs", "memory": "the memory"}.get(tight, tight)
+    return ", ".join(parts) + (f": {plural} bound it" if len(set(fit.values())) > 1 else "")
+
+
 def nodes_for(request: CellRequest, nodes: list[dict[str, Any]]) -> list[str]:
     """The ids of live nodes that can hold the request."""
     needed = request.per_node()

@@ -46,6 +46,8 @@ class Progress:
     def __call__(self, event: Event) -> None:
         if event.kind is EventKind.PLAN:
             self.total, self.parallel = event.total, max(1, event.parallel)
+            if event.reason:  # what bounds the cells at once, where the cells ask for more than one resource
+                self._print(f"{self.total} cells, {self.parallel} at once ({event.reason})")
         elif event.kind is EventKind.STARTED and event.cell is not None:
             self.running[(event.cell.id, event.attempt)] = time.monotonic()
         elif event.kind in ("done", "retry") and event.result is not None:

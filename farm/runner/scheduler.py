@@ -108,7 +108,8 @@ class Scheduler:
     def run(self, work: list[Work]) -> None:
         queue = deque(work)
         self._requests = list({placement.request_for(w.cell, self.job) for w in work})
-        self.events(Event(EventKind.PLAN, total=len(work), parallel=self.parallel()))
+        bound = "" if self.fixed_parallel else placement.binding(self._requests, self.nodes())
+        self.events(Event(EventKind.PLAN, total=len(work), parallel=self.parallel(), reason=bound or None))
         while queue or self.in_flight:
             while queue and self._active() < self.parallel():
                 queue.extend(self._start(queue.popleft()))
