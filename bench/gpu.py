@@ -1,5 +1,6 @@
 """Benchmark on a GPU machine: cells packed onto one GPU against one cell at a time; a compile cache's worth.
 
+    python -m bench.gpu warm --job jobs/gpu_smoke.yaml --share 0.125 [--num-cpus 1] --out DIR
     python -m bench.gpu packed --job jobs/gpu_smoke.yaml --share 0.125 [--num-cpus 1] --out DIR
     python -m bench.gpu serial --job jobs/gpu_smoke.yaml --out DIR
     python -m bench.gpu compare --out DIR
@@ -10,8 +11,12 @@
 packed (every cell's ``resources.num_gpus`` = ``--share``, the job's own ``gpu_memory_utilization``
 left to the share: ``farm.cell.gpu_share``; ``--num-cpus`` each cell's CPUs, the job's unless given: on a
 node of 16 CPUs the job's 2 fit 8 cells at once whatever the share), and as the job says (one whole GPU
-per cell). Run packed first: the one-at-a-time run then finds the compile caches the packed run warmed, which
-tilts the comparison against packing, never for it. For each: wall time of the whole ``farm run``,
+per cell). Run ``warm`` first: every cell once, packed, probes ``load`` and ``generate`` only, in a store of
+its own, so that neither run pays a node's first use of each architecture (vLLM inspects a model class once
+per node and env, ~30 s, and JIT-compiles its kernels; on the H100 the machine's first packed run was 2.65×
+the one-at-a-time rate, the next 4.99×, docs/gpu/packing/same-lease/). Then packed before serial: whatever
+``warm`` left cold, the one-at-a-time run finds warmed, which tilts the comparison against packing, never
+for it. For each: wall time of the whole ``farm run``,
 cells per GPU-hour (cells ÷ wall time × GPUs), the GPUs' peak memory in use (``nvidia-smi``, every
 0.5 s). ``compare`` reads both: the speed-up, and whether every cell's verdict (status and
 signature) is the same in both runs.
@@ -112,6 +117,18 @@ def packed(job: dict[str, Any], share: float, num_cpus: float | None = None) -> 
     return job
 
 
+def warm_job(job: dict[str, Any], share: float, num_cpus: float | None = None) -> dict[str, Any]:
+    """The job packed as ``packed`` runs it, its cells building their engines and generating, nothing more."""
+    job = packed(job, share, num_cpus)
+    job.update(name=f"{job['name']}-warm", probes=["load", "generate"])
+    return job
+
+
+def warm_up(job: dict[str, Any], share: float, out: Path, num_cpus: float | None = None) -> dict[str, Any]:
+    """Every cell once on this node (``warm_job``), in a store of its own: the packed run's store starts empty."""
+    return farm_run(warm_job(job, share, num_cpus), out / "warm-store", "bench-warm", out)
+
+
 def one_way(job: dict[str, Any], share: float, out: Path, way: str, num_cpus: float | None = None) -> dict[str, Any]:
     """One run of the job, packed (``--share`` of a GPU per cell) or one cell at a time (as the job says)."""
     gpus, _, name = gpu_facts()
@@ -172,10 +189,10 @@ def overrun(job: dict[str, Any], share: float, out: Path) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["packed", "serial", "compare", "overrun", "compile"])
+    parser.add_argument("what", choices=["warm", "packed", "serial", "compare", "overrun", "compile"])
     parser.add_argument("--job", default=str(REPO / "jobs" / "gpu_smoke.yaml"))
     parser.add_argument("--share", type=float, default=0.125)
-    parser.add_argument("--num-cpus", type=float, help="`packed`: each cell's CPUs (default: the job's)")
+    parser.add_argument("--num-cpus", type=float, help="`warm`, `packed`: each cell's CPUs (default: the job's)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     out = Path(args.out)
@@ -183,7 +200,10 @@ def main() -> int:
     job = yaml.safe_load(Path(args.job).read_text())
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     found: dict[str, Any]
-    if args.what in ("packed", "serial"):
+    if args.what == "warm":
+        found = warm_up(job, args.share, out, args.num_cpus)
+        print(f"warm: {found['wall_s']} s, peak {found['peak_gpu_mib']} MiB, exit {found['exit']}")
+    elif args.what in ("packed", "serial"):
         found = one_way(job, args.share, out, args.what, args.num_cpus)
         print(f"{args.what}: {found['cells']} cells, {found['attempts']} attempts, {found['wall_s']} s, "
               f"{found['cells_per_gpu_hour']} cells per GPU-hour, peak {found['peak_gpu_mib']} MiB, exit {found['exit']}")

@@ -33,7 +33,7 @@ def test_gpu_bench_packs_the_smoke_job_into_a_job_the_farm_accepts() -> None:
     # bench/gpu.py runs on a GPU machine only; what it hands `farm run` is checked here.
     import yaml
 
-    from bench.gpu import packed
+    from bench.gpu import packed, warm_job
     from farm.model.spec import JobSpec
 
     job = yaml.safe_load((REPO / "jobs" / "gpu_smoke.yaml").read_text())
@@ -45,3 +45,6 @@ def test_gpu_bench_packs_the_smoke_job_into_a_job_the_farm_accepts() -> None:
     assert "gpu_memory_utilization" not in dense.engine_args
     assert JobSpec.model_validate(packed(job, 0.125)).resources.num_cpus == job["resources"]["num_cpus"]
     assert job["resources"]["num_gpus"] == 1  # the job itself is left as it was, for the one-at-a-time run
+    warm = JobSpec.model_validate(warm_job(job, 0.0625, num_cpus=1))  # every cell once, packed alike, no probes' work
+    assert warm.probes == ["load", "generate"] and warm.name != dense.name
+    assert (warm.resources, warm.models, warm.engines) == (dense.resources, dense.models, dense.engines)

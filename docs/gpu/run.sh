@@ -10,7 +10,7 @@
 #   docs/gpu/run.sh wait      (until the run ends; its store, matrix, page and logs into $OUT)
 # or, for the packing and compile-cache benchmarks (bench/gpu.py) instead of `start`:
 #   docs/gpu/run.sh bench [STEP …]  (verify + unpack, zoo build, bench/gpu.py's steps in the background:
-#                             packed serial compare overrun compile unless named; BENCH_BUNDLE=DIR: the
+#                             warm packed serial compare overrun compile unless named; BENCH_BUNDLE=DIR: the
 #                             bundle in DIR instead of /root/bundle, e.g. one a history job carried in;
 #                             BENCH_ARGS="--share 0.0625 --num-cpus 1": given to every step)
 #   docs/gpu/run.sh wait      (until they end; bench.tar.gz: their JSON and logs; bench-store.tar.gz: their store)
@@ -127,11 +127,12 @@ bench)
     prepare "$job" "$bundle"
     B=/root/bench
     rm -rf "$B" && mkdir -p "$B"
-    # Packed first (the one-at-a-time run then finds warm kernel caches: tilted against packing), then one cell at
-    # a time and the comparison (the issue's number), then the real engine that overruns its share and the compile
-    # cache (two builds with compilation on): what a lease cuts short, `wait` collects as far as it got.
+    # Every cell once (a node's first use of each architecture out of both timings), packed (the one-at-a-time run
+    # then finds whatever is left warm: tilted against packing), then one cell at a time and the comparison (the
+    # issue's number), then the real engine that overruns its share and the compile cache (two builds with
+    # compilation on): what a lease cuts short, `wait` collects as far as it got.
     steps="${*:2}"
-    setsid nohup bash -c "for what in ${steps:-packed serial compare overrun compile}; do time $PY -m bench.gpu \$what --job $job --out $B ${BENCH_ARGS:-}; done; \
+    setsid nohup bash -c "for what in ${steps:-warm packed serial compare overrun compile}; do time $PY -m bench.gpu \$what --job $job --out $B ${BENCH_ARGS:-}; done; \
         echo \"exit \$?\"" > /root/run.log 2>&1 < /dev/null &
     sleep 30; tail -5 /root/run.log
     ;;
