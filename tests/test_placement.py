@@ -92,6 +92,10 @@ def test_what_bounds_the_cells_at_once_is_named():
         "CPU 32 / 1 a cell = 32, GPU 2 / 0.125 a cell = 16, memory 128 / 4 a cell = 32: the GPUs bound it")
     spec, cell = job({"num_cpus": 1, "num_gpus": 0.0625})
     assert binding([request_for(cell, spec)], h100) == "CPU 16 / 1 a cell = 16, GPU 1 / 0.0625 a cell = 16"
+    # A node without GPUs holds none of these cells: its CPUs bound nothing.
+    spec, cell = job({"num_cpus": 2, "num_gpus": 0.0625})
+    assert binding([request_for(cell, spec)], [*h100, node("cpu", CPU=64)]) == (
+        "CPU 16 / 2 a cell = 8, GPU 1 / 0.0625 a cell = 16: the CPUs bound it")
     spec, cell = job({"num_cpus": 2})  # one resource: nothing to weigh
     assert binding([request_for(cell, spec)], h100) == "" and binding([], h100) == ""
 

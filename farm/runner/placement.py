@@ -156,7 +156,7 @@ def capacity(requests: list[CellRequest], nodes: list[dict[str, Any]]) -> int:
     """
     if not requests or not nodes:
         return 1
-    needed = min(requests, key=lambda r: sum(r.per_node().values())).per_node()
+    needed = _smallest(requests)
     total = 0
     for node in nodes:
         have = node["Resources"]
@@ -164,14 +164,20 @@ def capacity(requests: list[CellRequest], nodes: list[dict[str, Any]]) -> int:
     return max(1, total)
 
 
+def _smallest(requests: list[CellRequest]) -> dict[str, float]:
+    return min(requests, key=lambda r: sum(r.per_node().values())).per_node()
+
+
 def binding(requests: list[CellRequest], nodes: list[dict[str, Any]]) -> str:
-    """Which resource bounds the cells at once, counted as :func:`capacity` does: e.g. "CPU 16 / 2 a cell = 8,
-    GPU 1 / 0.0625 a cell = 16: the CPUs bound it" (on the lent H100, a GPU share of 1/16 ran 8 cells at once, not
-    16, at 2 CPUs a cell); "" when the cells ask for one resource only, or there are no nodes."""
-    if not requests or not nodes:
+    """Which resource bounds the cells at once, with the request :func:`capacity` counts, resource by resource over
+    the nodes that can hold it: e.g. "CPU 16 / 2 a cell = 8, GPU 1 / 0.0625 a cell = 16: the CPUs bound it" (on the
+    lent H100, a GPU share of 1/16 ran 8 cells at once, not 16, at 2 CPUs a cell); "" when the cells ask for one
+    resource only, or no node holds them."""
+    if not requests:
         return ""
-    needed = min(requests, key=lambda r: sum(r.per_node().values())).per_node()
-    if len(needed) < 2:
+    needed = _smallest(requests)
+    nodes = [n for n in nodes if fits(needed, n["Resources"])]
+    if len(needed) < 2 or not nodes:
         return ""
     fit = {k: sum(math.floor(n["Resources"].get(k, 0) / v + 1e-9) for n in nodes) for k, v in needed.items()}
     have = {k: sum(n["Resources"].get(k, 0) for n in nodes) for k in needed}
