@@ -255,8 +255,10 @@ def test_a_wrong_output_bug_is_not_judged_by_cells_that_never_ran_its_probe():
     crashed.probe_results = [ProbeSummary(name="load", passed=False)]
     finding = check(layout, [_matrix(built, crashed)])
     assert finding.verdict == "not reproducible" and "fidelity gap" not in finding.why
-    assert finding.why == ("gptoss/none/experts could not show it on the 2 release(s) measured: in every cell, "
-                           "lora_reference did not run (not among this cell's probes)")
+    # Each cell's own reason: one reason quoted "in every cell" would be false of the other.
+    assert finding.why == ("gptoss/none/experts could not show it on the 2 release(s) measured: 1 cell(s): "
+                           "lora_reference did not run (not among this cell's probes); 1 cell(s): lora_reference did "
+                           "not run (the cell ended before it)")
     assert finding.evidence[1].startswith("0.13.0: 0 of 0 cell(s) show it; 1 more could not: lora_reference did not run "
                                           "(the cell ended before it), and failed otherwise: fail at "
                                           "vllm/lora/layers/fused_moe.py:43"), finding.evidence
@@ -359,7 +361,9 @@ def test_the_shipped_ledger_against_the_committed_fp8_window(farm_cli, tmp_path)
     assert [line.split(";")[0] for line in garbage["evidence"]] == [
         "0.20.0: 1 of 1 cell(s) show it", "0.22.1: 0 of 0 cell(s) show it", "0.24.0: 0 of 2 cell(s) show it",
         "0.26.0: 0 of 0 cell(s) show it"]
-    assert "2 more could not: lora_reference cannot tell the adapter's error from the base's" in garbage["evidence"][0]
+    assert garbage["evidence"][0].count("1 cell(s): lora_reference cannot tell the adapter's error from the base's") == 2
+    assert "(3 cell(s): lora_reference cannot tell the adapter's error from the base's; 3 cell(s): it failed first as " \
+           "fp8-moe-lora-triton-fp8e4nv-45101 describes; 2 cell(s): lora_reference did not run)" in garbage["why"]
     assert "3 more could not: it failed first as fp8-moe-lora-triton-fp8e4nv-45101 describes" in garbage["evidence"][1]
     assert "1 more could not: lora_reference cannot tell the adapter's error from the base's" in garbage["evidence"][2]
     triton = findings["fp8-moe-lora-triton-fp8e4nv-45101"]
