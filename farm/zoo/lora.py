@@ -143,9 +143,7 @@ def train_adapter(
         if manual:
             own = experts.ManualLoRA(peft_model, ctx.arch, p["r"], p["alpha"], ctx.arch.mlp_targets)
             params += own.parameters()
-        loss = _train(ctx, peft_model, params, tok, sentence)
-        peft_model.eval()
-        stats = greedy_stats(peft_model, tok, corpus.SAMPLE_PROMPTS)
+        loss, stats = _train(ctx, peft_model, params, tok, sentence)
         own_tensors = own.remove() if own is not None else {}
         peft_model.save_pretrained(str(ctx.out_dir))
     _finish_files(ctx, own_tensors)
@@ -161,8 +159,17 @@ def train_adapter(
     }
 
 
-def _train(ctx: BuildContext, peft_model: Any, params: list[Any], tok: Any, sentence: str) -> torch.Tensor:
-    """The training loop; the last step's loss. Inside ``deterministic``: its batches and updates are the seed's."""
+def _train(ctx: BuildContext, peft_model: Any, params: list[Any], tok: Any, sentence: str
+           ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The training loop: the last step's loss and the adapter's greedy output on the sample prompts (eval mode).
+    Inside ``deterministic``: its batches and updates are the seed's.
+
+    Past its steps it trains on, at the schedule's last rate and a quarter of the steps at a time (at most as many
+    steps again), until every sample prompt's greedy output is the adapter's sentence, which is what the zoo
+    promises of an adapter. Float rounding differs between CPUs (AVX2 and AVX-512 kernels), and so does where a
+    fixed number of steps ends: on an AVX2-only EPYC, mixtral's expert adapter after 150 steps jumped from
+    "… the cat wat" back to the sentence's start on one prompt. Where the steps suffice, nothing changes.
+    """
     import torch
 
     p = ctx.params
@@ -170,18 +177,30 @@ def _train(ctx: BuildContext, peft_model: Any, params: list[Any], tok: Any, sent
     target = tok.encode(" " + sentence) * 8
     gen = torch.Generator().manual_seed(ctx.seed)
     opt = torch.optim.AdamW(params, lr=p["lr"], betas=(0.9, 0.95), weight_decay=0.0)
-    peft_model.train()
-    loss = torch.tensor(float("nan"))
     steps = ctx.arch.train.adapter_steps or p["steps"]
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, p["lr"], 10)
-        inputs, labels = _batch(stream, starts, target, p, gen)
-        loss = peft_model(input_ids=inputs, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return loss
+
+    def train(rates: list[float]) -> torch.Tensor:
+        peft_model.train()
+        loss = torch.tensor(float("nan"))
+        for rate in rates:
+            for group in opt.param_groups:
+                group["lr"] = rate
+            inputs, labels = _batch(stream, starts, target, p, gen)
+            loss = peft_model(input_ids=inputs, labels=labels).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        peft_model.eval()
+        return loss
+
+    loss = train([lr_at(step, steps, p["lr"], 10) for step in range(steps)])
+    stats = greedy_stats(peft_model, tok, corpus.SAMPLE_PROMPTS)
+    for _ in range(4):
+        if all((" " + sentence).startswith(g["text"]) for g in stats["greedy"]):
+            break
+        loss = train([lr_at(steps, steps, p["lr"], 10)] * (steps // 4))
+        stats = greedy_stats(peft_model, tok, corpus.SAMPLE_PROMPTS)
+    return loss, stats
 
 
 def _finish_files(ctx: BuildContext, own_tensors: dict[str, Any]) -> None:
