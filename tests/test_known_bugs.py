@@ -392,6 +392,23 @@ def test_the_shipped_ledger_against_the_committed_cpu_history_of_gpt_oss(farm_cl
     assert set(shown.values()) == {"0 of 5 cell(s) show it"}
 
 
+def test_the_shipped_ledger_against_the_committed_cpu_lora_pinned_memory_runs(farm_cli, tmp_path):
+    # docs/history/dense-lora-1/ (an AVX2-only CPU) with history-1 (AVX-512 BF16): dense INT4 + LoRA fails in
+    # async_tensor_h2d's pinned memory on 0.22.1 and 0.23.0 on both platforms, and on no other release; the window
+    # 0.22.0 … 0.24.0 is read from the releases' sources. Cells of two platforms at one release both count.
+    findings = _shipped_ledger_findings(
+        farm_cli, tmp_path, ["docs/history/history-1", "docs/history/gptoss-1", "docs/history/dense-lora-1"],
+        ["history-1", "history-gptoss-1", "history-dense-lora-1"])
+    assert not [f for f in findings.values() if f["verdict"] == "contradicted"], findings
+    pinned = findings["cpu-lora-mapping-pinned-memory-41434"]
+    assert pinned["verdict"] == "rediscovered", pinned
+    shown = {line.split(":")[0]: line.split(";")[0].split(": ")[1] for line in pinned["evidence"]}
+    assert len(shown) == 24
+    assert shown.pop("0.22.1") == shown.pop("0.23.0") == "8 of 8 cell(s) show it"
+    assert shown.pop("0.24.0") == "0 of 8 cell(s) show it"
+    assert set(shown.values()) == {"0 of 4 cell(s) show it"}
+
+
 def test_an_adapter_comparison_on_a_base_that_already_disagrees_could_not_show_a_wrong_adapter_bug():
     # Block FP8 on vLLM 0.24.0 (docs/gpu/fp8-window/ run 3): the base output is off its reference by 1.185 with and
     # without the adapter, so lora_reference failing there is no evidence that #42007 outlived its fix.
