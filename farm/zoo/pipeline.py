@@ -18,7 +18,7 @@ from farm.zoo.registry import BuildContext, Item, Progress
 
 # Bump when a change to the zoo's code changes what it writes: every item
 # built by an older format is then stale and rebuilt on the next ensure().
-ZOO_FORMAT = 3
+ZOO_FORMAT = 4
 _VERSIONED = ("torch", "transformers", "peft", "tokenizers", "safetensors")
 
 
