@@ -415,7 +415,7 @@ def test_the_shipped_ledger_against_the_committed_cpu_history_of_gpt_oss(farm_cl
     assert set(shown.values()) == {"0 of 5 cell(s) show it"}
 
 
-def test_the_shipped_ledger_against_the_committed_cpu_lora_pinned_memory_runs(farm_cli, tmp_path):
+def test_the_shipped_ledger_against_the_committed_cpu_lora_runs(farm_cli, tmp_path):
     # docs/history/dense-lora-1/ (an AVX2-only CPU) with history-1 (AVX-512 BF16): dense INT4 + LoRA fails in
     # async_tensor_h2d's pinned memory on 0.22.1 and 0.23.0 on both platforms, and on no other release; the window
     # 0.22.0 … 0.24.0 is read from the releases' sources. Cells of two platforms at one release both count.
@@ -430,6 +430,14 @@ def test_the_shipped_ledger_against_the_committed_cpu_lora_pinned_memory_runs(fa
     assert shown.pop("0.22.1") == shown.pop("0.23.0") == "8 of 8 cell(s) show it"
     assert shown.pop("0.24.0") == "0 of 8 cell(s) show it"
     assert set(shown.values()) == {"0 of 4 cell(s) show it"}
+    # CT W8A8 + LoRA, #57503's family: every release from 0.17.1 shows it; 0.11.0 … 0.16.0 stop at another error first.
+    device = findings["cpu-w8a8-lora-device-none-57503"]
+    assert device["verdict"] == "rediscovered", device
+    shown = {line.split(":")[0]: line.split(";")[0].split(": ")[1] for line in device["evidence"]}
+    assert [v for v, text in shown.items() if text == "0 of 0 cell(s) show it"] == [
+        "0.11.0", "0.11.1", "0.11.2", "0.12.0", "0.13.0", "0.14.1", "0.15.1", "0.16.0"]
+    assert all(text in {"2 of 2 cell(s) show it", "4 of 4 cell(s) show it"} for v, text in shown.items()
+               if release_key(v) >= release_key("0.17.1")) and len(shown) == 24
 
 
 def test_an_adapter_comparison_on_a_base_that_already_disagrees_could_not_show_a_wrong_adapter_bug():
